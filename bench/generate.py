@@ -1,0 +1,246 @@
+"""Generation benchmark: divcfg's KV-cached sampler against Hugging Face MusicGen at the same decoder size.
+
+What is timed (median of ``repeats`` after one untimed warm-up call, on ``torch.set_num_threads(threads)``):
+
+* divcfg: ``AudioTokenPolicy.generate(cond, T, guidance_scale=γ, top_k=k, generator=g)``: T + K - 1 KV-cached
+  decoder steps, sampling, delay/undelay. The text condition is encoded once beforehand (not timed).
+* peer: ``MusicgenForConditionalGeneration.generate(input_ids, attention_mask, encoder_outputs=..., do_sample=True,
+  top_k=k, guidance_scale=γ or None, max_new_tokens=T + K - 1)`` with randomly initialised weights. The T5 text
+  encoder output is precomputed and passed as ``encoder_outputs`` (for CFG, ``[cond; zeros]`` with a zero mask,
+  exactly what ``generate`` builds itself), and ``audio_encoder.decode`` is replaced by an identity stub, so the
+  timing covers HF's generate set-up, the T + K - 1 cached decoder steps, logits processors (CFG, top-k), sampling and
+  the delay-pattern bookkeeping, and neither text encoding nor EnCodec decoding. With one BOS column and
+  ``max_new_tokens = T + K - 1``, MusicGen's delay pattern yields exactly T frames per codebook (checked).
+
+The peer decoder is a ``MusicgenDecoderConfig`` with the same hidden size, layers, heads, ffn dim (ffn_mult · dim),
+codebooks and vocabulary as the divcfg preset; its parameter count is checked against divcfg's decoder part
+(everything but the text encoder) before timing. The T5 text encoder has ``d_model = dim`` (so MusicGen adds no
+``enc_to_dec_proj``) and is otherwise minimal; the EnCodec config is minimal (it is never run).
+
+Entries: ``generate/<preset>/b<B>/{nocfg,cfg}`` (frames/s, baseline = peer frames/s, target divcfg/peer >= 2) and
+``cfg_cost/<preset>/b<B>`` (divcfg CFG seconds / no-CFG seconds, target <= 2.1, baseline = the peer's own ratio,
+ratio = divcfg cost / peer cost).
+
+Run: ``python -m divcfg.bench.generate --json /tmp/gen.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import types
+
+import torch
+
+from divcfg.bench.common import machine_info, median_time, print_table, write_results
+from divcfg.common.policy import AudioTokenPolicy, build_policy, policy_config
+
+N_CODEBOOKS = 4
+CARD = 2048
+CFG_SCALE = 3.0
+SPEEDUP_TARGET = 2.0
+CFG_COST_TARGET = 2.1
+PARAM_TOLERANCE = 0.03  # relative difference allowed between the two decoders' parameter counts
+
+PROMPTS = [
+    "upbeat jazz with piano and brushed drums",
+    "slow ambient pads, warm and spacious",
+    "energetic rock with distorted guitars",
+    "lo-fi hip hop beat with vinyl crackle",
+    "orchestral film score, rising strings",
+    "acoustic folk guitar and soft vocals",
+    "driving techno at 130 bpm",
+    "bossa nova with nylon guitar",
+]
+
+
+def _prompts(batch: int) -> list[str]:
+    return [PROMPTS[i % len(PROMPTS)] for i in range(batch)]
+
+
+# ---- divcfg ---------------------------------------------------------------------------------------------------------
+def build_divcfg(preset: str, frames: int, seed: int = 0) -> AudioTokenPolicy:
+    cfg = policy_config(preset, card=CARD, n_codebooks=N_CODEBOOKS, max_frames=frames)
+    return build_policy(cfg, seed=seed).eval()
+
+
+def divcfg_decoder_params(policy: AudioTokenPolicy) -> int:
+    """Parameters of everything except the text encoder (code embeddings, positions, null condition, layers, heads)."""
+    return policy.num_parameters() - sum(p.numel() for p in policy.text.parameters())
+
+
+# ---- the peer: Hugging Face MusicGen --------------------------------------------------------------------------------
+def build_peer(policy_cfg, seed: int = 0):
+    """``MusicgenForConditionalGeneration`` with random weights and a decoder the size of ``policy_cfg``'s."""
+    try:
+        import transformers
+        from transformers import (EncodecConfig, MusicgenConfig, MusicgenDecoderConfig,
+                                  MusicgenForConditionalGeneration, T5Config)
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError("the peer baseline needs transformers: pip install 'divcfg[bench]' (or pass --no-peer)") from e
+    transformers.logging.set_verbosity_error()  # special ids == vocab_size is MusicGen's own convention; not a problem
+    d = policy_cfg.dim
+    # Minimal T5: only its d_model matters (== decoder width, so no enc_to_dec_proj); it runs once, untimed.
+    text = T5Config(vocab_size=32, d_model=d, d_kv=4, d_ff=4, num_layers=1, num_decoder_layers=0, num_heads=1,
+                    dropout_rate=0.0)
+    # Minimal EnCodec: never run (decode is stubbed out), only needed to build the composite model.
+    audio = EncodecConfig(hidden_size=8, num_filters=2, num_lstm_layers=1, num_residual_layers=1,
+                          upsampling_ratios=[2], codebook_size=policy_cfg.card, codebook_dim=8,
+                          target_bandwidths=[1.5])
+    decoder = MusicgenDecoderConfig(
+        vocab_size=policy_cfg.card, hidden_size=d, num_hidden_layers=policy_cfg.n_layers,
+        num_attention_heads=policy_cfg.n_heads, ffn_dim=policy_cfg.ffn_mult * d, num_codebooks=policy_cfg.n_codebooks,
+        max_position_embeddings=2048, dropout=0.0, attention_dropout=0.0, activation_dropout=0.0,
+        activation_function="gelu", pad_token_id=policy_cfg.card, bos_token_id=policy_cfg.card,
+        decoder_start_token_id=policy_cfg.card)
+    torch.manual_seed(seed)
+    model = MusicgenForConditionalGeneration(MusicgenConfig(text_encoder=text, audio_encoder=audio, decoder=decoder))
+    model.eval()
+    if hasattr(model, "enc_to_dec_proj"):
+        raise RuntimeError("peer has an enc_to_dec_proj: T5 d_model should equal the decoder width")
+    # Time only the generation of audio codes: generate() always ends with audio_encoder.decode(codes); make it return
+    # the codes ([1, B, K, T]) unchanged.
+    model.audio_encoder.decode = lambda codes, audio_scales=None, **kw: types.SimpleNamespace(audio_values=codes)
+    return model
+
+
+def peer_decoder_params(model) -> int:
+    return sum(p.numel() for p in model.decoder.parameters())
+
+
+def _peer_inputs(model, mask: torch.Tensor, use_cfg: bool, seed: int = 0):
+    """Token ids, mask and precomputed T5 states of the same shape ``[B, L]`` as divcfg's condition."""
+    from transformers.modeling_outputs import BaseModelOutput
+
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, model.config.text_encoder.vocab_size, mask.shape, generator=g)
+    am = mask.long()
+    with torch.inference_mode():
+        states = model.text_encoder(input_ids=ids, attention_mask=am).last_hidden_state
+    if use_cfg:  # what generate() does itself when it runs the text encoder
+        states = torch.cat([states, torch.zeros_like(states)])
+        am = torch.cat([am, torch.zeros_like(am)])
+    return ids, am, BaseModelOutput(last_hidden_state=states)
+
+
+def _check_params(preset: str, policy: AudioTokenPolicy, peer) -> tuple[int, int]:
+    ours, theirs = divcfg_decoder_params(policy), peer_decoder_params(peer)
+    rel = abs(ours - theirs) / theirs
+    print(f"[{preset}] decoder parameters: divcfg {ours:,} (learned positions {policy.pos.numel():,} + biases; "
+          f"text encoder excluded)  vs  HF MusicGen {theirs:,} (sinusoidal positions, no biases)  "
+          f"-> difference {rel:.2%}", flush=True)
+    if rel > PARAM_TOLERANCE:
+        raise RuntimeError(f"decoder sizes differ by {rel:.2%} > {PARAM_TOLERANCE:.0%}: the comparison is not fair")
+    return ours, theirs
+
+
+def _entry(name, value, unit, baseline, target, higher_is_better=True, **extra) -> dict:
+    if name.startswith("cfg_cost/"):
+        ratio = value / baseline if baseline else None
+        met = value <= target
+    else:
+        ratio = value / baseline if baseline else None
+        met = None if ratio is None else (ratio >= target if higher_is_better else ratio <= target)
+    return dict(name=name, value=value, unit=unit, baseline_value=baseline, ratio=ratio, target=target, met=met,
+                **extra)
+
+
+def run(presets=("tiny", "small"), batches=(8,), frames: int = 150, threads: int = 1, repeats: int = 3,
+        json_out: str | None = None, include_peer: bool = True, warmup: int = 1, top_k: int = 250,
+        verbose: bool = True) -> list[dict]:
+    """Measure frames/s (batch × frames / seconds) with and without CFG, for divcfg and optionally the peer."""
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    results: list[dict] = []
+    try:
+        for preset in presets:
+            policy = build_divcfg(preset, frames)
+            k = min(top_k, policy.cfg.card)
+            steps = frames + policy.cfg.n_codebooks - 1
+            peer = None
+            params = {"divcfg_decoder_params": divcfg_decoder_params(policy)}
+            if include_peer:
+                peer = build_peer(policy.cfg)
+                ours, theirs = _check_params(preset, policy, peer)
+                params["peer_decoder_params"] = theirs
+            for batch in batches:
+                cond = policy.encode_condition(_prompts(batch))
+                seconds, peer_seconds = {}, {}
+                for mode, scale in (("nocfg", 1.0), ("cfg", CFG_SCALE)):
+                    gen = torch.Generator().manual_seed(0)
+
+                    def ours_fn():
+                        out = policy.generate(cond, frames, guidance_scale=scale, top_k=k, generator=gen)
+                        assert out.codes.shape == (batch, policy.cfg.n_codebooks, frames)
+
+                    seconds[mode], all_s = median_time(ours_fn, repeats, warmup)
+                    fps = batch * frames / seconds[mode]
+                    peer_fps = None
+                    if peer is not None:
+                        ids, am, enc = _peer_inputs(peer, cond.mask, scale != 1.0)
+
+                        def peer_fn():
+                            with torch.inference_mode():
+                                out = peer.generate(input_ids=ids, attention_mask=am, encoder_outputs=enc,
+                                                    do_sample=True, top_k=k,
+                                                    guidance_scale=scale if scale != 1.0 else None,
+                                                    max_new_tokens=steps)
+                            assert tuple(out.shape) == (1, batch, policy.cfg.n_codebooks, frames), out.shape
+
+                        torch.manual_seed(0)
+                        peer_seconds[mode], _ = median_time(peer_fn, repeats, warmup)
+                        peer_fps = batch * frames / peer_seconds[mode]
+                    entry = _entry(f"generate/{preset}/b{batch}/{mode}", fps, "frames/s", peer_fps, SPEEDUP_TARGET,
+                                   seconds=seconds[mode], all_s=all_s, peer_seconds=peer_seconds.get(mode),
+                                   guidance_scale=scale, top_k=k, frames=frames, steps=steps, batch=batch, **params)
+                    results.append(entry)
+                    if verbose:
+                        peer_txt = f"  peer {peer_fps:8.1f} frames/s" if peer_fps else ""
+                        print(f"[{preset} b{batch} {mode}] divcfg {fps:8.1f} frames/s ({seconds[mode]:.3f} s){peer_txt}",
+                              flush=True)
+                cost = seconds["cfg"] / seconds["nocfg"]
+                peer_cost = peer_seconds["cfg"] / peer_seconds["nocfg"] if peer_seconds else None
+                results.append(_entry(f"cfg_cost/{preset}/b{batch}", cost, "x", peer_cost, CFG_COST_TARGET,
+                                      batch=batch, frames=frames))
+    finally:
+        torch.set_num_threads(previous_threads)
+    for r in results:
+        assert math.isfinite(r["value"]) and r["value"] > 0, r
+    if json_out:
+        machine = machine_info("cpu")
+        machine["threads"] = threads
+        if include_peer:
+            import transformers
+            machine["transformers"] = transformers.__version__
+        write_results(json_out, results, machine)
+    return results
+
+
+def _split(values, cast):
+    out = []
+    for v in values:
+        out += [cast(x) for x in str(v).split(",") if x]
+    return tuple(out)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m divcfg.bench.generate", description=__doc__.split("\n")[0])
+    ap.add_argument("--presets", nargs="+", default=["tiny,small"], help="model presets (space or comma separated)")
+    ap.add_argument("--batches", nargs="+", default=["8"], help="batch sizes (space or comma separated)")
+    ap.add_argument("--frames", type=int, default=150, help="audio frames T per sample (not delayed columns)")
+    ap.add_argument("--repeats", type=int, default=3, help="timed repeats (median is reported)")
+    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    ap.add_argument("--json", dest="json_out", metavar="OUT", default=None, help="write results JSON here")
+    ap.add_argument("--no-peer", dest="include_peer", action="store_false", help="skip the HF MusicGen baseline")
+    args = ap.parse_args(argv)
+    results = run(presets=_split(args.presets, str), batches=_split(args.batches, int), frames=args.frames,
+                  threads=args.threads, repeats=args.repeats, json_out=args.json_out, include_peer=args.include_peer)
+    print()
+    print_table(results)
+    if args.json_out:
+        print(f"\nwrote {args.json_out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

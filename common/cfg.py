@@ -1,0 +1,53 @@
+"""Classifier-free guidance and token sampling, as pure functions over logits."""
+from __future__ import annotations
+
+import torch
+
+
+def cfg_mix(cond_logits: torch.Tensor, uncond_logits: torch.Tensor, guidance_scale: float) -> torch.Tensor:
+    """Guided logits ``uncond + γ · (cond − uncond)``, on raw logits, any shape (per token and codebook).
+
+    γ = 1 returns ``cond_logits`` itself, so guidance at 1 is exactly the conditional model (no rounding).
+    """
+    if guidance_scale < 0:
+        raise ValueError(f"guidance_scale must be >= 0, got {guidance_scale}")
+    if guidance_scale == 1.0:
+        return cond_logits
+    return uncond_logits + guidance_scale * (cond_logits - uncond_logits)
+
+
+def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """Temperature, then top-k, then top-p (nucleus) filtering over the last dim; filtered entries become -inf."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if top_k < 0:
+        raise ValueError(f"top_k must be >= 0 (0 disables it), got {top_k}")
+    if temperature != 1.0:
+        logits = logits / temperature
+    if 0 < top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = sorted_logits.softmax(-1)
+        # Drop a token when the mass strictly before it already reaches top_p; the first token always stays.
+        drop_sorted = (probs.cumsum(-1) - probs) >= top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def sample_from_logits(logits: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample one token per row of ``logits [..., V]`` (already filtered).
+
+    Returns ``(tokens [...] long, logprobs [...] float32)``: the log-probability of each token under the distribution
+    it was actually drawn from, which is what importance weights need.
+    """
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    flat = logprobs.reshape(-1, logprobs.shape[-1])
+    tokens = torch.multinomial(flat.exp(), 1, generator=generator).squeeze(-1)
+    token_logprobs = flat.gather(-1, tokens[:, None]).squeeze(-1)
+    shape = logits.shape[:-1]
+    return tokens.view(shape), token_logprobs.view(shape)

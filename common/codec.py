@@ -1,0 +1,269 @@
+"""The audio codec: EnCodec (the ``encodec`` package), mono, in batches.
+
+Two sources of weights:
+- pretrained EnCodec 24 kHz at a chosen bandwidth, through the package's download or a local checkpoint directory;
+- an *offline* codec: an EnCodec-architecture model (smaller SEANet) whose RVQ codebooks are fitted by residual
+  k-means on encoder latents of a corpus, and whose decoder is then trained briefly to invert them. A random-init
+  EnCodec has all-zero codebooks (every code would be 0), and the package's own k-means init builds an n×C×D tensor
+  that runs out of memory on real corpora, so the fit below works on a subsample with ``torch.cdist``.
+"""
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from divcfg.common.checkpoint import load_weights, save_weights
+
+# Bandwidth (kbps) -> number of codebooks K for EnCodec 24 kHz (75 frames/s, 1024 codes per codebook).
+ENCODEC_24KHZ_BANDWIDTHS = {1.5: 2, 3.0: 4, 6.0: 8, 12.0: 16, 24.0: 32}
+ENCODEC_24KHZ_FILE = "encodec_24khz-d7cc33bc.th"
+
+# encodec 0.1.1 uses the old weight_norm API; the warning is the package's, not ours.
+warnings.filterwarnings("ignore", message=".*weight_norm.*is deprecated", category=FutureWarning)
+
+
+@dataclass
+class OfflineCodecConfig:
+    """Architecture of an offline (fitted) EnCodec codec."""
+
+    sample_rate: int = 16000
+    """Audio sample rate in Hz."""
+    ratios: list[int] = field(default_factory=lambda: [8, 5, 4, 4])
+    """SEANet downsampling ratios; their product is the hop length (640 samples = 25 frames/s at 16 kHz)."""
+    n_filters: int = 8
+    """SEANet base channel count (EnCodec uses 32; smaller makes offline encoding fast on CPU)."""
+    dimension: int = 64
+    """Latent dimension D of each frame."""
+    lstm: int = 0
+    """LSTM layers in SEANet (EnCodec uses 2)."""
+    n_codebooks: int = 4
+    """K residual codebooks."""
+    card: int = 256
+    """Codes per codebook."""
+    seed: int = 0
+    """Seed of the random encoder weights and the k-means fit."""
+
+
+class Codec:
+    """``encode(wav [B, N]) -> codes [B, K, T]`` and ``decode(codes) -> wav [B, N']``, mono, batched."""
+
+    def __init__(self, model, n_codebooks: int, name: str, config: dict | None = None):
+        self.model = model.eval()
+        self.n_codebooks = n_codebooks
+        self.name = name
+        self.config = config or {}
+        self.sample_rate: int = model.sample_rate
+        self.card: int = model.quantizer.bins
+        self.hop_length: int = int(np.prod(model.encoder.ratios))
+        self.frame_rate: float = self.sample_rate / self.hop_length
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def to(self, device) -> "Codec":
+        self.model.to(device)
+        return self
+
+    def n_frames(self, n_samples: int) -> int:
+        return math.ceil(n_samples / self.hop_length)
+
+    @torch.inference_mode()
+    def encode(self, wav: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """Mono ``wav [B, N]`` float at ``self.sample_rate`` -> codes ``[B, K, T]`` long, ``T = ceil(N / hop)``."""
+        wav = torch.as_tensor(wav, dtype=torch.float32, device=self.device)
+        if wav.dim() != 2:
+            raise ValueError(f"codec.encode expects mono audio [B, N], got shape {tuple(wav.shape)}")
+        emb = self.model.encoder(wav[:, None])
+        return self.model.quantizer.encode(emb, self.frame_rate, None)[: self.n_codebooks].transpose(0, 1)
+
+    @torch.inference_mode()
+    def decode(self, codes: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """Codes ``[B, K, T]`` -> mono ``wav [B, T * hop]`` float."""
+        codes = torch.as_tensor(np.asarray(codes) if not torch.is_tensor(codes) else codes, device=self.device).long()
+        if codes.dim() != 3 or codes.shape[1] != self.n_codebooks:
+            raise ValueError(f"codec.decode expects codes [B, K={self.n_codebooks}, T], got {tuple(codes.shape)}")
+        if codes.numel() and (codes.min() < 0 or codes.max() >= self.card):
+            raise ValueError(f"codes outside [0, {self.card}) cannot be decoded: [{codes.min()}, {codes.max()}]")
+        emb = self.model.quantizer.decode(codes.transpose(0, 1))
+        return self.model.decoder(emb)[:, 0]
+
+    def save(self, dirpath: str | os.PathLike) -> Path:
+        return save_weights(dirpath, "codec", self.model.state_dict(),
+                            {"name": self.name, "n_codebooks": self.n_codebooks, **self.config})
+
+
+# ---- pretrained EnCodec ---------------------------------------------------------------------------------------------
+def pretrained_encodec(bandwidth: float = 6.0, repository: str | os.PathLike | None = None) -> Codec:
+    """EnCodec 24 kHz at ``bandwidth`` kbps (K = 2, 4, 8, 16 or 32 codebooks).
+
+    With ``repository`` (a local directory, for clusters without internet) the weights come from
+    ``repository/encodec_24khz-d7cc33bc.th`` (checksum verified by the package), or from the single
+    ``encodec_24khz*.th`` file there (loaded with ``weights_only=True``; no checksum can be verified).
+    """
+    from encodec import EncodecModel
+
+    if bandwidth not in ENCODEC_24KHZ_BANDWIDTHS:
+        raise ValueError(f"codec.bandwidth={bandwidth} is not one of EnCodec 24 kHz's {sorted(ENCODEC_24KHZ_BANDWIDTHS)}")
+    if repository is None:
+        try:
+            model = EncodecModel.encodec_model_24khz(pretrained=True)
+        except Exception as e:  # urllib/HTTP/SSL errors all mean the same thing to the user
+            raise RuntimeError(
+                f"could not download pretrained EnCodec 24 kHz ({type(e).__name__}: {e}). On a machine without "
+                f"internet, download https://dl.fbaipublicfiles.com/encodec/v0/{ENCODEC_24KHZ_FILE} elsewhere, copy "
+                f"it into a directory, and pass that directory as codec.repository=DIR") from None
+    else:
+        repo = Path(repository)
+        if not repo.is_dir():
+            raise FileNotFoundError(f"codec.repository={repo} is not a directory; it must hold {ENCODEC_24KHZ_FILE}")
+        if (repo / ENCODEC_24KHZ_FILE).is_file():
+            model = EncodecModel.encodec_model_24khz(pretrained=True, repository=repo)
+        else:
+            found = sorted(repo.glob("encodec_24khz*.th"))
+            if len(found) != 1:
+                raise FileNotFoundError(f"codec.repository={repo} holds {len(found)} encodec_24khz*.th files "
+                                        f"({[f.name for f in found]}); put exactly one there, ideally {ENCODEC_24KHZ_FILE}")
+            model = EncodecModel.encodec_model_24khz(pretrained=False)
+            try:
+                state = torch.load(found[0], map_location="cpu", weights_only=True)
+                model.load_state_dict(state)
+            except Exception as e:
+                raise ValueError(f"EnCodec checkpoint {found[0]} is corrupt or not an EnCodec 24 kHz state dict: {e}") from None
+    model.set_target_bandwidth(bandwidth)
+    return Codec(model, ENCODEC_24KHZ_BANDWIDTHS[bandwidth], f"encodec_24khz@{bandwidth}kbps",
+                 {"bandwidth": bandwidth, "pretrained": True})
+
+
+# ---- offline codec --------------------------------------------------------------------------------------------------
+def build_offline_model(cfg: OfflineCodecConfig):
+    """An EnCodec-architecture model with random weights (codebooks still to be fitted)."""
+    from encodec import EncodecModel
+    from encodec.modules import SEANetDecoder, SEANetEncoder
+    from encodec.quantization import ResidualVectorQuantizer
+
+    torch.manual_seed(cfg.seed)
+    kw = dict(channels=1, dimension=cfg.dimension, n_filters=cfg.n_filters, ratios=list(cfg.ratios), lstm=cfg.lstm,
+              causal=False, norm="weight_norm")
+    encoder, decoder = SEANetEncoder(**kw), SEANetDecoder(**kw)
+    quantizer = ResidualVectorQuantizer(dimension=cfg.dimension, n_q=cfg.n_codebooks, bins=cfg.card, kmeans_init=True)
+    frame_rate = cfg.sample_rate / np.prod(cfg.ratios)
+    bandwidth = cfg.n_codebooks * math.log2(cfg.card) * frame_rate / 1000
+    return EncodecModel(encoder, decoder, quantizer, [bandwidth], cfg.sample_rate, 1, name="divcfg_offline")
+
+
+def kmeans(x: torch.Tensor, n_clusters: int, iters: int, generator: torch.Generator) -> torch.Tensor:
+    """Plain k-means on ``x [M, D]`` -> centroids ``[n_clusters, D]``; empty clusters are re-seeded from the data."""
+    m = x.shape[0]
+    if m < n_clusters:
+        raise ValueError(f"k-means needs at least {n_clusters} latent vectors, got {m}; give the fit more audio")
+    centroids = x[torch.randperm(m, generator=generator)[:n_clusters]].clone()
+    for _ in range(iters):
+        assign = torch.cdist(x, centroids).argmin(1)
+        counts = torch.bincount(assign, minlength=n_clusters).float()
+        sums = torch.zeros_like(centroids).index_add_(0, assign, x)
+        empty = counts == 0
+        centroids = torch.where(empty[:, None], centroids, sums / counts.clamp(min=1)[:, None])
+        if empty.any():
+            centroids[empty] = x[torch.randint(0, m, (int(empty.sum()),), generator=generator)]
+    return centroids
+
+
+@torch.no_grad()
+def fit_codebooks(model, wavs: np.ndarray, n_vectors: int = 20000, iters: int = 20, seed: int = 0,
+                  batch: int = 64) -> None:
+    """Residual k-means of the RVQ codebooks on a subsample of encoder latents of ``wavs [N, samples]``."""
+    g = torch.Generator().manual_seed(seed)
+    latents = []
+    for i in range(0, len(wavs), batch):
+        emb = model.encoder(torch.as_tensor(wavs[i: i + batch], dtype=torch.float32)[:, None])  # [B, D, T]
+        latents.append(emb.transpose(1, 2).reshape(-1, emb.shape[1]))
+    x = torch.cat(latents)
+    x = x[torch.randperm(len(x), generator=g)[:n_vectors]]
+    residual = x
+    for layer in model.quantizer.vq.layers:
+        book = layer._codebook
+        centroids = kmeans(residual, book.codebook_size, iters, g)
+        book.embed.copy_(centroids)
+        book.embed_avg.copy_(centroids)
+        book.inited.fill_(1.0)
+        residual = residual - centroids[torch.cdist(residual, centroids).argmin(1)]
+
+
+def mel_loss(pred: torch.Tensor, target: torch.Tensor, sample_rate: int) -> torch.Tensor:
+    """Multi-resolution log-magnitude STFT distance, the usual codec reconstruction loss."""
+    loss = pred.new_zeros(())
+    for n_fft in (256, 512, 1024):
+        window = torch.hann_window(n_fft, device=pred.device)
+        sp = torch.stft(pred, n_fft, n_fft // 4, window=window, return_complex=True).abs()
+        st = torch.stft(target, n_fft, n_fft // 4, window=window, return_complex=True).abs()
+        loss = loss + F.l1_loss(torch.log(sp + 1e-5), torch.log(st + 1e-5)) + F.l1_loss(sp, st)
+    return loss
+
+
+def train_decoder(model, wavs: np.ndarray, steps: int, batch: int = 16, lr: float = 3e-3, seed: int = 0,
+                  progress: bool = False) -> list[float]:
+    """Train the decoder (encoder and codebooks frozen) to invert the quantized latents; returns the loss curve."""
+    from tqdm import tqdm
+
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(model.decoder.parameters(), lr=lr)
+    model.decoder.train()
+    losses = []
+    for _ in tqdm(range(steps), desc="codec decoder", disable=not progress, leave=False):
+        idx = torch.randint(0, len(wavs), (batch,), generator=g)
+        x = torch.as_tensor(wavs[idx.numpy()], dtype=torch.float32)
+        with torch.no_grad():
+            q = model.quantizer.decode(model.quantizer.encode(model.encoder(x[:, None]), 1, None))
+        y = model.decoder(q)[:, 0, : x.shape[1]]
+        loss = mel_loss(y, x, model.sample_rate) + F.l1_loss(y, x)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    model.decoder.eval()
+    return losses
+
+
+def fit_offline_codec(wavs: np.ndarray, cfg: OfflineCodecConfig, n_vectors: int = 20000, kmeans_iters: int = 20,
+                      decoder_steps: int = 0, progress: bool = False) -> Codec:
+    """Build an offline codec: random SEANet encoder, k-means codebooks on ``wavs [N, samples]``, trained decoder."""
+    model = build_offline_model(cfg)
+    model.eval()
+    fit_codebooks(model, wavs, n_vectors=n_vectors, iters=kmeans_iters, seed=cfg.seed)
+    if decoder_steps:
+        train_decoder(model, wavs, decoder_steps, seed=cfg.seed, progress=progress)
+    return Codec(model, cfg.n_codebooks, "offline", {"offline": asdict(cfg)})
+
+
+def load_codec(dirpath: str | os.PathLike) -> Codec:
+    """A codec saved by :meth:`Codec.save` (offline) or a pointer to pretrained EnCodec."""
+    state, config, _ = load_weights(dirpath, "codec")
+    if "offline" in config:
+        cfg = OfflineCodecConfig(**config["offline"])
+        model = build_offline_model(cfg)
+        model.load_state_dict(state)
+        return Codec(model, cfg.n_codebooks, "offline", {"offline": asdict(cfg)})
+    from encodec import EncodecModel
+    model = EncodecModel.encodec_model_24khz(pretrained=False)
+    model.load_state_dict(state)
+    model.set_target_bandwidth(config["bandwidth"])
+    return Codec(model, config["n_codebooks"], config["name"], {"bandwidth": config["bandwidth"], "pretrained": True})
+
+
+def reconstruction_metrics(codec: Codec, wavs: np.ndarray) -> dict[str, float]:
+    """SNR (dB) and multi-resolution STFT distance of ``decode(encode(x))`` against ``x [N, samples]``."""
+    x = torch.as_tensor(wavs, dtype=torch.float32)
+    y = codec.decode(codec.encode(x))[:, : x.shape[1]]
+    noise = (y - x).pow(2).sum(1)
+    snr = 10 * torch.log10(x.pow(2).sum(1) / noise.clamp(min=1e-12))
+    with torch.no_grad():
+        stft = mel_loss(y, x, codec.sample_rate)
+    return {"snr_db": float(snr.mean()), "stft_distance": float(stft)}

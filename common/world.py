@@ -1,0 +1,409 @@
+"""A procedural text-to-music world: seeded synthetic melodies with known attributes, and partial text prompts.
+
+Each clip draws one value per attribute of :data:`ATTRIBUTES` and is synthesised from those values with numpy. Its
+prompt mentions only a random subset of the attributes, so one prompt fits clips that differ in everything it leaves
+out: p(audio | prompt) is multi-modal, which is what makes the diversity of a distilled model measurable. Since every
+clip's attributes are known, adherence and diversity of generated audio can be scored by attribute classifiers.
+
+Clip ``i`` of a corpus depends only on ``(seed, i)``, so a corpus can be generated in shards by different processes.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+# The one table of attributes and their values, in label order (see attribute_labels).
+ATTRIBUTES: dict[str, tuple[str, ...]] = {
+    "timbre": ("sine", "square", "sawtooth", "plucked", "organ", "bell"),
+    "tempo": ("slow", "moderate", "fast"),
+    "register": ("low", "middle", "high"),
+    "mode": ("major", "minor", "pentatonic", "whole-tone"),
+    "density": ("sparse", "medium", "dense"),
+    "dynamics": ("soft", "loud", "crescendo", "decrescendo"),
+}
+
+# The text encoder's limit; make_prompt never exceeds it.
+PROMPT_MAX_BYTES = 96
+
+
+@dataclass
+class WorldConfig:
+    """How a corpus is generated. Clip ``i`` depends only on ``seed``, ``i`` and the audio/prompt settings."""
+
+    seed: int = 0
+    """Seed of the corpus; clip ``i`` draws from ``np.random.default_rng([seed, i])``."""
+    n_clips: int = 2000
+    """Number of clips in the corpus (clip ids ``0 .. n_clips-1``)."""
+    duration_s: float = 3.0
+    """Length of every clip in seconds (2 to 4 is the intended range)."""
+    sample_rate: int = 16000
+    """Audio sample rate in Hz."""
+    min_described: int = 1
+    """Fewest attributes a prompt mentions (0 allows bare prompts such as "a melody")."""
+    max_described: int = 3
+    """Most attributes a prompt mentions; the rest are left free, which makes prompts multi-modal."""
+
+    def __post_init__(self):
+        if self.n_clips < 0:
+            raise ValueError(f"WorldConfig.n_clips must be >= 0, got {self.n_clips}")
+        # Below half a second a clip may hold no complete note or beat, so its tempo and density are inaudible.
+        if not self.duration_s >= 0.5:
+            raise ValueError(f"WorldConfig.duration_s must be >= 0.5, got {self.duration_s}")
+        # The highest note (~1.6 kHz) must stay below Nyquist.
+        if self.sample_rate < 4000:
+            raise ValueError(f"WorldConfig.sample_rate must be >= 4000 Hz, got {self.sample_rate}")
+        if not 0 <= self.min_described <= self.max_described <= len(ATTRIBUTES):
+            raise ValueError(f"WorldConfig needs 0 <= min_described <= max_described <= {len(ATTRIBUTES)}, got "
+                             f"min_described={self.min_described}, max_described={self.max_described}")
+
+
+@dataclass
+class Clip:
+    """One corpus item: audio, its full attributes and the partial prompt that describes it."""
+
+    clip_id: int
+    prompt: str
+    attributes: dict[str, str]
+    """All attributes of the clip, in ATTRIBUTES order."""
+    described: tuple[str, ...]
+    """Names of the attributes the prompt mentions, in ATTRIBUTES order."""
+    audio: np.ndarray
+    """float32 ``[n_samples]`` in [-1, 1]; ``[0]`` when read from a corpus written without audio."""
+
+
+# ---- prompts --------------------------------------------------------------------------------------------------------
+
+# attribute -> value -> (adjective written before the noun, phrase written after it). The keys run in English
+# adjective order, which is the order make_prompt writes adjectives in. Every phrase is unique across the table, so
+# parse_prompt can invert make_prompt.
+_PHRASES: dict[str, dict[str, tuple[str, str]]] = {
+    "dynamics": {"soft": ("soft", "at a soft volume"), "loud": ("loud", "at a loud volume"),
+                 "crescendo": ("swelling", "that grows louder"), "decrescendo": ("fading", "that fades away")},
+    "tempo": {"slow": ("slow", "at a slow tempo"), "moderate": ("mid-tempo", "at a moderate tempo"),
+              "fast": ("fast", "at a fast tempo")},
+    "density": {"sparse": ("sparse", "with few notes"), "medium": ("flowing", "with a steady flow of notes"),
+                "dense": ("busy", "with many notes")},
+    "register": {"low": ("low-pitched", "in a low register"), "middle": ("mid-register", "in the middle register"),
+                 "high": ("high-pitched", "in a high register")},
+    "mode": {"major": ("major-key", "in a major key"), "minor": ("minor-key", "in a minor key"),
+             "pentatonic": ("pentatonic", "on a pentatonic scale"),
+             "whole-tone": ("whole-tone", "on a whole-tone scale")},
+    "timbre": {"sine": ("sine-wave", "played on sine waves"), "square": ("square-wave", "played on a square-wave synth"),
+               "sawtooth": ("sawtooth", "played on a sawtooth synth"),
+               "plucked": ("plucked-string", "played on a plucked string"), "organ": ("organ", "played on an organ"),
+               "bell": ("bell", "played on bells")},
+}
+_NOUNS = ("melody", "tune", "piece")
+_PHRASE_MEANING: dict[str, tuple[str, str]] = {
+    phrase: (name, value) for name, values in _PHRASES.items() for value, pair in values.items() for phrase in pair}
+# Longest first, so that at one position "played on a sawtooth synth" wins over "sawtooth"; hyphens count as part of
+# a word so that "low" never matches inside "low-pitched" or "slow".
+_PHRASE_RE = re.compile(r"(?<![\w-])(" + "|".join(re.escape(p) for p in sorted(_PHRASE_MEANING, key=len, reverse=True))
+                        + r")(?![\w-])")
+
+
+def _compose(noun: str, adjectives: list[str], posts: list[str]) -> str:
+    head = " ".join([*adjectives, noun])
+    article = "an" if head[0] in "aeiou" else "a"
+    return " ".join([article, head, *posts])
+
+
+def make_prompt(rng: np.random.Generator, attributes: dict[str, str], described: tuple[str, ...]) -> str:
+    """An ASCII prompt of at most PROMPT_MAX_BYTES bytes that mentions exactly the ``described`` attributes.
+
+    Each attribute is written either as an adjective or as a trailing phrase, at random, with a random noun.
+    """
+    unknown = [name for name in described if name not in ATTRIBUTES]
+    if unknown:
+        raise ValueError(f"make_prompt: unknown attribute(s) {unknown}; known: {list(ATTRIBUTES)}")
+    noun = _NOUNS[rng.integers(len(_NOUNS))]
+    as_post = {name: bool(rng.random() < 0.5) for name in described}
+    post_order = [described[i] for i in rng.permutation(len(described))]
+    while True:
+        adjectives = [_PHRASES[n][attributes[n]][0] for n in _PHRASES if n in described and not as_post[n]]
+        posts = [_PHRASES[n][attributes[n]][1] for n in post_order if as_post[n]]
+        prompt = _compose(noun, adjectives, posts)
+        if len(prompt.encode("utf-8")) <= PROMPT_MAX_BYTES:
+            return prompt
+        # Adjectives are the short forms, and all six as adjectives fit (a test checks it): shorten until it fits.
+        longest = max((n for n in described if as_post[n]), key=lambda n: len(_PHRASES[n][attributes[n]][1]))
+        as_post[longest] = False
+
+
+def parse_prompt(prompt: str) -> dict[str, str]:
+    """The attributes a prompt mentions, ``{name: value}`` in ATTRIBUTES order (the inverse of make_prompt).
+
+    Matching is case-insensitive and finds the phrases anywhere in the text; a prompt that gives one attribute two
+    different values is a ValueError.
+    """
+    found: dict[str, str] = {}
+    for match in _PHRASE_RE.finditer(prompt.lower()):
+        name, value = _PHRASE_MEANING[match.group(1)]
+        if found.setdefault(name, value) != value:
+            raise ValueError(f"prompt {prompt!r} gives {name} two values: {found[name]!r} and {value!r}")
+    return {name: found[name] for name in ATTRIBUTES if name in found}
+
+
+def attribute_labels(attributes: dict[str, str]) -> np.ndarray:
+    """int64 ``[len(ATTRIBUTES)]``: the index of each attribute's value in its ATTRIBUTES tuple, in table order."""
+    labels = []
+    for name, values in ATTRIBUTES.items():
+        if name not in attributes:
+            raise ValueError(f"attribute_labels: no value for attribute {name!r} in {attributes}")
+        if attributes[name] not in values:
+            raise ValueError(f"attribute_labels: {name}={attributes[name]!r} is not one of {values}")
+        labels.append(values.index(attributes[name]))
+    return np.asarray(labels, dtype=np.int64)
+
+
+# ---- synthesis ------------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Timbre:
+    ratios: tuple[float, ...]
+    """Partial frequencies as multiples of the note's fundamental."""
+    amps: tuple[float, ...]
+    """Amplitude of each partial."""
+    decays: tuple[float, ...]
+    """Exponential decay rate of each partial, 1/s; 0 sustains."""
+    attack_s: float
+    release_s: float
+    ring_s: float
+    """> 0: every note rings this long whatever the rhythm (struck bars); 0: a note stops at its gate."""
+    tremolo: float
+    """Depth of a 5.5 Hz amplitude modulation."""
+
+
+_HARMONICS = tuple(float(k) for k in range(1, 13))
+_TIMBRES: dict[str, _Timbre] = {
+    "sine": _Timbre((1.0,), (1.0,), (0.0,), 0.01, 0.05, 0.0, 0.0),
+    "square": _Timbre(tuple(float(k) for k in range(1, 16, 2)), tuple(1.0 / k for k in range(1, 16, 2)), (0.0,) * 8,
+                      0.005, 0.04, 0.0, 0.0),
+    "sawtooth": _Timbre(_HARMONICS, tuple(1.0 / k for k in _HARMONICS), (0.0,) * 12, 0.005, 0.04, 0.0, 0.0),
+    # Upper harmonics of a string die first, so the tone darkens as it decays.
+    "plucked": _Timbre(_HARMONICS, tuple(1.0 / k ** 1.2 for k in _HARMONICS), tuple(2.5 + 2.0 * k for k in _HARMONICS),
+                       0.002, 0.03, 0.0, 0.0),
+    # Drawbar organ: a sub-octave and octave-spaced pipes, slow attack, tremolo.
+    "organ": _Timbre((0.5, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0), (0.4, 1.0, 0.7, 0.35, 0.45, 0.2, 0.2), (0.0,) * 7,
+                     0.03, 0.08, 0.0, 0.2),
+    # The inharmonic modes of a free bar (glockenspiel) ring on past the next note.
+    "bell": _Timbre((1.0, 2.756, 5.404, 8.933), (1.0, 0.5, 0.3, 0.15), (1.2, 2.5, 4.5, 7.0), 0.001, 0.05, 1.2, 0.0),
+}
+_BPM = {"slow": 72.0, "moderate": 108.0, "fast": 156.0}
+# Lowest root (MIDI note) of each register; the root is drawn from the 6 semitones above and melodies span an octave,
+# so registers never overlap: low 36..53 (65-175 Hz), middle 55..72 (196-523 Hz), high 74..91 (587-1568 Hz).
+_LOWEST_ROOT = {"low": 36, "middle": 55, "high": 74}
+_SCALES = {"major": (0, 2, 4, 5, 7, 9, 11), "minor": (0, 2, 3, 5, 7, 8, 10), "pentatonic": (0, 2, 4, 7, 9),
+           "whole-tone": (0, 2, 4, 6, 8, 10)}
+# (grid slots per beat, probability of a note on a beat slot, on an off-beat slot): about 0.6, 1.4 and 3.4 notes a beat.
+_DENSITY = {"sparse": (1, 0.6, 0.0), "medium": (2, 0.9, 0.5), "dense": (4, 0.95, 0.8)}
+# (gain at the start, gain at the end), interpolated in dB over the clip.
+_DYNAMICS = {"soft": (0.15, 0.15), "loud": (0.8, 0.8), "crescendo": (0.07, 0.85), "decrescendo": (0.85, 0.07)}
+# Melodic steps in scale degrees; mostly stepwise motion, like a sung tune.
+_STEPS = np.array([-3, -2, -1, 0, 1, 2, 3])
+_STEP_P = np.array([0.05, 0.2, 0.22, 0.06, 0.22, 0.2, 0.05])
+
+
+def _rhythm(rng: np.random.Generator, density: str, beat_s: float, start_s: float, duration_s: float):
+    """Note onsets ``[M]`` (s), the time each note's slot ends ``[M]`` (s), and whether each onset is on a beat."""
+    per_beat, p_beat, p_offbeat = _DENSITY[density]
+    slot_s = beat_s / per_beat
+    slots = np.arange(int(np.ceil((duration_s - start_s) / slot_s)))
+    on_beat = slots % per_beat == 0
+    keep = rng.random(len(slots)) < np.where(on_beat, p_beat, p_offbeat)
+    keep[0] = True
+    # A few ms of human timing; slots are >= 90 ms apart, so onsets stay in order.
+    onsets = np.maximum(start_s + slots[keep] * slot_s + rng.uniform(-0.004, 0.004, keep.sum()), 0.0)
+    return onsets, np.append(onsets[1:], duration_s), on_beat[keep]
+
+
+def _melody(rng: np.random.Generator, register: str, mode: str, n_notes: int) -> np.ndarray:
+    """MIDI pitches ``[n_notes]``: a random walk over one octave of the scale that starts and ends on the tonic."""
+    root = _LOWEST_ROOT[register] + rng.integers(0, 6)
+    pitches = root + np.array([*_SCALES[mode], 12])
+    top = len(pitches) - 1
+    walk = np.cumsum(np.concatenate([[rng.choice([0, top])], rng.choice(_STEPS, size=n_notes - 1, p=_STEP_P)]))
+    # Reflect at both ends of the octave so that the walk stays in it without piling up at the edges.
+    folded = walk % (2 * top)
+    degrees = np.where(folded > top, 2 * top - folded, folded)
+    degrees[-1] = 0 if degrees[-1] < top / 2 else top
+    return pitches[degrees]
+
+
+def _render_notes(timbre: str, onsets: np.ndarray, offs: np.ndarray, freqs: np.ndarray, gains: np.ndarray,
+                  sample_rate: int, n: int) -> np.ndarray:
+    """float64 ``[n]``: notes ``[M]`` (onset and gate-off in s, fundamental in Hz, gain) summed."""
+    spec = _TIMBRES[timbre]
+    ratios, amps, decays = (np.asarray(x) for x in (spec.ratios, spec.amps, spec.decays))
+    out = np.zeros(n)
+    for onset, off, freq, gain in zip(onsets, offs, freqs, gains):
+        start = int(onset * sample_rate)
+        hold = spec.ring_s or off - onset
+        t = np.arange(min(int((hold + spec.release_s) * sample_rate), n - start)) / sample_rate
+        # Partials above 0.45 * sample rate would alias back as inharmonic tones.
+        keep = ratios * freq < 0.45 * sample_rate
+        weights = amps[keep, None] * np.exp(-decays[keep, None] * t) if decays.any() else amps[keep, None]
+        wave = (weights * np.sin((2 * np.pi * freq * ratios[keep, None]) * t)).sum(axis=0)
+        env = np.minimum(t / spec.attack_s, 1.0) * np.clip((hold + spec.release_s - t) / spec.release_s, 0.0, 1.0)
+        if spec.tremolo:
+            env *= 1.0 + spec.tremolo * np.sin(2 * np.pi * 5.5 * t)
+        out[start:start + len(t)] += gain * env * wave
+    return out
+
+
+def _render_ticks(rng: np.random.Generator, beats: np.ndarray, sample_rate: int, n: int) -> np.ndarray:
+    """float64 ``[n]``: a hi-hat tick on every beat ``[B]`` (s), accented every 4th beat.
+
+    The ticks make tempo audible on its own: without them a slow dense clip has the note rate of a fast sparse one.
+    """
+    t = np.arange(int(0.05 * sample_rate)) / sample_rate
+    # Differenced white noise is tilted towards high frequencies, away from the melody.
+    tick = np.diff(rng.standard_normal(len(t) + 1)) * np.exp(-t / 0.012)
+    tick /= np.abs(tick).max()
+    out = np.zeros(n)
+    for k, beat in enumerate(beats):
+        start = int(beat * sample_rate)
+        length = min(len(t), n - start)
+        out[start:start + length] += (0.35 if k % 4 == 0 else 0.22) * tick[:length]
+    return out
+
+
+def synthesize(rng: np.random.Generator, attributes: dict[str, str], cfg: WorldConfig) -> np.ndarray:
+    """float32 ``[round(cfg.duration_s * cfg.sample_rate)]`` in [-1, 1]: a random clip with the given attributes.
+
+    Within one set of attributes the root, melody, rhythm, exact tempo, tuning, articulation, levels and noise are
+    drawn from ``rng``, so clips that share all attributes still differ.
+    """
+    attribute_labels(attributes)  # validates the names and values
+    sr, duration = cfg.sample_rate, cfg.duration_s
+    n = int(round(duration * sr))
+    beat_s = 60.0 / (_BPM[attributes["tempo"]] * rng.uniform(0.94, 1.06))
+    start_s = rng.uniform(0.0, 0.12)
+    onsets, slot_ends, on_beat = _rhythm(rng, attributes["density"], beat_s, start_s, duration)
+    offs = onsets + rng.uniform(0.6, 0.95) * (slot_ends - onsets)  # legato to staccato
+    pitches = _melody(rng, attributes["register"], attributes["mode"], len(onsets))
+    cents = rng.uniform(-15.0, 15.0) + rng.uniform(-3.0, 3.0, len(onsets))  # tuning of the clip, then of each note
+    freqs = 440.0 * 2.0 ** ((pitches - 69 + cents / 100.0) / 12.0)
+    gains = np.where(on_beat, 1.0, 0.8) * rng.uniform(0.85, 1.0, len(onsets))
+    melody = _render_notes(attributes["timbre"], onsets, offs, freqs, gains, sr, n)
+    mix = melody / np.abs(melody).max() + _render_ticks(rng, start_s + np.arange(0.0, duration - start_s, beat_s), sr, n)
+    # Dynamics are applied after normalising, so "soft" and "loud" are absolute levels, not relative ones.
+    first, last = (20.0 * np.log10(g * rng.uniform(0.85, 1.1)) for g in _DYNAMICS[attributes["dynamics"]])
+    gain = 10.0 ** (np.linspace(first, last, n) / 20.0)
+    noise = rng.uniform(0.001, 0.003) * rng.standard_normal(n)
+    return np.clip(mix / np.abs(mix).max() * gain + noise, -1.0, 1.0).astype(np.float32)
+
+
+def generate_clip(rng: np.random.Generator, clip_id: int, cfg: WorldConfig) -> Clip:
+    """Draw attributes uniformly, a random subset of them to describe, the prompt, then the audio."""
+    attributes = {name: values[rng.integers(len(values))] for name, values in ATTRIBUTES.items()}
+    n_described = rng.integers(cfg.min_described, cfg.max_described + 1)
+    chosen = set(rng.choice(list(ATTRIBUTES), size=n_described, replace=False).tolist())
+    described = tuple(name for name in ATTRIBUTES if name in chosen)
+    prompt = make_prompt(rng, attributes, described)
+    return Clip(clip_id, prompt, attributes, described, synthesize(rng, attributes, cfg))
+
+
+def generate_corpus(cfg: WorldConfig, start: int = 0, count: int | None = None) -> list[Clip]:
+    """Clips ``start .. start+count-1`` of the corpus (``count`` None: up to ``cfg.n_clips``).
+
+    Clip ``i`` draws from ``np.random.default_rng([cfg.seed, i])``, so it is the same whatever shard it is made in.
+    """
+    count = cfg.n_clips - start if count is None else count
+    if start < 0 or count < 0 or start + count > cfg.n_clips:
+        raise ValueError(f"generate_corpus: clips {start}..{start + count - 1} are outside the corpus "
+                         f"0..{cfg.n_clips - 1} (n_clips={cfg.n_clips})")
+    return [generate_clip(np.random.default_rng([cfg.seed, i]), i, cfg) for i in range(start, start + count)]
+
+
+# ---- Parquet --------------------------------------------------------------------------------------------------------
+
+def _attr_column(name: str) -> str:
+    return f"attr_{name}"
+
+
+def clips_to_table(clips: list[Clip], include_audio: bool = True) -> pa.Table:
+    """One row per clip: clip_id int64, prompt string, described list<string>, attr_<name> string per attribute and,
+    when ``include_audio``, audio list<float32>."""
+    columns = {
+        "clip_id": pa.array([c.clip_id for c in clips], pa.int64()),
+        "prompt": pa.array([c.prompt for c in clips], pa.string()),
+        "described": pa.array([list(c.described) for c in clips], pa.list_(pa.string())),
+    }
+    for name in ATTRIBUTES:
+        columns[_attr_column(name)] = pa.array([c.attributes[name] for c in clips], pa.string())
+    if include_audio:
+        audios = [np.asarray(c.audio, dtype=np.float32) for c in clips]
+        bad = [c.clip_id for c, a in zip(clips, audios) if a.ndim != 1]
+        if bad:
+            raise ValueError(f"clips_to_table: audio must be 1-D [n_samples]; clip(s) {bad[:5]} are not")
+        offsets = np.concatenate([[0], np.cumsum([len(a) for a in audios], dtype=np.int64)])
+        if offsets[-1] > np.iinfo(np.int32).max:
+            raise ValueError(f"clips_to_table: {offsets[-1]} audio samples overflow one list<float32> column; "
+                             f"write the corpus in shards (generate_corpus start/count)")
+        values = np.concatenate([np.zeros(0, np.float32), *audios])
+        columns["audio"] = pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(values))
+    return pa.table(columns)
+
+
+def write_corpus(path: str | os.PathLike, clips: list[Clip], include_audio: bool = True) -> None:
+    """Write ``clips`` as Parquet (see clips_to_table). Readers never see a partial file: it is written next to
+    ``path`` and renamed over it."""
+    path = os.fspath(path)
+    table = clips_to_table(clips, include_audio)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def read_corpus(path: str | os.PathLike) -> list[Clip]:
+    """The clips of a file written by write_corpus. Without an audio column each clip's audio is float32 ``[0]``."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"corpus file not found: {path}")
+    try:
+        table = pq.read_table(path)
+    except (OSError, pa.ArrowException) as e:
+        raise ValueError(f"corpus file {path} is not a readable Parquet file: {e}") from e
+    required = ["clip_id", "prompt", "described", *(_attr_column(name) for name in ATTRIBUTES)]
+    missing = [name for name in required if name not in table.column_names]
+    if missing:
+        raise ValueError(f"corpus file {path} has no column(s) {missing} (columns: {table.column_names})")
+    for name in required:
+        if table.column(name).null_count:
+            raise ValueError(f"corpus file {path}: column {name!r} holds nulls")
+    columns = {name: table.column(name).to_pylist() for name in required}
+    for name, values in ATTRIBUTES.items():
+        bad = sorted(set(columns[_attr_column(name)]) - set(values))
+        if bad:
+            raise ValueError(f"corpus file {path}: column {_attr_column(name)!r} holds unknown value(s) {bad}; "
+                             f"known: {values}")
+    bad = sorted({name for described in columns["described"] for name in described} - ATTRIBUTES.keys())
+    if bad:
+        raise ValueError(f"corpus file {path}: column 'described' names unknown attribute(s) {bad}")
+    n = table.num_rows
+    if "audio" in table.column_names:
+        audio = table.column("audio").combine_chunks()
+        if not (pa.types.is_list(audio.type) or pa.types.is_large_list(audio.type)) or audio.null_count:
+            raise ValueError(f"corpus file {path}: column 'audio' must be a list<float32> without nulls, "
+                             f"got {audio.type} with {audio.null_count} null(s)")
+        offsets = audio.offsets.to_numpy()
+        # One writable copy: Arrow's buffers are read-only, and callers may process clips in place.
+        values = np.array(audio.values.to_numpy(zero_copy_only=False), dtype=np.float32)
+        audios = [values[offsets[i]:offsets[i + 1]] for i in range(n)]
+    else:
+        audios = [np.zeros(0, np.float32) for _ in range(n)]
+    return [Clip(clip_id=columns["clip_id"][i], prompt=columns["prompt"][i],
+                 attributes={name: columns[_attr_column(name)][i] for name in ATTRIBUTES},
+                 described=tuple(columns["described"][i]), audio=audios[i]) for i in range(n)]

@@ -1,0 +1,141 @@
+import time
+
+import pytest
+import torch
+
+from divcfg.common.cfg import cfg_mix
+from divcfg.common.delay import delay_valid_mask, delayed_length, undelay
+from divcfg.common.policy import PromptTooLongError, build_policy, policy_config
+
+PROMPTS = ["a calm piano melody", "fast loud drums", "", "ünïcödé bells"]
+
+
+@pytest.fixture(scope="module")
+def policy():
+    return build_policy(seed=0).eval()
+
+
+def generate_reference(policy, cond, n_frames, guidance_scale, generator):
+    """Slow reference sampler: recompute the whole prefix at every step (no KV cache)."""
+    k = policy.cfg.n_codebooks
+    b = cond.states.shape[0]
+    both = policy.with_null(cond) if guidance_scale != 1 else cond
+    valid = delay_valid_mask(k, n_frames)
+    columns = torch.full((b, k, 1), policy.special, dtype=torch.long)
+    step_logits = []
+    with torch.no_grad():
+        for s in range(delayed_length(n_frames, k)):
+            inp = torch.cat([columns, columns]) if guidance_scale != 1 else columns
+            logits = policy.forward_delayed(inp, both)[:, :, -1]
+            if guidance_scale != 1:
+                logits = cfg_mix(logits[:b], logits[b:], guidance_scale)
+            step_logits.append(logits)
+            probs = torch.softmax(logits.float(), -1).reshape(-1, logits.shape[-1])
+            tokens = torch.multinomial(probs, 1, generator=generator).view(b, k)
+            tokens = torch.where(valid[:, s], tokens, policy.special)
+            columns = torch.cat([columns, tokens[:, :, None]], dim=2)
+    return undelay(columns[:, :, 1:], n_frames), torch.stack(step_logits, 2)
+
+
+def test_tiny_factory_is_fast():
+    start = time.perf_counter()
+    m = build_policy()
+    m.generate(m.encode_condition(["x"]), 4)
+    assert time.perf_counter() - start < 2.0
+
+
+@pytest.mark.parametrize("gamma", [1.0, 3.0])
+def test_kv_cache_matches_full_recompute(policy, gamma):
+    cond = policy.encode_condition(PROMPTS)
+    fast = policy.generate(cond, 12, guidance_scale=gamma, generator=torch.Generator().manual_seed(1),
+                           return_logits=True)
+    codes, ref_logits = generate_reference(policy, cond, 12, gamma, torch.Generator().manual_seed(1))
+    assert torch.allclose(fast.step_logits, ref_logits, atol=1e-5), (fast.step_logits - ref_logits).abs().max()
+    assert torch.equal(fast.codes, codes)
+
+
+@pytest.mark.parametrize("gamma", [1.0, 3.0])
+def test_step_logits_match_whole_sequence_logits(policy, gamma):
+    cond = policy.encode_condition(PROMPTS[:2])
+    out = policy.generate(cond, 9, guidance_scale=gamma, generator=torch.Generator().manual_seed(2),
+                          return_logits=True)
+    whole = policy.guided_logits(out.codes, cond, gamma)
+    assert whole.shape == (2, policy.cfg.n_codebooks, 9, policy.cfg.card)
+    assert torch.allclose(undelay(out.step_logits, 9), whole, atol=1e-5)
+    # Stored log-probs are those of the sampled codes under the (unfiltered) guided distribution.
+    lp = torch.log_softmax(whole, -1).gather(-1, out.codes[..., None]).squeeze(-1)
+    assert torch.allclose(out.logprobs, lp, atol=1e-5)
+
+
+def test_gamma_one_equals_conditional_model(policy):
+    cond = policy.encode_condition(PROMPTS[:2])
+    codes = torch.randint(0, policy.cfg.card, (2, policy.cfg.n_codebooks, 6))
+    assert torch.equal(policy.guided_logits(codes, cond, 1.0), policy.logits(codes, cond))
+
+
+def test_cfg_uses_null_condition(policy):
+    cond = policy.encode_condition(PROMPTS[:2])
+    codes = torch.randint(0, policy.cfg.card, (2, policy.cfg.n_codebooks, 6))
+    null = policy.null_condition(2, cond.states.shape[1])
+    expect = cfg_mix(policy.logits(codes, cond), policy.logits(codes, null), 3.0)
+    assert torch.allclose(policy.guided_logits(codes, cond, 3.0), expect, atol=1e-5)
+
+
+def test_seeded_sampling_is_reproducible_and_filters_apply(policy):
+    cond = policy.encode_condition(PROMPTS[:2])
+    a = policy.generate(cond, 8, top_k=5, top_p=0.9, temperature=0.8, generator=torch.Generator().manual_seed(3))
+    b = policy.generate(cond, 8, top_k=5, top_p=0.9, temperature=0.8, generator=torch.Generator().manual_seed(3))
+    c = policy.generate(cond, 8, top_k=5, top_p=0.9, temperature=0.8, generator=torch.Generator().manual_seed(4))
+    assert torch.equal(a.codes, b.codes) and not torch.equal(a.codes, c.codes)
+    assert a.codes.min() >= 0 and a.codes.max() < policy.cfg.card
+    # With top_k=1 sampling is greedy: the argmax of the model's own logits.
+    g = policy.generate(cond, 6, top_k=1, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(g.codes, policy.logits(g.codes, cond).argmax(-1))
+
+
+def test_condition_dropout_gives_null(policy):
+    cond = policy.encode_condition(PROMPTS[:2])
+    dropped = policy.drop_condition(cond, torch.tensor([True, False]))
+    null = policy.null_condition(2, cond.states.shape[1])
+    assert torch.equal(dropped.states[0], null.states[0]) and torch.equal(dropped.states[1], cond.states[1])
+    assert dropped.mask[0].tolist() == [True] + [False] * (cond.mask.shape[1] - 1)
+
+
+def test_presets_and_bad_config():
+    assert policy_config("small").dim == 256 and policy_config("base").n_layers == 24
+    with pytest.raises(ValueError, match="unknown model preset 'huge'; known presets: tiny, small, medium, base"):
+        policy_config("huge")
+    with pytest.raises(ValueError, match="model.dim=66 is not divisible by model.n_heads=4"):
+        policy_config("tiny", dim=66, n_heads=4)
+
+
+def test_prompt_too_long(policy):
+    with pytest.raises(PromptTooLongError, match="over the text encoder's limit of 96"):
+        policy.encode_condition(["x" * 97])
+    assert policy.encode_condition(["x" * 97], truncate=True).states.shape[1] == 96
+
+
+def test_generate_rejects_bad_arguments(policy):
+    cond = policy.encode_condition(["a"])
+    with pytest.raises(ValueError, match="guidance_scale must be >= 0, got -1"):
+        policy.generate(cond, 4, guidance_scale=-1)
+    with pytest.raises(ValueError, match="top_p must be in"):
+        policy.generate(cond, 4, top_p=0.0)
+    with pytest.raises(ValueError, match="n_frames must be in"):
+        policy.generate(cond, policy.cfg.max_frames + 1)
+
+
+def test_logits_trainable_and_causal(policy):
+    """Changing a later code never changes the logits of an earlier one (no look-ahead through the delay)."""
+    cond = policy.encode_condition(["a"])
+    codes = torch.randint(0, policy.cfg.card, (1, policy.cfg.n_codebooks, 8))
+    base = policy.logits(codes, cond)
+    changed = codes.clone()
+    changed[:, :, 5:] = (changed[:, :, 5:] + 1) % policy.cfg.card
+    after = policy.logits(changed, cond)
+    # Frame t of codebook k is predicted at column t+k from columns < t+k. The first changed cell is frame 5 of
+    # codebook 0, at column 5, so every prediction at a column <= 5 (frames t <= 5-k) must be unchanged.
+    for k in range(policy.cfg.n_codebooks):
+        assert torch.allclose(base[:, k, : 6 - k], after[:, k, : 6 - k], atol=1e-6)
+    assert not torch.allclose(base[:, 0, 6], after[:, 0, 6])
+    assert not torch.allclose(base, after)
