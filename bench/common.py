@@ -35,6 +35,24 @@ def median_time(fn: Callable[[], Any], repeats: int = 3, warmup: int = 1) -> tup
     return statistics.median(times), times
 
 
+def interleaved_median_times(fns: dict[str, Callable[[], Any]], repeats: int = 3,
+                             warmup: int = 1) -> dict[str, tuple[float, list[float]]]:
+    """Like :func:`median_time` for several functions, alternating them call by call so that a change in machine load
+    hits all of them alike (ratios between them stay meaningful on a shared machine): ``{name: (median, all)}``."""
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    for _ in range(max(0, warmup)):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: (statistics.median(ts), ts) for name, ts in times.items()}
+
+
 def _cpu_model() -> str:
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
@@ -63,6 +81,8 @@ def machine_info(device: str | torch.device | None = None) -> dict:
         "python": platform.python_version(),
         "platform": platform.platform(),
     }
+    if hasattr(os, "getloadavg"):  # other work on the machine skews timings; record how busy it was
+        info["loadavg_1m"] = round(os.getloadavg()[0], 2)
     if device.type == "cuda" and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(device)
     return info

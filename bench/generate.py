@@ -1,6 +1,7 @@
 """Generation benchmark: divcfg's KV-cached sampler against Hugging Face MusicGen at the same decoder size.
 
-What is timed (median of ``repeats`` after one untimed warm-up call, on ``torch.set_num_threads(threads)``):
+What is timed (median of ``repeats`` after one untimed warm-up call, on ``torch.set_num_threads(threads)``; the
+divcfg and peer calls, with and without CFG, alternate call by call so that machine load hits them alike):
 
 * divcfg: ``AudioTokenPolicy.generate(cond, T, guidance_scale=γ, top_k=k, generator=g)``: T + K - 1 KV-cached
   decoder steps, sampling, delay/undelay. The text condition is encoded once beforehand (not timed).
@@ -32,7 +33,7 @@ import types
 
 import torch
 
-from divcfg.bench.common import machine_info, median_time, print_table, write_results
+from divcfg.bench.common import interleaved_median_times, machine_info, print_table, write_results
 from divcfg.common.policy import AudioTokenPolicy, build_policy, policy_config
 
 N_CODEBOOKS = 4
@@ -123,6 +124,30 @@ def _peer_inputs(model, mask: torch.Tensor, use_cfg: bool, seed: int = 0):
     return ids, am, BaseModelOutput(last_hidden_state=states)
 
 
+def _divcfg_fn(policy, cond, frames, scale, top_k):
+    gen = torch.Generator().manual_seed(0)
+    shape = (cond.states.shape[0], policy.cfg.n_codebooks, frames)
+
+    def fn():
+        out = policy.generate(cond, frames, guidance_scale=scale, top_k=top_k, generator=gen)
+        assert out.codes.shape == shape, out.codes.shape
+
+    return fn
+
+
+def _peer_fn(peer, mask, scale, top_k, batch, n_codebooks, frames):
+    ids, am, enc = _peer_inputs(peer, mask, scale != 1.0)
+    steps = frames + n_codebooks - 1  # one BOS column + T + K - 1 new columns -> T frames after the delay pattern
+
+    def fn():
+        with torch.inference_mode():
+            out = peer.generate(input_ids=ids, attention_mask=am, encoder_outputs=enc, do_sample=True, top_k=top_k,
+                                guidance_scale=scale if scale != 1.0 else None, max_new_tokens=steps)
+        assert tuple(out.shape) == (1, batch, n_codebooks, frames), out.shape
+
+    return fn
+
+
 def _check_params(preset: str, policy: AudioTokenPolicy, peer) -> tuple[int, int]:
     ours, theirs = divcfg_decoder_params(policy), peer_decoder_params(peer)
     rel = abs(ours - theirs) / theirs
@@ -134,13 +159,14 @@ def _check_params(preset: str, policy: AudioTokenPolicy, peer) -> tuple[int, int
     return ours, theirs
 
 
-def _entry(name, value, unit, baseline, target, higher_is_better=True, **extra) -> dict:
+def _entry(name, value, unit, baseline, target, **extra) -> dict:
+    """A result row. ``generate/*``: ratio = divcfg / peer frames/s, met = ratio >= target (None without a peer).
+    ``cfg_cost/*``: value = CFG seconds / no-CFG seconds, met = value <= target, ratio = divcfg cost / peer cost."""
+    ratio = value / baseline if baseline else None
     if name.startswith("cfg_cost/"):
-        ratio = value / baseline if baseline else None
         met = value <= target
     else:
-        ratio = value / baseline if baseline else None
-        met = None if ratio is None else (ratio >= target if higher_is_better else ratio <= target)
+        met = None if ratio is None else ratio >= target
     return dict(name=name, value=value, unit=unit, baseline_value=baseline, ratio=ratio, target=target, met=met,
                 **extra)
 
@@ -165,37 +191,28 @@ def run(presets=("tiny", "small"), batches=(8,), frames: int = 150, threads: int
                 params["peer_decoder_params"] = theirs
             for batch in batches:
                 cond = policy.encode_condition(_prompts(batch))
-                seconds, peer_seconds = {}, {}
-                for mode, scale in (("nocfg", 1.0), ("cfg", CFG_SCALE)):
-                    gen = torch.Generator().manual_seed(0)
-
-                    def ours_fn():
-                        out = policy.generate(cond, frames, guidance_scale=scale, top_k=k, generator=gen)
-                        assert out.codes.shape == (batch, policy.cfg.n_codebooks, frames)
-
-                    seconds[mode], all_s = median_time(ours_fn, repeats, warmup)
-                    fps = batch * frames / seconds[mode]
-                    peer_fps = None
+                modes = (("nocfg", 1.0), ("cfg", CFG_SCALE))
+                fns = {}
+                for mode, scale in modes:
+                    fns[("divcfg", mode)] = _divcfg_fn(policy, cond, frames, scale, k)
                     if peer is not None:
-                        ids, am, enc = _peer_inputs(peer, cond.mask, scale != 1.0)
-
-                        def peer_fn():
-                            with torch.inference_mode():
-                                out = peer.generate(input_ids=ids, attention_mask=am, encoder_outputs=enc,
-                                                    do_sample=True, top_k=k,
-                                                    guidance_scale=scale if scale != 1.0 else None,
-                                                    max_new_tokens=steps)
-                            assert tuple(out.shape) == (1, batch, policy.cfg.n_codebooks, frames), out.shape
-
-                        torch.manual_seed(0)
-                        peer_seconds[mode], _ = median_time(peer_fn, repeats, warmup)
-                        peer_fps = batch * frames / peer_seconds[mode]
+                        fns[("peer", mode)] = _peer_fn(peer, cond.mask, scale, k, batch, policy.cfg.n_codebooks,
+                                                       frames)
+                # All four calls alternate, so a change in machine load affects the ratios as little as possible.
+                timed = interleaved_median_times(fns, repeats, warmup)
+                seconds = {mode: timed[("divcfg", mode)][0] for mode, _ in modes}
+                peer_seconds = {mode: timed[("peer", mode)][0] for mode, _ in modes} if peer is not None else {}
+                for mode, scale in modes:
+                    fps = batch * frames / seconds[mode]
+                    peer_fps = batch * frames / peer_seconds[mode] if peer_seconds else None
                     entry = _entry(f"generate/{preset}/b{batch}/{mode}", fps, "frames/s", peer_fps, SPEEDUP_TARGET,
-                                   seconds=seconds[mode], all_s=all_s, peer_seconds=peer_seconds.get(mode),
+                                   seconds=seconds[mode], all_s=timed[("divcfg", mode)][1],
+                                   peer_seconds=peer_seconds.get(mode),
+                                   peer_all_s=timed[("peer", mode)][1] if peer_seconds else None,
                                    guidance_scale=scale, top_k=k, frames=frames, steps=steps, batch=batch, **params)
                     results.append(entry)
                     if verbose:
-                        peer_txt = f"  peer {peer_fps:8.1f} frames/s" if peer_fps else ""
+                        peer_txt = f"  peer {peer_fps:8.1f} frames/s ({peer_seconds[mode]:.3f} s)" if peer_fps else ""
                         print(f"[{preset} b{batch} {mode}] divcfg {fps:8.1f} frames/s ({seconds[mode]:.3f} s){peer_txt}",
                               flush=True)
                 cost = seconds["cfg"] / seconds["nocfg"]

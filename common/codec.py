@@ -2,10 +2,15 @@
 
 Two sources of weights:
 - pretrained EnCodec 24 kHz at a chosen bandwidth, through the package's download or a local checkpoint directory;
-- an *offline* codec: an EnCodec-architecture model (smaller SEANet) whose RVQ codebooks are fitted by residual
-  k-means on encoder latents of a corpus, and whose decoder is then trained briefly to invert them. A random-init
-  EnCodec has all-zero codebooks (every code would be 0), and the package's own k-means init builds an n×C×D tensor
-  that runs out of memory on real corpora, so the fit below works on a subsample with ``torch.cdist``.
+- an *offline* codec: an EnCodec-architecture encoder and RVQ (smaller SEANet) whose codebooks are fitted by residual
+  k-means on encoder latents of a corpus. A random-init EnCodec has all-zero codebooks (every code would be 0), and
+  the package's own k-means init builds an n×C×D tensor that runs out of memory on real corpora, so the fit below
+  works on a subsample with ``torch.cdist``.
+  Its decoder: a random SEANet decoder maps every code grid to the same waveform, and training one takes far longer
+  than a CPU build allows. So by default the offline codec decodes with a :class:`SpectralDecoder` fitted in closed
+  form (codes -> log-magnitude spectrum by ridge regression, inverse STFT with a fixed phase): the decoded audio keeps
+  the spectral content the codes carry, which is what the embedders and the scorer listen to. ``decoder="seanet"``
+  keeps EnCodec's decoder and trains it (``decoder_steps``), for machines that can afford it.
 """
 from __future__ import annotations
 
@@ -47,8 +52,42 @@ class OfflineCodecConfig:
     """K residual codebooks."""
     card: int = 256
     """Codes per codebook."""
+    decoder: str = "spectral"
+    """spectral (closed-form fit, the default offline) or seanet (EnCodec's decoder, trained by gradient descent)."""
     seed: int = 0
     """Seed of the random encoder weights and the k-means fit."""
+
+
+class SpectralDecoder(torch.nn.Module):
+    """Codes ``[B, K, T]`` -> waveform ``[B, 1, T * hop]``: per-codebook log-magnitude tables, summed, inverse STFT.
+
+    ``tables [K, card, F]`` and ``bias [F]`` are fitted by :func:`fit_spectral_decoder`; the phase is a fixed random
+    field, so decoding is deterministic.
+    """
+
+    def __init__(self, n_codebooks: int, card: int, hop: int, max_frames: int = 4096, seed: int = 0):
+        super().__init__()
+        self.hop, self.n_fft = hop, 2 * hop
+        n_bins = self.n_fft // 2 + 1
+        self.register_buffer("tables", torch.zeros(n_codebooks, card, n_bins))
+        self.register_buffer("bias", torch.full((n_bins,), -8.0))
+        g = torch.Generator().manual_seed(seed)
+        self.register_buffer("phase", torch.rand(n_bins, max_frames + 1, generator=g) * 2 * math.pi)
+        self.register_buffer("window", torch.hann_window(self.n_fft))
+
+    def log_magnitude(self, codes: torch.Tensor) -> torch.Tensor:
+        """``[B, K, T]`` -> ``[B, F, T]``."""
+        k = torch.arange(codes.shape[1], device=codes.device)[None, :, None]
+        return (self.tables[k, codes].sum(1) + self.bias).transpose(1, 2)
+
+    def forward(self, codes: torch.Tensor) -> torch.Tensor:
+        t = codes.shape[2]
+        if t + 1 > self.phase.shape[1]:
+            raise ValueError(f"cannot decode {t} frames; the spectral decoder covers {self.phase.shape[1] - 1}")
+        mag = self.log_magnitude(codes).exp()
+        mag = torch.cat([mag, mag[:, :, -1:]], dim=2)  # T codes -> T + 1 centred STFT frames
+        spec = torch.polar(mag, self.phase[:, : t + 1].expand_as(mag))
+        return torch.istft(spec, self.n_fft, self.hop, window=self.window, length=t * self.hop)[:, None]
 
 
 class Codec:
@@ -92,6 +131,8 @@ class Codec:
             raise ValueError(f"codec.decode expects codes [B, K={self.n_codebooks}, T], got {tuple(codes.shape)}")
         if codes.numel() and (codes.min() < 0 or codes.max() >= self.card):
             raise ValueError(f"codes outside [0, {self.card}) cannot be decoded: [{codes.min()}, {codes.max()}]")
+        if isinstance(self.model.decoder, SpectralDecoder):
+            return self.model.decoder(codes)[:, 0]
         emb = self.model.quantizer.decode(codes.transpose(0, 1))
         return self.model.decoder(emb)[:, 0]
 
@@ -152,7 +193,12 @@ def build_offline_model(cfg: OfflineCodecConfig):
     torch.manual_seed(cfg.seed)
     kw = dict(channels=1, dimension=cfg.dimension, n_filters=cfg.n_filters, ratios=list(cfg.ratios), lstm=cfg.lstm,
               causal=False, norm="weight_norm")
-    encoder, decoder = SEANetEncoder(**kw), SEANetDecoder(**kw)
+    if cfg.decoder not in ("spectral", "seanet"):
+        raise ValueError(f"codec decoder must be spectral or seanet, got {cfg.decoder!r}")
+    encoder = SEANetEncoder(**kw)
+    hop = int(np.prod(cfg.ratios))
+    decoder = (SpectralDecoder(cfg.n_codebooks, cfg.card, hop, seed=cfg.seed) if cfg.decoder == "spectral"
+               else SEANetDecoder(**kw))
     quantizer = ResidualVectorQuantizer(dimension=cfg.dimension, n_q=cfg.n_codebooks, bins=cfg.card, kmeans_init=True)
     frame_rate = cfg.sample_rate / np.prod(cfg.ratios)
     bandwidth = cfg.n_codebooks * math.log2(cfg.card) * frame_rate / 1000
@@ -232,13 +278,40 @@ def train_decoder(model, wavs: np.ndarray, steps: int, batch: int = 16, lr: floa
     return losses
 
 
+@torch.no_grad()
+def fit_spectral_decoder(model, wavs: np.ndarray, n_frames: int = 40000, ridge: float = 1.0, seed: int = 0,
+                         batch: int = 64) -> None:
+    """Least-squares fit of the :class:`SpectralDecoder` tables: one-hot codes -> log-magnitude of the source frame."""
+    dec: SpectralDecoder = model.decoder
+    k, card, n_bins = dec.tables.shape
+    feats, targets = [], []
+    for i in range(0, len(wavs), batch):
+        x = torch.as_tensor(wavs[i: i + batch], dtype=torch.float32)
+        codes = model.quantizer.encode(model.encoder(x[:, None]), 1, None).transpose(0, 1)  # [B, K, T]
+        t = codes.shape[2]
+        spec = torch.stft(x, dec.n_fft, dec.hop, window=dec.window, return_complex=True).abs()[:, :, :t]
+        onehot = F.one_hot(codes + torch.arange(k)[None, :, None] * card, k * card).sum(1)  # [B, T, K*card]
+        feats.append(onehot.reshape(-1, k * card).float())
+        targets.append(torch.log(spec + 1e-5).transpose(1, 2).reshape(-1, n_bins))
+    x, y = torch.cat(feats), torch.cat(targets)
+    keep = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:n_frames]
+    x, y = x[keep], y[keep]
+    mean = y.mean(0)
+    gram = x.T @ x + ridge * torch.eye(k * card)
+    w = torch.linalg.solve(gram, x.T @ (y - mean))
+    dec.tables.copy_(w.view(k, card, n_bins))
+    dec.bias.copy_(mean)
+
+
 def fit_offline_codec(wavs: np.ndarray, cfg: OfflineCodecConfig, n_vectors: int = 20000, kmeans_iters: int = 20,
                       decoder_steps: int = 0, progress: bool = False) -> Codec:
     """Build an offline codec: random SEANet encoder, k-means codebooks on ``wavs [N, samples]``, trained decoder."""
     model = build_offline_model(cfg)
     model.eval()
     fit_codebooks(model, wavs, n_vectors=n_vectors, iters=kmeans_iters, seed=cfg.seed)
-    if decoder_steps:
+    if cfg.decoder == "spectral":
+        fit_spectral_decoder(model, wavs, seed=cfg.seed)
+    elif decoder_steps:
         train_decoder(model, wavs, decoder_steps, seed=cfg.seed, progress=progress)
     return Codec(model, cfg.n_codebooks, "offline", {"offline": asdict(cfg)})
 

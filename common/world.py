@@ -200,8 +200,13 @@ _BPM = {"slow": 72.0, "moderate": 108.0, "fast": 156.0}
 _LOWEST_ROOT = {"low": 36, "middle": 55, "high": 74}
 _SCALES = {"major": (0, 2, 4, 5, 7, 9, 11), "minor": (0, 2, 3, 5, 7, 8, 10), "pentatonic": (0, 2, 4, 7, 9),
            "whole-tone": (0, 2, 4, 6, 8, 10)}
-# (grid slots per beat, probability of a note on a beat slot, on an off-beat slot): about 0.6, 1.4 and 3.4 notes a beat.
-_DENSITY = {"sparse": (1, 0.6, 0.0), "medium": (2, 0.9, 0.5), "dense": (4, 0.95, 0.8)}
+# A tonic chord under the melody, one per bar. Major and natural minor use the same intervals, only their tonic
+# differs, so without the chord the mode is hardly audible; the chords also differ in their own interval stacks.
+_CHORDS = {"major": (0, 4, 7), "minor": (0, 3, 7), "pentatonic": (0, 2, 7), "whole-tone": (0, 4, 8)}
+_CHORD_GAIN = 0.25
+# (grid slots per beat, probability of a note on a beat slot, on an off-beat slot): about 0.5, 1.6 and 3.6 notes a
+# beat. Notes on the beat coincide with the ticks, so the off-beat notes are what make density audible.
+_DENSITY = {"sparse": (1, 0.5, 0.0), "medium": (2, 1.0, 0.6), "dense": (4, 1.0, 0.85)}
 # (gain at the start, gain at the end), interpolated in dB over the clip.
 _DYNAMICS = {"soft": (0.15, 0.15), "loud": (0.8, 0.8), "crescendo": (0.07, 0.85), "decrescendo": (0.85, 0.07)}
 # Melodic steps in scale degrees; mostly stepwise motion, like a sung tune.
@@ -222,9 +227,9 @@ def _rhythm(rng: np.random.Generator, density: str, beat_s: float, start_s: floa
     return onsets, np.append(onsets[1:], duration_s), on_beat[keep]
 
 
-def _melody(rng: np.random.Generator, register: str, mode: str, n_notes: int) -> np.ndarray:
-    """MIDI pitches ``[n_notes]``: a random walk over one octave of the scale that starts and ends on the tonic."""
-    root = _LOWEST_ROOT[register] + rng.integers(0, 6)
+def _melody(rng: np.random.Generator, root: int, mode: str, n_notes: int) -> np.ndarray:
+    """MIDI pitches ``[n_notes]``: a random walk over the octave above ``root`` in the scale of ``mode``, from and to
+    the tonic."""
     pitches = root + np.array([*_SCALES[mode], 12])
     top = len(pitches) - 1
     walk = np.cumsum(np.concatenate([[rng.choice([0, top])], rng.choice(_STEPS, size=n_notes - 1, p=_STEP_P)]))
@@ -237,36 +242,42 @@ def _melody(rng: np.random.Generator, register: str, mode: str, n_notes: int) ->
 
 def _render_notes(timbre: str, onsets: np.ndarray, offs: np.ndarray, freqs: np.ndarray, gains: np.ndarray,
                   sample_rate: int, n: int) -> np.ndarray:
-    """float64 ``[n]``: notes ``[M]`` (onset and gate-off in s, fundamental in Hz, gain) summed."""
+    """float32 ``[n]``: notes ``[M]`` (onset and gate-off in s, fundamental in Hz, gain) summed."""
     spec = _TIMBRES[timbre]
-    ratios, amps, decays = (np.asarray(x) for x in (spec.ratios, spec.amps, spec.decays))
-    out = np.zeros(n)
-    for onset, off, freq, gain in zip(onsets, offs, freqs, gains):
+    ratios, amps, decays = (np.asarray(x, dtype=np.float32) for x in (spec.ratios, spec.amps, spec.decays))
+    out = np.zeros(n, np.float32)
+    # float32 throughout: numpy's float32 sin is vectorised and ~40x faster than float64's, and its phase error
+    # (< 0.005 rad on the highest partials of a 1 s note) is far below the noise floor.
+    for onset, off, freq, gain in zip(onsets.tolist(), offs.tolist(), freqs.tolist(), gains.tolist()):
         start = int(onset * sample_rate)
         hold = spec.ring_s or off - onset
-        t = np.arange(min(int((hold + spec.release_s) * sample_rate), n - start)) / sample_rate
+        t = np.arange(min(int((hold + spec.release_s) * sample_rate), n - start), dtype=np.float32) / sample_rate
         # Partials above 0.45 * sample rate would alias back as inharmonic tones.
         keep = ratios * freq < 0.45 * sample_rate
-        weights = amps[keep, None] * np.exp(-decays[keep, None] * t) if decays.any() else amps[keep, None]
-        wave = (weights * np.sin((2 * np.pi * freq * ratios[keep, None]) * t)).sum(axis=0)
+        partials = np.sin(np.multiply.outer((2 * np.pi * freq) * ratios[keep], t))
+        if decays.any():
+            weights = np.exp(np.multiply.outer(-decays[keep], t))
+            wave = np.einsum("p,pl,pl->l", amps[keep], weights, partials)
+        else:
+            wave = amps[keep] @ partials
         env = np.minimum(t / spec.attack_s, 1.0) * np.clip((hold + spec.release_s - t) / spec.release_s, 0.0, 1.0)
         if spec.tremolo:
-            env *= 1.0 + spec.tremolo * np.sin(2 * np.pi * 5.5 * t)
+            env *= 1.0 + spec.tremolo * np.sin((2 * np.pi * 5.5) * t)
         out[start:start + len(t)] += gain * env * wave
     return out
 
 
 def _render_ticks(rng: np.random.Generator, beats: np.ndarray, sample_rate: int, n: int) -> np.ndarray:
-    """float64 ``[n]``: a hi-hat tick on every beat ``[B]`` (s), accented every 4th beat.
+    """float32 ``[n]``: a hi-hat tick on every beat ``[B]`` (s), accented every 4th beat.
 
     The ticks make tempo audible on its own: without them a slow dense clip has the note rate of a fast sparse one.
     """
-    t = np.arange(int(0.05 * sample_rate)) / sample_rate
+    t = np.arange(int(0.05 * sample_rate), dtype=np.float32) / sample_rate
     # Differenced white noise is tilted towards high frequencies, away from the melody.
-    tick = np.diff(rng.standard_normal(len(t) + 1)) * np.exp(-t / 0.012)
+    tick = np.diff(rng.standard_normal(len(t) + 1, dtype=np.float32)) * np.exp(t / -0.012)
     tick /= np.abs(tick).max()
-    out = np.zeros(n)
-    for k, beat in enumerate(beats):
+    out = np.zeros(n, np.float32)
+    for k, beat in enumerate(beats.tolist()):
         start = int(beat * sample_rate)
         length = min(len(t), n - start)
         out[start:start + length] += (0.35 if k % 4 == 0 else 0.22) * tick[:length]
@@ -286,17 +297,25 @@ def synthesize(rng: np.random.Generator, attributes: dict[str, str], cfg: WorldC
     start_s = rng.uniform(0.0, 0.12)
     onsets, slot_ends, on_beat = _rhythm(rng, attributes["density"], beat_s, start_s, duration)
     offs = onsets + rng.uniform(0.6, 0.95) * (slot_ends - onsets)  # legato to staccato
-    pitches = _melody(rng, attributes["register"], attributes["mode"], len(onsets))
+    root = _LOWEST_ROOT[attributes["register"]] + rng.integers(0, 6)
+    pitches = _melody(rng, root, attributes["mode"], len(onsets))
+    gains = np.where(on_beat, 1.0, 0.8) * rng.uniform(0.85, 1.0, len(onsets))
+    chord = root + np.asarray(_CHORDS[attributes["mode"]])
+    bars = start_s + np.arange(0.0, duration - start_s, 4 * beat_s)
+    onsets = np.concatenate([onsets, np.repeat(bars, len(chord))])
+    offs = np.concatenate([offs, np.repeat(bars + 2 * beat_s, len(chord))])  # a half-note chord on each downbeat
+    pitches = np.concatenate([pitches, np.tile(chord, len(bars))])
+    gains = np.concatenate([gains, np.full(len(bars) * len(chord), _CHORD_GAIN)])
     cents = rng.uniform(-15.0, 15.0) + rng.uniform(-3.0, 3.0, len(onsets))  # tuning of the clip, then of each note
     freqs = 440.0 * 2.0 ** ((pitches - 69 + cents / 100.0) / 12.0)
-    gains = np.where(on_beat, 1.0, 0.8) * rng.uniform(0.85, 1.0, len(onsets))
-    melody = _render_notes(attributes["timbre"], onsets, offs, freqs, gains, sr, n)
-    mix = melody / np.abs(melody).max() + _render_ticks(rng, start_s + np.arange(0.0, duration - start_s, beat_s), sr, n)
+    music = _render_notes(attributes["timbre"], onsets, offs, freqs, gains, sr, n)
+    mix = music / np.abs(music).max() + _render_ticks(rng, start_s + np.arange(0.0, duration - start_s, beat_s), sr, n)
     # Dynamics are applied after normalising, so "soft" and "loud" are absolute levels, not relative ones.
-    first, last = (20.0 * np.log10(g * rng.uniform(0.85, 1.1)) for g in _DYNAMICS[attributes["dynamics"]])
-    gain = 10.0 ** (np.linspace(first, last, n) / 20.0)
-    noise = rng.uniform(0.001, 0.003) * rng.standard_normal(n)
-    return np.clip(mix / np.abs(mix).max() * gain + noise, -1.0, 1.0).astype(np.float32)
+    first, last = (float(np.log(g * rng.uniform(0.85, 1.1))) for g in _DYNAMICS[attributes["dynamics"]])
+    gain = np.exp(np.linspace(first, last, n, dtype=np.float32)) / np.abs(mix).max()
+    # Uniform rather than Gaussian noise: as white, and 6x cheaper to draw, a noticeable share of the clip's cost.
+    noise = rng.uniform(0.0035, 0.0105) * (rng.random(n, dtype=np.float32) - 0.5)
+    return np.clip(mix * gain + noise, -1.0, 1.0, dtype=np.float32)
 
 
 def generate_clip(rng: np.random.Generator, clip_id: int, cfg: WorldConfig) -> Clip:

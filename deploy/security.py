@@ -47,7 +47,7 @@ _REFERENCE_KEY_SUFFIX = re.compile(
 # (``secretKeyRef:``) never swallows the next line.
 _KEY_VALUE = re.compile(
     r"""(?ix)
-    (?P<key>[A-Za-z0-9_.-]*""" + _SECRET_WORD + r"""[A-Za-z0-9_.-]*)
+    (?<![A-Za-z0-9_.-])(?P<key>[A-Za-z0-9_.-]{0,64}""" + _SECRET_WORD + r"""[A-Za-z0-9_.-]{0,64})
     ["']?[ \t]*[:=][ \t]*
     (?P<quote>["']?)
     (?P<value>[^\s"',;}\]\)#]+)
@@ -56,13 +56,13 @@ _KEY_VALUE = re.compile(
 # Kubernetes env entry: "- name: RAY_AUTH_TOKEN" followed by "value: ..." on the next line.
 _ENV_NAME_VALUE = re.compile(
     r"""(?ix)
-    name:[ \t]*["']?(?P<key>[A-Za-z0-9_]*""" + _SECRET_WORD + r"""[A-Za-z0-9_]*)["']?[ \t]*\r?\n
+    name:[ \t]*["']?(?P<key>[A-Za-z0-9_]{0,64}""" + _SECRET_WORD + r"""[A-Za-z0-9_]{0,64})["']?[ \t]*\r?\n
     [ \t]*(?:-[ \t]*)?value:[ \t]*(?P<quote>["']?)(?P<value>[^\s"'#]+)
     """
 )
 # Dockerfile legacy form: ENV RAY_AUTH_TOKEN value
 _DOCKER_ENV = re.compile(
-    r"(?im)^[ \t]*ENV[ \t]+(?P<key>[A-Za-z0-9_]*" + _SECRET_WORD + r"[A-Za-z0-9_]*)[ \t]+(?P<value>[^\s=\"']+)[ \t]*$"
+    r"(?im)^[ \t]*ENV[ \t]+(?P<key>[A-Za-z0-9_]{0,64}" + _SECRET_WORD + r"[A-Za-z0-9_]{0,64})[ \t]+(?P<value>[^\s=\"']+)[ \t]*$"
 )
 _BEARER = re.compile(r"(?i)bearer[ \t]+(?P<value>[A-Za-z0-9._~+/=-]{%d,})" % MIN_SECRET_LEN)
 _CREDENTIAL_CHARS = re.compile(r"^[A-Za-z0-9+/=_.:~-]+$")
@@ -81,14 +81,13 @@ _AUTH_MODE_TOKEN = re.compile(
     | --env[ \t]+["']?RAY_AUTH_MODE=token\b
     """
 )
-_KUBERAY_AUTH_OPTIONS = re.compile(r"(?is)authOptions:\s*\n(?:[ \t]+.*\n)*?[ \t]+mode:[ \t]*[\"']?token\b")
 _PUBLIC_SERVICE = re.compile(
     r"(?im)^[ \t]*(?:serviceType|type):[ \t]*[\"']?(?P<kind>LoadBalancer|NodePort)\b"
 )
 _INGRESS_ON = re.compile(r"(?im)^[ \t]*enableIngress:[ \t]*true\b")
 # A Kubernetes Secret with inline data.
 _SECRET_KIND = re.compile(r"(?m)^kind:[ \t]*[\"']?Secret[\"']?[ \t]*$")
-_SECRET_DATA = re.compile(r"(?m)^[ \t]*(?:data|stringData):[ \t]*(?:\{[^}]*\S[^}]*\}|\n[ \t]+\S)")
+_SECRET_DATA = re.compile(r"(?m)^[ \t]*(?:data|stringData):[ \t]*(?:\{[ \t]*[^}\s][^}]*\}|\n[ \t]+\S)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,8 +181,26 @@ def _check_literal_tokens(text: str, path: str) -> Iterator[Finding]:
                       f"Authorization header with a literal bearer token ({_mask(value)})")
 
 
+def _kuberay_auth_options_on(text: str) -> bool:
+    """``authOptions:`` followed, inside its indented block, by ``mode: token``."""
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        m = re.match(r"^([ \t]*)authOptions:[ \t]*(?:#.*)?$", line)
+        if not m:
+            continue
+        indent = len(m.group(1))
+        for nxt in lines[i + 1:]:
+            if not nxt.strip() or nxt.lstrip().startswith("#"):
+                continue
+            if len(nxt) - len(nxt.lstrip()) <= indent:
+                break
+            if re.match(r"^[ \t]*mode:[ \t]*[\"']?token[\"']?[ \t]*(?:#.*)?$", nxt):
+                return True
+    return False
+
+
 def _token_auth_on(text: str) -> bool:
-    return bool(_AUTH_MODE_TOKEN.search(text) or _KUBERAY_AUTH_OPTIONS.search(text))
+    return bool(_AUTH_MODE_TOKEN.search(text) or _kuberay_auth_options_on(text))
 
 
 def _check_exposure(text: str, path: str) -> Iterator[Finding]:

@@ -110,10 +110,10 @@ def embedder_config(size: str, **overrides) -> EmbedderConfig:
     """The preset ``size`` ("tiny", "small", "full") with ``overrides`` applied to its fields."""
     if size not in _PRESETS:
         raise ValueError(f"unknown embedder preset {size!r}; known presets: {sorted(_PRESETS)}")
-    return _config_from_dict(EmbedderConfig, {**_PRESETS[size], **overrides}, f"embedder preset {size!r}")
+    return config_from_dict(EmbedderConfig, {**_PRESETS[size], **overrides}, f"embedder preset {size!r}")
 
 
-def _config_from_dict(cls, values: dict, source: str):
+def config_from_dict(cls, values: dict, source: str):
     """Build the dataclass ``cls`` from ``values`` (JSON lists become tuples); unknown keys name ``source``."""
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - known)
@@ -317,7 +317,7 @@ def random_chunk_pairs(clips: torch.Tensor, chunk_samples: int,
     return pairs[:, 0], pairs[:, 1]
 
 
-def _as_clips(clips: np.ndarray | torch.Tensor, name: str = "clips") -> torch.Tensor:
+def as_clips(clips: np.ndarray | torch.Tensor, name: str = "clips") -> torch.Tensor:
     """Float array ``[N, S]`` (numpy or torch) -> float32 tensor ``[N, S]``."""
     t = torch.as_tensor(np.asarray(clips) if not isinstance(clips, torch.Tensor) else clips)
     if t.dim() != 2 or not t.is_floating_point():
@@ -344,7 +344,7 @@ def train_embedder(clips: np.ndarray, sample_rate: int, cfg: EmbedderConfig, ste
     Each step draws ``batch_size`` distinct clips, two non-overlapping chunks of each, augments both views
     independently, and minimises symmetric InfoNCE. ``log_fn(step, metrics)`` gets ``embedder/*`` metrics each step.
     """
-    wav = _as_clips(clips)
+    wav = as_clips(clips)
     if sample_rate != cfg.sample_rate:
         wav = AF.resample(wav, sample_rate, cfg.sample_rate)
     N = wav.shape[0]
@@ -385,7 +385,7 @@ def recall_at_1(model: MusicEmbedder, clips: np.ndarray | torch.Tensor, sample_r
     """Retrieval score on held-out ``clips [N, S]`` at ``sample_rate``: two non-overlapping chunks of
     ``chunk_samples`` per clip; over all 2N chunks, the fraction whose nearest other chunk (cosine) comes from the
     same clip. Chance is ``1 / (2N - 1)``."""
-    wav = _as_clips(clips)
+    wav = as_clips(clips)
     if wav.shape[0] < 2:
         raise ValueError(f"recall_at_1 needs at least 2 clips, got {wav.shape[0]}")
     a, b = random_chunk_pairs(wav, chunk_samples, generator)
@@ -467,7 +467,7 @@ def save_embedder(model: MusicEmbedder, directory: str | os.PathLike) -> None:
 def load_embedder(directory: str | os.PathLike) -> MusicEmbedder:
     """Read a model written by :func:`save_embedder`; returns it in eval mode on CPU."""
     state, meta, weights_path = read_checkpoint(directory, "music_embedder")
-    cfg = _config_from_dict(EmbedderConfig, meta.get("config", {}), os.path.join(os.fspath(directory), CONFIG_FILE))
+    cfg = config_from_dict(EmbedderConfig, meta.get("config", {}), os.path.join(os.fspath(directory), CONFIG_FILE))
     model = MusicEmbedder(cfg)
     load_state(model, state, weights_path)
     return model.eval()

@@ -1,0 +1,53 @@
+"""Rollout actors: a copy of the student that turns a prompt into a group of G samples, without CFG.
+
+:class:`RolloutWorker` is a plain class (tested without Ray); :func:`remote_rollout_worker` is its Ray shell.
+A group is always generated under one policy version: weights are only swapped between calls.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from divcfg.common.record import RolloutBatch, new_group
+
+
+class RolloutWorker:
+    def __init__(self, policy_factory, n_frames: int, group_size: int, temperature: float = 1.0, threads: int = 1,
+                 seed: int = 0, device: str = "cpu"):
+        torch.set_num_threads(threads)
+        self.policy = policy_factory().to(device).eval()
+        self.n_frames, self.group_size, self.temperature = n_frames, group_size, temperature
+        self.version = -1
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+        self.groups_done = 0
+        self.busy_s = 0.0
+
+    def set_weights(self, version: int, weights: dict[str, np.ndarray]) -> int:
+        """Load a published snapshot (numpy arrays, read zero-copy from the object store)."""
+        state = {k: torch.from_numpy(np.asarray(v)) for k, v in weights.items()}
+        self.policy.load_state_dict(state)
+        self.version = version
+        return version
+
+    def generate_group(self, prompt_id: int, prompt: str, group_id: int) -> RolloutBatch:
+        if self.version < 0:
+            raise RuntimeError("rollout worker has no weights yet: call set_weights first")
+        start = time.perf_counter()
+        cond = self.policy.encode_condition([prompt] * self.group_size)
+        out = self.policy.generate(cond, self.n_frames, temperature=self.temperature, generator=self.generator)
+        seconds = time.perf_counter() - start
+        self.groups_done += 1
+        self.busy_s += seconds
+        return new_group(prompt_id=prompt_id, prompt=prompt, group_id=group_id, codes=out.codes.cpu().numpy(),
+                         logprobs=out.logprobs.cpu().numpy(), policy_version=self.version, generate_s=seconds)
+
+    def stats(self) -> dict:
+        return {"groups": self.groups_done, "busy_s": self.busy_s, "version": self.version}
+
+
+def remote_rollout_worker(num_cpus: float, num_gpus: float):
+    """The Ray shell: placement only. Restarts are allowed; a restarted actor has version -1 until synced."""
+    import ray
+    return ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=-1)(RolloutWorker)

@@ -1,0 +1,39 @@
+"""Running a Hydra app as a ``divcfg`` subcommand, with one error path for bad input."""
+from __future__ import annotations
+
+import sys
+from typing import Callable
+
+
+def run_hydra(config_name: str, app: Callable, argv: list[str] | None) -> int:
+    """Compose ``conf/<config_name>.yaml`` with the overrides in ``argv`` and call ``app(cfg)``.
+
+    Hydra's own flags work (``--help``, ``--cfg job``, ``--multirun``). A bad value (a ConfigError, ValueError or
+    FileNotFoundError raised before or during the run) ends with a one-line message and exit status 2.
+    """
+    import hydra
+
+    from divcfg.common.config import CONF_DIR, ConfigError, register_configs
+
+    register_configs()
+    status = {"code": 0}
+
+    def task(cfg):
+        try:
+            app(cfg)
+        except (ConfigError, ValueError, FileNotFoundError) as e:
+            print(f"divcfg {config_name}: error: {e}", file=sys.stderr)
+            status["code"] = 2
+            if "--multirun" in (argv or []) or "-m" in (argv or []):
+                raise
+
+    main = hydra.main(config_path=CONF_DIR, config_name=config_name, version_base="1.3")(task)
+    saved = sys.argv
+    sys.argv = [f"divcfg {config_name}", *(sys.argv[1:] if argv is None else argv)]
+    try:
+        main()
+    except SystemExit as e:  # Hydra exits 1 on a bad override; keep its message, return its code
+        return int(e.code or 0) if not isinstance(e.code, str) else 1
+    finally:
+        sys.argv = saved
+    return status["code"]

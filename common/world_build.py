@@ -1,0 +1,295 @@
+"""``divcfg world build``: the offline music world that finetuning needs, made here because nothing can be downloaded.
+
+Stages, each cached in ``DIR`` and skipped on a re-run with the same seed and version:
+
+  corpus     procedural clips with attribute prompts (regenerated from the seed; prompts in corpus.parquet)
+  codec      offline EnCodec: k-means codebooks on encoder latents, then a briefly trained decoder   -> codec/
+  tokens     the corpus encoded by the codec                                           -> tokens.parquet, heldout.parquet
+  base       the base policy, pretrained with condition dropout                        -> base/
+  embedders  two contrastive music embedders, different seeds and data halves          -> embedder_reward/, embedder_eval/
+  scorer     the prompt-adherence scorer (attribute classifier)                        -> scorer/
+  measure    CFG gain, diversity collapse, embedder recall, scorer accuracy            -> world.json
+
+The embedders and the scorer learn from audio decoded from codes, because that is what reward workers feed them.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+WORLD_VERSION = 1
+STAGES = ("corpus", "codec", "tokens", "base", "embedders", "scorer", "measure")
+
+# Everything that differs between sizes. tiny: < 2 min on 2 cores (tests); small: < 20 min (quickstart, acceptance).
+SIZES: dict[str, dict] = {
+    "tiny": dict(n_clips=260, n_heldout=40, duration_s=2.0, card=64, fit_vectors=4000, kmeans_iters=8,
+                 decoder_steps=0, model="tiny", pretrain_steps=150, pretrain_batch=16, pretrain_lr=3e-3,
+                 embedder="tiny", embedder_steps=60, embedder_clips=200, scorer="tiny", scorer_steps=60,
+                 measure_prompts=6, measure_samples=4),
+    "small": dict(n_clips=3200, n_heldout=200, duration_s=3.0, card=256, fit_vectors=20000, kmeans_iters=15,
+                  decoder_steps=120, model="small", pretrain_steps=900, pretrain_batch=24, pretrain_lr=1.5e-3,
+                  embedder="small", embedder_steps=400, embedder_clips=1200, scorer="small", scorer_steps=300,
+                  measure_prompts=24, measure_samples=4),
+}
+
+
+class WorldError(ValueError):
+    """A world directory or request that can't be used; the message names it."""
+
+
+def size_params(size: str) -> dict:
+    if size not in SIZES:
+        raise WorldError(f"unknown world size {size!r}; known sizes: {', '.join(SIZES)}")
+    return SIZES[size]
+
+
+class World:
+    """Paths and cached state of one world directory."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+
+    def path(self, name: str) -> Path:
+        return self.root / name
+
+    @property
+    def state_file(self) -> Path:
+        return self.root / "state.json"
+
+    def state(self) -> dict:
+        if not self.state_file.is_file():
+            return {}
+        try:
+            return json.loads(self.state_file.read_text())
+        except json.JSONDecodeError as e:
+            raise WorldError(f"world state {self.state_file} is corrupt ({e}); delete the directory to rebuild") from None
+
+    def write_state(self, state: dict) -> None:
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=2))
+        os.replace(tmp, self.state_file)
+
+    def is_built(self) -> bool:
+        return "measure" in self.state().get("done", {})
+
+    def heldout_prompts(self) -> list[str]:
+        from divcfg.common.prompts import load_prompts
+        return load_prompts(self.path("prompts_heldout.txt"))
+
+    def info(self) -> dict:
+        return json.loads(self.path("world.json").read_text())
+
+
+def _corpus_audio(wcfg, start: int, count: int) -> tuple[np.ndarray, list]:
+    from divcfg.common.world import generate_corpus
+    clips = generate_corpus(wcfg, start=start, count=count)
+    return np.stack([c.audio for c in clips]).astype(np.float32), clips
+
+
+def build_world(out: str | os.PathLike, size: str = "small", seed: int = 0, progress: bool = True,
+                threads: int = 0) -> dict:
+    """Build (or finish building) the world in ``out``; returns the contents of ``world.json``."""
+    from tqdm import tqdm
+
+    from divcfg.common.checkpoint import load_policy, save_policy
+    from divcfg.common.codec import OfflineCodecConfig, fit_offline_codec, load_codec, reconstruction_metrics
+    from divcfg.common.config import PretrainConfig
+    from divcfg.common.policy import build_policy, policy_config
+    from divcfg.common.tokens import read_tokens, write_tokens
+    from divcfg.common.world import ATTRIBUTES, WorldConfig, attribute_labels, write_corpus
+    from divcfg.learner.pretrain import pretrain
+    from divcfg.reward.embedder import embedder_config, load_embedder, recall_at_1, save_embedder, train_embedder
+    from divcfg.reward.judges import Judges, measure_policy
+    from divcfg.reward.scorer import load_scorer, save_scorer, scorer_accuracy, scorer_config, train_scorer
+
+    p = size_params(size)
+    if threads:
+        torch.set_num_threads(threads)
+    world = World(out)
+    world.root.mkdir(parents=True, exist_ok=True)
+    state = world.state()
+    identity = {"version": WORLD_VERSION, "size": size, "seed": seed}
+    if state and state.get("identity") != identity:
+        raise WorldError(f"{world.root} holds a world built with {state.get('identity')}, not {identity}; "
+                         f"use another --out or delete it")
+    state = state or {"identity": identity, "done": {}}
+    done = state["done"]
+    wcfg = WorldConfig(seed=seed, n_clips=p["n_clips"], duration_s=p["duration_s"])
+    n_train = p["n_clips"] - p["n_heldout"]
+    bar = tqdm(STAGES, desc=f"world {size}", disable=not progress)
+
+    def finish(stage: str, seconds: float, **extra) -> None:
+        done[stage] = {"seconds": round(seconds, 2), **extra}
+        world.write_state(state)
+
+    audio, clips = None, None
+    decoded_cache: dict[str, np.ndarray] = {}
+
+    def decoded(codec) -> tuple[np.ndarray, np.ndarray]:
+        """Decoded training subset and decoded held-out clips, computed once for both stages that need them."""
+        if not decoded_cache:
+            decoded_cache["train"] = _decoded(codec, audio, p["embedder_clips"], n_train, seed)
+            decoded_cache["heldout"] = _decoded_range(codec, audio, n_train, p["n_clips"])
+        return decoded_cache["train"], decoded_cache["heldout"]
+
+    for stage in bar:
+        bar.set_postfix(stage=stage)
+        if stage in done:
+            continue
+        t0 = time.perf_counter()
+        if audio is None:
+            audio, clips = _corpus_audio(wcfg, 0, p["n_clips"])
+        if stage == "corpus":
+            write_corpus(world.path("corpus.parquet"), clips, include_audio=False)
+            heldout = [c.prompt for c in clips[n_train:]]
+            unique = list(dict.fromkeys(heldout))
+            world.path("prompts_heldout.txt").write_text("\n".join(unique) + "\n")
+            finish(stage, time.perf_counter() - t0, clips=len(clips), heldout_prompts=len(unique))
+        elif stage == "codec":
+            fit_idx = np.random.default_rng(seed).permutation(n_train)[: max(64, n_train // 4)]
+            ccfg = OfflineCodecConfig(sample_rate=wcfg.sample_rate, card=p["card"], seed=seed)
+            codec = fit_offline_codec(audio[fit_idx], ccfg, n_vectors=p["fit_vectors"], kmeans_iters=p["kmeans_iters"],
+                                      decoder_steps=p["decoder_steps"], progress=progress)
+            codec.save(world.path("codec"))
+            finish(stage, time.perf_counter() - t0)
+        elif stage == "tokens":
+            codec = load_codec(world.path("codec"))
+            codes = np.concatenate([codec.encode(audio[i: i + 64]).numpy() for i in range(0, len(audio), 64)])
+            meta = {"codec": "codec", "card": codec.card, "sample_rate": codec.sample_rate,
+                    "frame_rate": codec.frame_rate, "world_seed": seed}
+            for name, sl in (("tokens.parquet", slice(0, n_train)), ("heldout.parquet", slice(n_train, None))):
+                part = clips[sl]
+                cols = {"clip_id": [c.clip_id for c in part], "described": [list(c.described) for c in part],
+                        **{f"attr_{a}": [c.attributes[a] for c in part] for a in ATTRIBUTES}}
+                write_tokens(world.path(name), [c.prompt for c in part], codes[sl], meta, cols)
+            distinct = [int(len(np.unique(codes[:, k]))) for k in range(codes.shape[1])]
+            finish(stage, time.perf_counter() - t0, distinct_codes=distinct,
+                   reconstruction=reconstruction_metrics(codec, audio[n_train: n_train + 16]))
+        elif stage == "base":
+            data = read_tokens(world.path("tokens.parquet"))
+            k, t = data.codes.shape[1:]
+            pcfg = policy_config(p["model"], n_codebooks=k, card=int(data.meta["card"]), max_frames=t)
+            policy = build_policy(pcfg, seed=seed)
+            tcfg = PretrainConfig(steps=p["pretrain_steps"], batch_size=p["pretrain_batch"], lr=p["pretrain_lr"],
+                                  warmup=min(50, p["pretrain_steps"] // 10), seed=seed,
+                                  ckpt_every=max(50, p["pretrain_steps"] // 4))
+            result = pretrain(policy, data.prompts, data.codes, tcfg, str(world.path("pretrain")), progress=progress)
+            save_policy(policy, world.path("base"), meta={"codec": "../codec", "pretrain": result, "world": identity})
+            finish(stage, time.perf_counter() - t0, pretrain_seconds=result.pop("seconds"), **result)
+        elif stage in ("embedders", "scorer"):
+            codec = load_codec(world.path("codec"))
+            train_decoded, heldout_decoded = decoded(codec)
+            if stage == "embedders":
+                recalls = {}
+                # Two independent models: different seeds and different halves of the training clips.
+                for which, s, half in (("reward", seed + 1, slice(0, None, 2)), ("eval", seed + 2, slice(1, None, 2))):
+                    ecfg = embedder_config(p["embedder"], seed=s, sample_rate=codec.sample_rate)
+                    model = train_embedder(train_decoded[half], codec.sample_rate, ecfg, steps=p["embedder_steps"],
+                                           batch_size=32, lr=1e-3, progress=progress)
+                    save_embedder(model, world.path(f"embedder_{which}"))
+                    recalls[which] = recall_at_1(model, heldout_decoded, codec.sample_rate, ecfg.chunk_samples,
+                                                 torch.Generator().manual_seed(seed))
+                finish(stage, time.perf_counter() - t0, recall_at_1=recalls)
+            else:
+                labels = np.stack([attribute_labels(c.attributes) for c in clips])
+                train_idx = np.random.default_rng(seed + 3).permutation(n_train)[: p["embedder_clips"]]
+                scfg = scorer_config(p["scorer"], seed=seed, sample_rate=codec.sample_rate)
+                scorer = train_scorer(train_decoded, labels[np.sort(train_idx)], ATTRIBUTES, codec.sample_rate, scfg,
+                                      steps=p["scorer_steps"], batch_size=32, lr=2e-3, progress=progress)
+                save_scorer(scorer, world.path("scorer"))
+                acc = scorer_accuracy(scorer, heldout_decoded, labels[n_train:], codec.sample_rate)
+                finish(stage, time.perf_counter() - t0, accuracy=acc)
+        elif stage == "measure":
+            finish(stage, 0.0, **_measure(world, p, seed))
+    report = _report(world, state)
+    tmp = world.path("world.json.tmp")
+    tmp.write_text(json.dumps(report, indent=2))
+    os.replace(tmp, world.path("world.json"))
+    return report
+
+
+def _decoded(codec, audio: np.ndarray, n: int, n_train: int, seed: int) -> np.ndarray:
+    """Audio decoded from codes for ``n`` training clips (the same subset for embedders and scorer)."""
+    idx = np.sort(np.random.default_rng(seed + 3).permutation(n_train)[:n])
+    return _decoded_range(codec, audio[idx], 0, len(idx))
+
+
+def _decoded_range(codec, audio: np.ndarray, start: int, stop: int) -> np.ndarray:
+    out = []
+    for i in range(start, stop, 64):
+        x = audio[i: min(stop, i + 64)]
+        out.append(codec.decode(codec.encode(x))[:, : x.shape[1]].numpy())
+    return np.concatenate(out)
+
+
+def _measure(world: World, p: dict, seed: int) -> dict:
+    from divcfg.common.checkpoint import load_policy
+    from divcfg.common.tokens import read_tokens
+    from divcfg.reward.judges import Judges, measure_policy
+
+    judges = Judges.load(world.root)
+    base = load_policy(world.path("base")).eval()
+    prompts = world.heldout_prompts()[: p["measure_prompts"]]
+    n_frames = read_tokens(world.path("heldout.parquet")).codes.shape[2]
+    rows = {}
+    for gamma in (1.0, 3.0):
+        rows[gamma] = measure_policy(base, judges, prompts, p["measure_samples"], gamma, n_frames, seed=seed,
+                                     teacher=base, teacher_scale=3.0)
+    return {"cfg1": rows[1.0], "cfg3": rows[3.0], "prompts": len(prompts), "samples_per_prompt": p["measure_samples"]}
+
+
+def _report(world: World, state: dict) -> dict:
+    done = state["done"]
+    m = done["measure"]
+    return {
+        "identity": state["identity"],
+        "adherence_cfg1": m["cfg1"]["adherence"], "adherence_cfg3": m["cfg3"]["adherence"],
+        "adherence_gap": m["cfg3"]["adherence"] - m["cfg1"]["adherence"],
+        "diversity_cfg1": m["cfg1"]["diversity"], "diversity_cfg3": m["cfg3"]["diversity"],
+        "teacher_loglik_cfg1": m["cfg1"].get("teacher_loglik"), "teacher_loglik_cfg3": m["cfg3"].get("teacher_loglik"),
+        "embedder_recall_at_1": done["embedders"]["recall_at_1"],
+        "scorer_accuracy": done["scorer"]["accuracy"],
+        "codec_distinct_codes": done["tokens"]["distinct_codes"],
+        "codec_reconstruction": done["tokens"]["reconstruction"],
+        "pretrain_loss": {"first": done["base"]["loss_first"], "last": done["base"]["loss_last"]},
+        "measured_on": {"prompts": m["prompts"], "samples_per_prompt": m["samples_per_prompt"]},
+        "stage_seconds": {s: done[s]["seconds"] for s in STAGES},
+    }
+
+
+def ensure_world(root: str | os.PathLike, size: str, seed: int = 0, progress: bool = True) -> World:
+    """The world in ``root``, built first (with progress shown) when it is missing or unfinished."""
+    world = World(root)
+    if not world.is_built():
+        print(f"world {size} not found in {root}: building it first", file=sys.stderr)
+        build_world(root, size, seed, progress=progress)
+    return world
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="divcfg world", description="Build the offline music world.")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    b = sub.add_parser("build", help="build (or finish) a world; cached and resumable")
+    b.add_argument("--size", default="small", help="tiny (tests, < 2 min) or small (quickstart, < 20 min)")
+    b.add_argument("--out", default=None, help="output directory (default worlds/SIZE)")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--threads", type=int, default=0, help="torch threads (0 = all cores)")
+    b.add_argument("--no-progress", action="store_true")
+    args = ap.parse_args(argv)
+    try:
+        size_params(args.size)
+        report = build_world(args.out or f"worlds/{args.size}", args.size, args.seed,
+                             progress=not args.no_progress, threads=args.threads)
+    except (WorldError, ValueError, FileNotFoundError) as e:
+        print(f"divcfg world: error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps({k: report[k] for k in ("adherence_cfg1", "adherence_cfg3", "diversity_cfg1", "diversity_cfg3")}))
+    return 0

@@ -1,0 +1,61 @@
+"""The method's losses and advantages, as pure tensor functions (METHOD.md, "Objective").
+
+Each takes explicit tensors and returns a tensor (and, for losses, a dict of float metrics). Shapes: N samples,
+K codebooks, T frames, V vocabulary, G samples per group.
+"""
+from __future__ import annotations
+
+import torch
+
+BASELINES = ("none", "mean", "loo")
+
+
+def reverse_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+               weights: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """Exact token-level ``KL(π_student ‖ π_teacher)`` over the full vocabulary, averaged over samples, positions
+    and codebooks. ``*_logits [N, K, T, V]``; optional per-sample ``weights [N]`` (importance weights).
+
+    Returns ``(loss, {"kl": unweighted mean KL})``. Gradients flow into the student only.
+    """
+    assert student_logits.shape == teacher_logits.shape, (student_logits.shape, teacher_logits.shape)
+    log_s = torch.log_softmax(student_logits.float(), -1)
+    log_t = torch.log_softmax(teacher_logits.detach().float(), -1)
+    kl = (log_s.exp() * (log_s - log_t)).sum(-1)  # [N, K, T]
+    per_sample = kl.mean(dim=(1, 2))
+    loss = per_sample.mean() if weights is None else (weights * per_sample).mean()
+    return loss, {"kl": per_sample.mean().item()}
+
+
+def sequence_logprob(logits: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    """``Σ_{k,t} log π(codes[n,k,t] | ...)``: ``logits [N, K, T, V]``, ``codes [N, K, T]`` -> ``[N]``."""
+    lp = torch.log_softmax(logits.float(), -1).gather(-1, codes[..., None]).squeeze(-1)
+    return lp.sum(dim=(1, 2))
+
+
+def group_advantages(rewards: torch.Tensor, baseline: str) -> torch.Tensor:
+    """``rewards [..., G]`` -> ``r_i − b_i``. Baselines: none (b = 0), mean (group mean, including i), loo
+    (leave-one-out: mean of the other G − 1 rewards, which keeps the estimator unbiased)."""
+    if baseline == "none":
+        return rewards
+    g = rewards.shape[-1]
+    if baseline == "mean":
+        return rewards - rewards.mean(-1, keepdim=True)
+    if baseline == "loo":
+        if g < 2:
+            raise ValueError("the leave-one-out baseline needs groups of >= 2 samples")
+        return rewards - (rewards.sum(-1, keepdim=True) - rewards) / (g - 1)
+    raise ValueError(f"unknown baseline {baseline!r}; choose one of {BASELINES}")
+
+
+def truncated_importance_weights(logp_current: torch.Tensor, logp_behaviour: torch.Tensor,
+                                 clip: float) -> torch.Tensor:
+    """Per-sequence ``min(π_θ(y) / μ(y), clip)``, detached: ``[N]`` log-probs of the current and sampling policies."""
+    return torch.exp(logp_current.detach() - logp_behaviour).clamp(max=clip)
+
+
+def reinforce_loss(seq_logprob: torch.Tensor, advantages: torch.Tensor,
+                   weights: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """``L_pg = − mean_i w_i (r_i − b_i) Σ_t log π_θ(y_i,t | …)``; all inputs ``[N]``, advantages constant."""
+    w = torch.ones_like(advantages) if weights is None else weights
+    loss = -(w * advantages.detach() * seq_logprob).mean()
+    return loss, {"pg": loss.item(), "advantage_abs": advantages.abs().mean().item()}

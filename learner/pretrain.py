@@ -1,0 +1,130 @@
+"""``divcfg pretrain``: supervised next-token training of the base policy, with condition dropout so CFG works.
+
+The trainer is a plain function (:func:`pretrain`) used by the Hydra app below and by ``divcfg world build``.
+"""
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from divcfg.common.checkpoint import atomic_dir, is_complete, load_weights, save_policy
+from divcfg.common.config import PretrainConfig
+from divcfg.common.policy import AudioTokenPolicy
+
+
+def next_token_loss(logits: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of ``logits [B, K, T, V]`` against ``codes [B, K, T]`` over every code and codebook."""
+    return F.cross_entropy(logits.flatten(0, 2).float(), codes.flatten())
+
+
+def _lr_at(step: int, cfg: PretrainConfig) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def _save_state(path: Path, policy, opt, step: int, rng: np.random.Generator) -> None:
+    with atomic_dir(path) as tmp:
+        save_policy(policy, tmp / "policy")
+        torch.save({"optimizer": opt.state_dict(), "step": step, "torch_rng": torch.get_rng_state(),
+                    "numpy_rng": rng.bit_generator.state}, tmp / "train_state.pt")
+
+
+def pretrain(policy: AudioTokenPolicy, prompts: list[str], codes: np.ndarray, cfg: PretrainConfig, out_dir: str,
+             *, resume: bool = True, progress: bool = True, truncate_prompts: bool = False) -> dict:
+    """Train ``policy`` on ``(prompts, codes int [N, K, T])``; TensorBoard under ``out_dir/tb``.
+
+    Checkpoints go to ``out_dir/checkpoints/latest`` (complete or absent), and training resumes from there.
+    Returns ``{"loss_first", "loss_last", "steps", "seconds"}``.
+    """
+    from torch.utils.tensorboard import SummaryWriter
+    from tqdm import tqdm
+
+    if not 0 <= cfg.cond_dropout < 1:
+        raise ValueError(f"train.cond_dropout must be in [0, 1), got {cfg.cond_dropout}")
+    out = Path(out_dir)
+    ckpt = out / "checkpoints" / "latest"
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
+    start = 0
+    history: list[float] = []
+    if resume and is_complete(ckpt):
+        state, _, _ = load_weights(ckpt / "policy", "policy")
+        policy.load_state_dict(state)
+        train_state = torch.load(ckpt / "train_state.pt", weights_only=True)
+        opt.load_state_dict(train_state["optimizer"])
+        torch.set_rng_state(train_state["torch_rng"])
+        rng.bit_generator.state = train_state["numpy_rng"]
+        start = int(train_state["step"])
+    codes_t = torch.as_tensor(np.asarray(codes, dtype=np.int64))
+    # Prompts are encoded per batch: the text encoder trains with the decoder.
+    writer = SummaryWriter(str(out / "tb"))
+    policy.train()
+    t0 = time.perf_counter()
+    bar = tqdm(range(start, cfg.steps), desc="pretrain", disable=not progress, initial=start, total=cfg.steps)
+    for step in bar:
+        idx = rng.integers(0, len(prompts), cfg.batch_size)
+        batch_codes = codes_t[idx]
+        cond = policy.encode_condition([prompts[i] for i in idx], truncate=truncate_prompts)
+        drop = torch.as_tensor(rng.random(cfg.batch_size) < cfg.cond_dropout)
+        cond = policy.drop_condition(cond, drop)
+        loss = next_token_loss(policy.logits(batch_codes, cond), batch_codes)
+        for group in opt.param_groups:
+            group["lr"] = _lr_at(step, cfg)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
+        opt.step()
+        history.append(loss.item())
+        if step % cfg.log_every == 0 or step == cfg.steps - 1:
+            elapsed = time.perf_counter() - t0
+            writer.add_scalar("losses/next_token", history[-1], step)
+            writer.add_scalar("losses/grad_norm", float(grad_norm), step)
+            writer.add_scalar("losses/lr", _lr_at(step, cfg), step)
+            writer.add_scalar("throughput/tokens_per_s",
+                              len(history) * cfg.batch_size * codes_t[0].numel() / max(elapsed, 1e-9), step)
+            bar.set_postfix(loss=f"{history[-1]:.3f}")
+        if (step + 1) % cfg.ckpt_every == 0 and step + 1 < cfg.steps:
+            _save_state(ckpt, policy, opt, step + 1, rng)
+    _save_state(ckpt, policy, opt, cfg.steps, rng)
+    writer.close()
+    policy.eval()
+    return {"loss_first": history[0] if history else None, "loss_last": history[-1] if history else None,
+            "steps": cfg.steps, "resumed_from": start, "seconds": time.perf_counter() - t0}
+
+
+def _app(cfg) -> None:
+    from omegaconf import OmegaConf
+
+    from divcfg.common.policy import build_policy, policy_config
+    from divcfg.common.tokens import read_tokens
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    data = read_tokens(cfg.data)
+    m = cfg.model
+    overrides = {k: m[k] for k in ("dim", "n_layers", "n_heads") if m[k] is not None}
+    k, t = data.codes.shape[1:]
+    pcfg = policy_config(m.preset, n_codebooks=k, card=int(data.meta["card"]), max_frames=t,
+                         text_max_len=m.text_max_len, **overrides)
+    policy = build_policy(pcfg, seed=cfg.train.seed)
+    train_cfg = PretrainConfig(**OmegaConf.to_container(cfg.train))
+    result = pretrain(policy, data.prompts, data.codes, train_cfg, cfg.out, resume=cfg.resume,
+                      truncate_prompts=m.truncate_prompts)
+    meta = {"codec": data.meta.get("codec"), "pretrain": result, "data": os.path.abspath(cfg.data)}
+    save_policy(policy, Path(cfg.out) / "base", meta=meta)
+    print(f"pretrain: loss {result['loss_first']:.3f} -> {result['loss_last']:.3f}; policy in {cfg.out}/base")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from divcfg.common.hydra_app import run_hydra
+    return run_hydra("pretrain", _app, argv)

@@ -1,0 +1,265 @@
+"""``divcfg train``: diversity-rewarded CFG distillation, the main job (a Hydra app).
+
+With no cluster address it starts a local Ray instance (the embedded default); with ``RAY_ADDRESS`` set, or inside a
+Ray job, it joins that cluster. ``learner.mode=local`` runs everything in this process without Ray.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+# Steps and probe size a world gets when learner.steps=0: tiny is the < 5 minute smoke run.
+WORLD_STEPS = {"tiny": 12, "small": 150}
+
+
+def _system_metrics() -> dict[str, float]:
+    import psutil
+    out = {"system/rss_mb": psutil.Process().memory_info().rss / 2**20}
+    try:
+        import ray
+        if ray.is_initialized():
+            mem = ray.available_resources().get("object_store_memory")
+            total = ray.cluster_resources().get("object_store_memory")
+            if mem is not None and total:
+                out["system/object_store_used_mb"] = (total - mem) / 2**20
+    except Exception:
+        pass
+    return out
+
+
+def _probe(learner, judges, prompts, cfg, n_frames: int, seed: int) -> dict[str, float]:
+    """KL, diversity (held-out embedder) and adherence of the current student without CFG, on held-out prompts."""
+    from divcfg.reward.judges import measure_policy
+    learner.student.eval()
+    m = measure_policy(learner.student, judges, prompts, cfg.probe.samples, 1.0, n_frames, seed=seed)
+    learner.student.train()
+    m["kl"] = learner.probe_kl(prompts, cfg.probe.samples, n_frames, seed)
+    return m
+
+
+def _save_checkpoint(run_dir: Path, learner, step: int, stream, acct, keep: int) -> None:
+    from divcfg.common.checkpoint import atomic_dir, save_policy
+    ckdir = run_dir / "checkpoints"
+    with atomic_dir(ckdir / f"step_{step:06d}") as tmp:
+        save_policy(learner.student, tmp / "student")
+        torch.save({**learner.state(), "step": step, "stream_position": stream.position,
+                    "torch_rng": torch.get_rng_state(),
+                    "accounting": {k: v for k, v in vars(acct).items() if k != "lags"}}, tmp / "train_state.pt")
+    complete = sorted(p for p in ckdir.glob("step_*") if (p / "COMPLETE").is_file())
+    for old in complete[:-keep]:
+        import shutil
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def latest_checkpoint(run_dir: str | os.PathLike) -> Path:
+    """The newest complete checkpoint of a run; a clear error when there is none."""
+    ckdir = Path(run_dir) / "checkpoints"
+    if not Path(run_dir).is_dir():
+        raise FileNotFoundError(f"run.resume={run_dir}: no such run directory (is it reachable from this node?)")
+    complete = sorted(p for p in ckdir.glob("step_*") if (p / "COMPLETE").is_file())
+    if not complete:
+        raise FileNotFoundError(f"run.resume={run_dir}: no complete checkpoint under {ckdir}")
+    return complete[-1]
+
+
+def _check_resume_config(resume_dir: Path, cfg) -> None:
+    """The method's settings must match the run being resumed; anything else may change."""
+    from omegaconf import OmegaConf
+    saved = resume_dir / ".hydra" / "config.yaml"
+    if not saved.is_file():
+        return
+    old = OmegaConf.load(saved)
+    for key in ("algo.beta", "algo.guidance_scale", "algo.group_size", "algo.baseline", "world.size", "world.seed"):
+        a, b = OmegaConf.select(old, key), OmegaConf.select(cfg, key)
+        if a != b:
+            raise ValueError(f"run.resume={resume_dir}: {key}={b!r} conflicts with the resumed run's {key}={a!r}")
+
+
+def train(cfg) -> dict:
+    from omegaconf import OmegaConf
+    from torch.utils.tensorboard import SummaryWriter
+
+    from divcfg.actors.rollout import RolloutWorker, remote_rollout_worker
+    from divcfg.common.checkpoint import load_policy, load_weights
+    from divcfg.common.config import validate_train
+    from divcfg.common.tokens import read_tokens
+    from divcfg.common.world_build import ensure_world
+    from divcfg.learner.learner import Learner
+    from divcfg.learner.loop import PromptStream, RayTopology, run_local, run_ray
+    from divcfg.reward.judges import Judges
+    from divcfg.reward.worker import RewardWorker, remote_reward_worker
+
+    validate_train(cfg)
+    run_dir = Path(cfg.run.dir)
+    resume_from = None
+    if cfg.run.resume:
+        resume_from = latest_checkpoint(cfg.run.resume)
+        _check_resume_config(Path(cfg.run.resume), cfg)
+    torch.set_num_threads(cfg.learner.threads)
+    torch.manual_seed(cfg.run.seed)
+    world = ensure_world(cfg.world.dir, cfg.world.size, cfg.world.seed, progress=cfg.logging.progress)
+    world_dir = str(world.root.resolve())
+    steps = cfg.learner.steps or WORLD_STEPS[cfg.world.size]
+    heldout = read_tokens(world.path("heldout.parquet"))
+    n_frames = cfg.algo.n_frames or heldout.codes.shape[2]
+    train_prompts = list(dict.fromkeys(read_tokens(world.path("tokens.parquet")).prompts))
+    probe_prompts = world.heldout_prompts()[: cfg.probe.prompts]
+    device = cfg.learner.device if cfg.learner.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    base_dir = str(world.path("base").resolve())
+    learner = Learner(load_policy(base_dir), beta=cfg.algo.beta, guidance_scale=cfg.algo.guidance_scale,
+                      lr=cfg.algo.lr, baseline=cfg.algo.baseline, is_clip=cfg.algo.is_clip,
+                      grad_clip=cfg.learner.grad_clip, device=device, amp=cfg.learner.amp)
+    stream = PromptStream(train_prompts, cfg.run.seed)
+    start_step = 0
+    if resume_from is not None:
+        state = torch.load(resume_from / "train_state.pt", weights_only=False)
+        student_state, _, _ = load_weights(resume_from / "student", "policy")
+        learner.load_state(student_state, state)
+        stream.position = int(state["stream_position"])
+        start_step = int(state["step"])
+        torch.set_rng_state(state["torch_rng"])
+    judges = Judges.load(world_dir)
+    writer = SummaryWriter(str(run_dir / "tb"))
+    writer.add_text("config", "```\n" + OmegaConf.to_yaml(cfg) + "\n```")
+    print(f"divcfg train: world={world_dir} steps={start_step}->{steps} mode={cfg.learner.mode} "
+          f"beta={cfg.algo.beta} G={cfg.algo.group_size} actors={cfg.actors.count} run.dir={run_dir}", flush=True)
+    probe_start = _probe(learner, judges, probe_prompts, cfg, n_frames, cfg.run.seed)
+    t_start = time.perf_counter()
+    totals = {"samples": 0, "tokens": 0}
+    remaining = steps - start_step
+
+    def on_step(i: int, batch, metrics: dict, acct) -> None:
+        step = start_step + i
+        elapsed = time.perf_counter() - t_start
+        if batch is not None:
+            totals["samples"] += len(batch)
+            totals["tokens"] += int(batch.codes[0].size) * len(batch)
+            metrics["rewards/diversity_mean"] = float(np.mean(batch.diversity_reward))
+            metrics["rewards/diversity_std"] = float(np.std(batch.diversity_reward))
+            metrics["rewards/quality"] = float(np.nanmean(batch.quality)) if np.isfinite(batch.quality).any() else 0.0
+            lags = acct.lags[-len(batch.groups()):] or [0]
+            metrics["rollout/policy_lag_mean"] = float(np.mean(lags))
+            metrics["rollout/policy_lag_max"] = float(np.max(lags))
+        metrics.update({"throughput/samples_per_s": totals["samples"] / elapsed,
+                        "throughput/tokens_per_s": totals["tokens"] / elapsed,
+                        "throughput/groups_per_s": acct.used / elapsed,
+                        "rollout/groups_stale": float(acct.stale), "rollout/groups_dropped": float(acct.dropped),
+                        "rollout/groups_generated": float(acct.generated), **_system_metrics()})
+        metrics.setdefault("rollout/actors", float(cfg.actors.count))
+        if step % cfg.logging.every == 0 or i == remaining - 1:
+            for k, v in metrics.items():
+                writer.add_scalar(k, v, step)
+        if cfg.logging.audio_every and step % cfg.logging.audio_every == 0 and batch is not None:
+            wav = judges.decode(batch.codes[:2])
+            for j in range(len(wav)):
+                writer.add_audio(f"samples/{j}", wav[j].clamp(-1, 1), step, sample_rate=judges.codec.sample_rate)
+        if (step + 1) % cfg.checkpoint.every == 0 or i == remaining - 1:
+            _save_checkpoint(run_dir, learner, step + 1, stream, acct, cfg.checkpoint.keep)
+        if learner.nonfinite_in_a_row >= cfg.learner.max_nonfinite:
+            raise RuntimeError(f"{learner.nonfinite_in_a_row} non-finite losses in a row at step {step}; stopping")
+        if cfg.logging.progress:
+            eta = elapsed / (i + 1) * (remaining - i - 1)
+            print(f"step {step + 1}/{steps}  samples/s {metrics['throughput/samples_per_s']:.2f}  "
+                  f"kl {metrics.get('losses/distill_kl', float('nan')):.4f}  "
+                  f"diversity {metrics.get('rewards/diversity_mean', float('nan')):.4f}  eta {eta:.0f}s", flush=True)
+
+    common = dict(steps=remaining, batch_prompts=cfg.algo.batch_prompts, group_size=cfg.algo.group_size,
+                  max_lag=cfg.algo.max_policy_lag, on_step=on_step)
+    policy_factory = _PolicyFactory(base_dir)
+    judges_factory = _JudgesFactory(world_dir)
+    if cfg.learner.mode == "local":
+        rollout = RolloutWorker(policy_factory, n_frames, cfg.algo.group_size, cfg.algo.temperature,
+                                threads=cfg.actors.threads, seed=cfg.run.seed)
+        reward = RewardWorker(judges_factory, cfg.reward.embedder, threads=cfg.reward.threads)
+        acct = run_local(learner, rollout, reward, stream, **common)
+    else:
+        _init_ray(cfg)
+        topo = RayTopology(
+            remote_rollout_worker(cfg.actors.num_cpus, cfg.actors.num_gpus),
+            remote_reward_worker(cfg.reward.num_cpus, cfg.reward.num_gpus), cfg.actors.count, cfg.reward.count,
+            dict(policy_factory=policy_factory, n_frames=n_frames, group_size=cfg.algo.group_size,
+                 temperature=cfg.algo.temperature, threads=cfg.actors.threads,
+                 device="cuda" if cfg.actors.num_gpus > 0 else "cpu"),
+            dict(judges_factory=judges_factory, embedder=cfg.reward.embedder, threads=cfg.reward.threads))
+        acct = run_ray(learner, topo, stream, mode=cfg.learner.mode, queue_groups=cfg.learner.queue_groups, **common)
+    wall = time.perf_counter() - t_start
+    probe_end = _probe(learner, judges, probe_prompts, cfg, n_frames, cfg.run.seed)
+    summary = {
+        "steps": steps, "samples": totals["samples"], "samples_per_s": totals["samples"] / wall,
+        "tokens_per_s": totals["tokens"] / wall,
+        "kl_start": probe_start["kl"], "kl_end": probe_end["kl"],
+        "diversity_start": probe_start["diversity"], "diversity_end": probe_end["diversity"],
+        "adherence_start": probe_start["adherence"], "adherence_end": probe_end["adherence"],
+        "diversity_reward_embedder_start": probe_start["diversity_reward_embedder"],
+        "diversity_reward_embedder_end": probe_end["diversity_reward_embedder"],
+        "policy_lag_mean": float(np.mean(acct.lags)) if acct.lags else 0.0,
+        "groups_generated": acct.generated, "groups_used": acct.used, "groups_stale": acct.stale,
+        "groups_dropped": acct.dropped, "actors_final": cfg.actors.count if cfg.learner.mode != "local" else 1,
+        "nonfinite_skipped": learner.nonfinite_total, "wall_s": wall, "mode": cfg.learner.mode,
+        "beta": cfg.algo.beta, "world": world_dir,
+    }
+    writer.add_hparams({"beta": cfg.algo.beta, "guidance_scale": cfg.algo.guidance_scale,
+                        "group_size": cfg.algo.group_size, "lr": cfg.algo.lr, "actors": cfg.actors.count},
+                       {"hparam/kl_end": summary["kl_end"], "hparam/diversity_end": summary["diversity_end"]},
+                       run_name="hparams")
+    writer.close()
+    tmp = run_dir / "summary.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=2))
+    os.replace(tmp, run_dir / "summary.json")
+    print(json.dumps({k: summary[k] for k in ("steps", "samples_per_s", "kl_start", "kl_end", "diversity_start",
+                                               "diversity_end", "adherence_start", "adherence_end")}), flush=True)
+    return summary
+
+
+class _PolicyFactory:
+    """Picklable: builds the base policy inside a Ray actor (weights then arrive through the weights loop)."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __call__(self):
+        from divcfg.common.checkpoint import load_policy
+        return load_policy(self.path)
+
+
+class _JudgesFactory:
+    def __init__(self, world_dir: str):
+        self.world_dir = world_dir
+
+    def __call__(self):
+        from divcfg.reward.judges import Judges
+        return Judges.load(self.world_dir)
+
+
+def _init_ray(cfg) -> None:
+    import ray
+    if ray.is_initialized():
+        return
+    address = cfg.run.ray_address or os.environ.get("RAY_ADDRESS")
+    # Workers import divcfg from this checkout even when it is not installed on their Python path.
+    runtime_env = {"env_vars": {"OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
+        [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])}}
+    if address:
+        try:
+            ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
+        except ConnectionError as e:
+            raise ValueError(f"cannot connect to the Ray cluster at {address!r} (run.ray_address / RAY_ADDRESS): "
+                             f"{e}") from None
+    else:
+        need = cfg.actors.count * cfg.actors.num_cpus + cfg.reward.count * cfg.reward.num_cpus
+        ray.init(num_cpus=max(int(np.ceil(need)), os.cpu_count() or 1), runtime_env=runtime_env,
+                 include_dashboard=False, log_to_driver=False)
+    gpus = ray.cluster_resources().get("GPU", 0)
+    if cfg.actors.num_gpus > gpus:
+        raise ValueError(f"actors.num_gpus={cfg.actors.num_gpus} but the cluster has {gpus} GPU(s)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from divcfg.common.hydra_app import run_hydra
+    return run_hydra("train", train, argv)

@@ -1,0 +1,67 @@
+"""Reward workers: decode each group's codes to audio, embed, and fill in the diversity reward and quality score.
+
+A group whose decode or embed fails (or gives non-finite values) is dropped whole and counted; it never gets
+zero rewards. :class:`RewardWorker` is plain; the Ray shell only places it.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from divcfg.common.record import RolloutBatch
+from divcfg.reward.diversity import diversity_reward
+
+
+class RewardWorker:
+    def __init__(self, judges_factory, embedder: str = "reward", threads: int = 1):
+        torch.set_num_threads(threads)
+        self.judges = judges_factory()
+        self.embedder = embedder
+        self.dropped = 0
+
+    def score(self, groups: list[RolloutBatch]) -> list[RolloutBatch | None]:
+        """Score several groups in one batch; a failed group comes back as None."""
+        start = time.perf_counter()
+        try:
+            return self._score_batched(groups, start)
+        except Exception:
+            # One bad group must not sink the others: fall back to scoring them one at a time.
+            return [self._score_one(g) for g in groups]
+
+    def _score_one(self, group: RolloutBatch) -> RolloutBatch | None:
+        try:
+            return self._score_batched([group], time.perf_counter())[0]
+        except Exception:
+            self.dropped += 1
+            return None
+
+    def _score_batched(self, groups: list[RolloutBatch], start: float) -> list[RolloutBatch | None]:
+        sizes = {len(g) for g in groups}
+        if len(sizes) != 1:
+            raise ValueError(f"groups of different sizes {sorted(sizes)} cannot be scored in one batch")
+        g = sizes.pop()
+        codes = np.concatenate([b.codes for b in groups])
+        prompts = [p for b in groups for p in b.prompt]
+        with torch.inference_mode():
+            wav = self.judges.decode(codes)
+            emb = self.judges.embed(wav, self.embedder).view(len(groups), g, -1)
+            rewards = diversity_reward(emb) if g >= 2 else torch.zeros(len(groups), g)
+            quality = self.judges.adherence(wav, prompts).view(len(groups), g)
+        seconds = (time.perf_counter() - start) / len(groups)
+        out = []
+        for i, b in enumerate(groups):
+            r, q = rewards[i].numpy(), quality[i].numpy()
+            if not np.isfinite(r).all():
+                self.dropped += 1
+                out.append(None)
+                continue
+            out.append(b.with_fields(diversity_reward=r.astype(np.float32), quality=q.astype(np.float32),
+                                     reward_s=np.full(g, seconds, np.float32)))
+        return out
+
+
+def remote_reward_worker(num_cpus: float, num_gpus: float):
+    import ray
+    return ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=-1)(RewardWorker)

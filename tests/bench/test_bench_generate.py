@@ -1,0 +1,48 @@
+"""Fast checks of the generation benchmark's plumbing (no peer, tiny sizes)."""
+import json
+import math
+
+from divcfg.bench.common import REQUIRED_KEYS, median_time, print_table, write_results
+from divcfg.bench.generate import main, run
+
+
+def test_run_tiny_entries_have_required_keys_and_positive_values(capsys):
+    results = run(presets=("tiny",), batches=(1,), frames=8, repeats=1, include_peer=False)
+    names = [r["name"] for r in results]
+    assert names == ["generate/tiny/b1/nocfg", "generate/tiny/b1/cfg", "cfg_cost/tiny/b1"]
+    for r in results:
+        for key in REQUIRED_KEYS:
+            assert key in r, (r["name"], key)
+        assert isinstance(r["value"], float) and math.isfinite(r["value"]) and r["value"] > 0, r
+        assert r["target"] > 0
+    gen = [r for r in results if r["name"].startswith("generate/")]
+    assert all(r["unit"] == "frames/s" and r["baseline_value"] is None and r["met"] is None for r in gen)
+    cost = results[-1]
+    assert cost["target"] == 2.1 and cost["met"] == (cost["value"] <= 2.1)
+    print_table(results)
+    assert "generate/tiny/b1/nocfg" in capsys.readouterr().out
+
+
+def test_write_results_json_top_level_keys(tmp_path):
+    entry = dict(name="x/y", value=1.5, unit="frames/s", baseline_value=None, ratio=None, target=2.0, met=None,
+                 extra=float("nan"))
+    path = tmp_path / "sub" / "out.json"
+    write_results(path, [entry])
+    doc = json.loads(path.read_text())
+    assert set(doc) == {"machine", "date", "results"}
+    assert doc["results"][0]["name"] == "x/y" and doc["results"][0]["extra"] is None  # NaN -> null, strict JSON
+    assert {"cpu", "cores", "torch", "threads", "device"} <= set(doc["machine"])
+
+
+def test_median_time_counts_calls():
+    calls = []
+    med, all_s = median_time(lambda: calls.append(1), repeats=3, warmup=2)
+    assert len(calls) == 5 and len(all_s) == 3 and med >= 0
+
+
+def test_main_cli_no_peer_writes_json(tmp_path, capsys):
+    out = tmp_path / "gen.json"
+    assert main(["--presets", "tiny", "--batches", "1", "--frames", "4", "--repeats", "1", "--no-peer",
+                 "--json", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert [r["name"] for r in doc["results"]][0] == "generate/tiny/b1/nocfg"
