@@ -1,0 +1,40 @@
+import pytest
+from omegaconf import OmegaConf
+
+from divcfg.common.config import ConfigError, TrainConfig, validate_train
+
+
+def cfg(**changes):
+    c = OmegaConf.structured(TrainConfig)
+    for k, v in changes.items():
+        OmegaConf.update(c, k, v)
+    return c
+
+
+def test_defaults_validate():
+    validate_train(cfg())
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("algo.beta", -1.0, "algo.beta=-1.0: must be >= 0"),
+    ("algo.guidance_scale", 0.5, "algo.guidance_scale=0.5: the CFG teacher needs γ >= 1"),
+    ("algo.baseline", "median", "algo.baseline='median': must be none, mean or loo"),
+    ("world.size", "huge", "world.size='huge': must be tiny or small"),
+    ("learner.mode", "fast", "learner.mode='fast'"),
+])
+def test_bad_values_name_the_field(key, value, message):
+    with pytest.raises(ConfigError, match=message.replace("(", "\\(").replace(")", "\\)")):
+        validate_train(cfg(**{key: value}))
+
+
+def test_group_of_one_with_beta():
+    with pytest.raises(ConfigError, match="algo.group_size=1: must be >= 2 when algo.beta=15.0 > 0"):
+        validate_train(cfg(**{"algo.beta": 15.0, "algo.group_size": 1}))
+    validate_train(cfg(**{"algo.beta": 0.0, "algo.group_size": 1}))
+
+
+def test_unknown_key_is_refused_by_the_schema():
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+    c = cfg()
+    with pytest.raises((ConfigAttributeError, ConfigKeyError)):
+        OmegaConf.update(c, "algo.nonsense", 1, merge=True)
