@@ -9,9 +9,11 @@ divcfg and peer calls, with and without CFG, alternate call by call so that mach
   top_k=k, guidance_scale=γ or None, max_new_tokens=T + K - 1)`` with randomly initialised weights. The T5 text
   encoder output is precomputed and passed as ``encoder_outputs`` (for CFG, ``[cond; zeros]`` with a zero mask,
   exactly what ``generate`` builds itself), and ``audio_encoder.decode`` is replaced by an identity stub, so the
-  timing covers HF's generate set-up, the T + K - 1 cached decoder steps, logits processors (CFG, top-k), sampling and
+  timing covers HF's generate set-up, its cached decoder forwards, logits processors (CFG, top-k), sampling and
   the delay-pattern bookkeeping, and neither text encoding nor EnCodec decoding. With one BOS column and
-  ``max_new_tokens = T + K - 1``, MusicGen's delay pattern yields exactly T frames per codebook (checked).
+  ``max_new_tokens = T + K - 1``, MusicGen's delay pattern yields exactly T frames per codebook (checked; one fewer
+  new token gives T - 1 frames). HF's loop runs T + K decoder forwards for that (one more than divcfg's T + K - 1
+  steps; 0.7 % of the work at T = 150), which is its own cost and is left in.
 
 The peer decoder is a ``MusicgenDecoderConfig`` with the same hidden size, layers, heads, ffn dim (ffn_mult · dim),
 codebooks and vocabulary as the divcfg preset; its parameter count is checked against divcfg's decoder part

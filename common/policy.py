@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from divcfg.common.cfg import cfg_mix, filter_logits, sample_from_logits
+from divcfg.common.cfg import cfg_mix, sample_tokens
 from divcfg.common.delay import delay, delay_valid_mask, delayed_length, undelay
 
 
@@ -345,7 +345,7 @@ class AudioTokenPolicy(nn.Module):
                 logits = cfg_mix(logits[:b], logits[b:], guidance_scale)
             if return_logits:
                 step_logits[:, :, s] = logits
-            tokens, logprobs = sample_from_logits(filter_logits(logits, temperature, top_k, top_p), generator)
+            tokens, logprobs = sample_tokens(logits, temperature, top_k, top_p, generator)
             tokens = torch.where(valid[:, s], tokens, self.special)  # delay padding is forced, never sampled
             seq[:, :, s] = tokens
             seq_logprobs[:, :, s] = torch.where(valid[:, s], logprobs, 0.0)

@@ -47,9 +47,11 @@ class ScorerConfig:
     """STFT hop in samples."""
     channels: tuple[int, ...] = (16, 32, 64)
     """Output channels of each conv block (two 3x3 convs, then 2x2 average pooling)."""
-    crop_s: float = 1.0
-    """Training crop length in seconds (random crops make the scorer robust to where a clip starts); clips no
-    longer than this are used whole."""
+    crop_s: float | None = None
+    """Training crop length in seconds, or None for whole clips. Crops make the scorer robust to where a clip
+    starts, but mislabel attributes defined over the whole clip (a crop of a crescendo may sound steady)."""
+    tempogram_s: float = 1.0
+    """Longest beat period (s) the tempogram feature covers; 0 turns it off."""
     noise_snr_db: tuple[float, float] = (10.0, 40.0)
     """Training augmentation: additive white noise at an SNR (dB) drawn uniformly from this range."""
     seed: int = 0
@@ -64,9 +66,11 @@ class ScorerConfig:
         if self.n_mels % 2 ** len(self.channels):
             raise ValueError(f"ScorerConfig.n_mels={self.n_mels} must be divisible by 2 ** len(channels) = "
                              f"{2 ** len(self.channels)}")
-        if round(self.crop_s * self.sample_rate) < self.min_samples:
+        if self.crop_s is not None and round(self.crop_s * self.sample_rate) < self.min_samples:
             raise ValueError(f"ScorerConfig.crop_s={self.crop_s} is shorter than the {self.min_samples} samples the "
                              f"network needs")
+        if self.tempogram_s < 0:
+            raise ValueError(f"ScorerConfig.tempogram_s must be >= 0, got {self.tempogram_s}")
         if self.noise_snr_db[0] > self.noise_snr_db[1]:
             raise ValueError(f"ScorerConfig.noise_snr_db {self.noise_snr_db} must be a (low, high) range")
 
@@ -97,11 +101,27 @@ def _check_attributes(attributes: Attributes) -> None:
             raise ValueError(f"attribute {name!r} needs at least two distinct values, got {values}")
 
 
+def tempogram(log_mel: torch.Tensor, max_lag: int) -> torch.Tensor:
+    """Log-mel ``[B, M, F]`` -> autocorrelation of its onset strength at lags 1..max_lag frames ``[B, max_lag]``.
+
+    Onset strength is the positive spectral flux averaged over bands; the autocorrelation is normalised by its
+    value at lag 0, so a clip's tempo shows as a peak at its beat period whatever its loudness. Lags beyond the clip
+    are 0.
+    """
+    flux = F.relu(log_mel.diff(dim=-1)).mean(dim=1)  # [B, F-1]
+    flux = flux - flux.mean(dim=-1, keepdim=True)
+    n = flux.shape[-1]
+    acf = torch.fft.irfft(torch.fft.rfft(flux, n=2 * n).abs().pow(2), n=2 * n)[:, :n]  # [B, n], zero-padded: linear
+    acf = acf[:, 1:max_lag + 1] / acf[:, :1].clamp_min(1e-8)
+    return F.pad(acf, (0, max_lag - acf.shape[-1]))
+
+
 class AttributeScorer(nn.Module):
     """Audio ``[B, N]`` at ``cfg.sample_rate`` -> ``{attribute: logits [B, V]}`` for every attribute of the table.
 
     Log-mel without per-clip normalisation, then a learned per-band BatchNorm (so loudness stays audible), conv
-    blocks, mean over frequency, max + mean over time, one linear head split per attribute.
+    blocks, mean over frequency, max + mean over time, joined by the input's :func:`tempogram` (pooling over time
+    cannot see a periodicity), then one linear head split per attribute.
     """
 
     def __init__(self, cfg: ScorerConfig, attributes: Attributes):
@@ -119,15 +139,19 @@ class AttributeScorer(nn.Module):
                            nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(), nn.AvgPool2d(2)]
                 c_in = c
             self.convs = nn.Sequential(*blocks)
-            self.head = nn.Linear(c_in, sum(len(v) for v in self.attributes.values()))
+            self.max_lag = round(cfg.tempogram_s * cfg.sample_rate / cfg.hop_length)
+            self.head = nn.Linear(c_in + self.max_lag, sum(len(v) for v in self.attributes.values()))
 
     def forward(self, wav: torch.Tensor) -> dict[str, torch.Tensor]:
         if wav.dim() != 2 or wav.shape[1] < self.cfg.min_samples:
             raise ValueError(f"AttributeScorer expects a waveform [B, N>={self.cfg.min_samples}], "
                              f"got {tuple(wav.shape)}")
-        x = self.band_norm(self.logmel(wav))  # [B, M, F]
-        x = self.convs(x.unsqueeze(1)).mean(dim=2)  # [B, C, F']
-        logits = self.head(x.amax(dim=-1) + x.mean(dim=-1))  # [B, sum V]
+        mel = self.logmel(wav)  # [B, M, F]
+        x = self.convs(self.band_norm(mel).unsqueeze(1)).mean(dim=2)  # [B, C, F']
+        features = [x.amax(dim=-1) + x.mean(dim=-1)]  # [B, C]
+        if self.max_lag:
+            features.append(tempogram(mel, self.max_lag))  # [B, max_lag]
+        logits = self.head(torch.cat(features, dim=-1))  # [B, sum V]
         return dict(zip(self.attributes, logits.split([len(v) for v in self.attributes.values()], dim=-1)))
 
     @torch.no_grad()
@@ -192,8 +216,8 @@ def train_scorer(clips: np.ndarray, labels: np.ndarray, attributes: Attributes, 
     """Train the scorer on ``clips`` float32 ``[N, S]`` with ``labels`` int64 ``[N, n_attributes]`` (value index per
     attribute, in table order); loss is cross-entropy summed over attributes. Returns the model in eval mode.
 
-    Each step draws ``batch_size`` clips (with replacement), a random ``cfg.crop_s`` crop of each and noise at a
-    random SNR. ``log_fn(step, metrics)`` gets ``scorer/*`` metrics each step.
+    Each step draws ``batch_size`` clips (with replacement), a random ``cfg.crop_s`` crop of each (when set) and
+    noise at a random SNR. ``log_fn(step, metrics)`` gets ``scorer/*`` metrics each step.
     """
     wav = as_clips(clips)
     y = _check_labels(labels, wav.shape[0], attributes)
@@ -203,7 +227,7 @@ def train_scorer(clips: np.ndarray, labels: np.ndarray, attributes: Attributes, 
     if S < cfg.min_samples:
         raise ValueError(f"clips of {S} samples at {cfg.sample_rate} Hz are shorter than the {cfg.min_samples} "
                          f"the scorer needs")
-    crop = min(S, round(cfg.crop_s * cfg.sample_rate))
+    crop = S if cfg.crop_s is None else min(S, round(cfg.crop_s * cfg.sample_rate))
     model = AttributeScorer(cfg, attributes).train()
     generator = torch.Generator().manual_seed(cfg.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)

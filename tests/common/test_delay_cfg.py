@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from divcfg.common.cfg import cfg_mix, filter_logits, sample_from_logits
+from divcfg.common.cfg import cfg_mix, filter_logits, sample_from_logits, sample_tokens
 from divcfg.common.delay import delay, delay_valid_mask, undelay
 
 
@@ -63,3 +63,26 @@ def test_sample_logprobs_are_those_of_the_drawn_distribution(gen):
     tokens, logprobs = sample_from_logits(logits, gen)
     assert torch.allclose(logprobs, torch.log_softmax(logits, -1).gather(-1, tokens[:, None]).squeeze(-1))
     assert torch.isfinite(logprobs).all()  # never a filtered token
+
+
+@pytest.mark.parametrize("top_k,temperature", [(0, 1.0), (3, 1.0), (5, 0.7)])
+def test_fast_sampler_matches_reference_distribution(top_k, temperature):
+    """The top-k / inverse-CDF fast path draws from the same distribution, with the same log-probs, as
+    filter_logits + multinomial."""
+    logits = torch.randn(2, 8)
+    reference = torch.softmax(filter_logits(logits, temperature, top_k), -1)
+    rows = logits.repeat(20000, 1)
+    tokens, logprobs = sample_tokens(rows, temperature, top_k, generator=torch.Generator().manual_seed(0))
+    for r in range(2):
+        freq = torch.bincount(tokens[r::2], minlength=8).float() / 20000
+        assert torch.allclose(freq, reference[r], atol=0.015), (freq, reference[r])
+        assert torch.allclose(logprobs[r::2], reference[r].log()[tokens[r::2]], atol=1e-5)
+    if top_k:
+        assert all(reference[r, tokens[r::2]].min() > 0 for r in range(2))  # never a filtered token
+
+
+def test_fast_sampler_validates():
+    with pytest.raises(ValueError, match="top_p must be in \\(0, 1\\], got 2"):
+        sample_tokens(torch.zeros(1, 3), top_p=2)
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        sample_tokens(torch.zeros(1, 3), temperature=0)

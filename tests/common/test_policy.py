@@ -3,7 +3,7 @@ import time
 import pytest
 import torch
 
-from divcfg.common.cfg import cfg_mix
+from divcfg.common.cfg import cfg_mix, sample_tokens
 from divcfg.common.delay import delay_valid_mask, delayed_length, undelay
 from divcfg.common.policy import PromptTooLongError, build_policy, policy_config
 
@@ -30,8 +30,7 @@ def generate_reference(policy, cond, n_frames, guidance_scale, generator):
             if guidance_scale != 1:
                 logits = cfg_mix(logits[:b], logits[b:], guidance_scale)
             step_logits.append(logits)
-            probs = torch.softmax(logits.float(), -1).reshape(-1, logits.shape[-1])
-            tokens = torch.multinomial(probs, 1, generator=generator).view(b, k)
+            tokens, _ = sample_tokens(logits, generator=generator)
             tokens = torch.where(valid[:, s], tokens, policy.special)
             columns = torch.cat([columns, tokens[:, :, None]], dim=2)
     return undelay(columns[:, :, 1:], n_frames), torch.stack(step_logits, 2)

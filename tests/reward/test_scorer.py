@@ -14,6 +14,7 @@ from divcfg.reward.scorer import (
     save_scorer,
     scorer_accuracy,
     scorer_config,
+    tempogram,
     train_scorer,
 )
 
@@ -48,6 +49,16 @@ def test_adherence_hand_computed():
         adherence(probs, [{"waveform": "triangle"}, {}, {}], table)
     with pytest.raises(ValueError, match="tempo"):
         adherence(probs, [{"tempo": "fast"}, {}, {}], table)
+
+
+def test_tempogram_peaks_at_the_beat_period():
+    onsets = torch.zeros(2, 8, 200)
+    onsets[0, :, ::25] = 1.0  # a click every 25 frames
+    onsets[1, :, ::40] = 1.0
+    tg = tempogram(onsets, max_lag=60)
+    assert tg.shape == (2, 60)
+    assert tg[0].argmax() + 1 == 25 and tg[1].argmax() + 1 == 40
+    assert tempogram(onsets[:, :, :20], max_lag=60)[:, 18:].abs().max() == 0  # lags 19+ lie beyond the clip
 
 
 def test_shapes_seeds_and_validation():

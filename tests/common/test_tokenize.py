@@ -1,0 +1,61 @@
+import json
+
+import numpy as np
+import pytest
+
+from divcfg.common.audio import write_wav
+from divcfg.common.codec import OfflineCodecConfig, fit_offline_codec
+from divcfg.common.tokenize import TokenizeError, tokenize_folder
+from divcfg.common.tokens import read_tokens
+
+
+@pytest.fixture(scope="module")
+def codec():
+    rng = np.random.default_rng(0)
+    t = np.arange(16000) / 16000
+    tones = np.stack([0.4 * np.sin(2 * np.pi * rng.uniform(100, 1500) * t) for _ in range(32)]).astype(np.float32)
+    return fit_offline_codec(tones, OfflineCodecConfig(card=32), n_vectors=1500, kmeans_iters=5)
+
+
+def write_folder(root, rates=(16000, 22050, 16000)):
+    root.mkdir()
+    caps = []
+    for i, sr in enumerate(rates):
+        t = np.arange(int(sr * 1.2)) / sr
+        write_wav(root / f"c{i}.wav", 0.3 * np.sin(2 * np.pi * (200 + 100 * i) * t), sr)
+        caps.append({"file": f"c{i}.wav", "caption": f"tone number {i}"})
+    return caps
+
+
+def test_wav_folder_to_tokens(tmp_path, codec):
+    caps = write_folder(tmp_path / "audio")
+    (tmp_path / "caps.jsonl").write_text("\n".join(json.dumps(c) for c in caps))
+    result = tokenize_folder(tmp_path / "audio", tmp_path / "caps.jsonl", codec, tmp_path / "t.parquet", seconds=1.0)
+    assert result == {"clips": 3, "resampled": 1, "frames": 25}
+    data = read_tokens(tmp_path / "t.parquet")
+    assert data.prompts == ["tone number 0", "tone number 1", "tone number 2"]
+    assert data.codes.shape == (3, 4, 25) and data.columns["file"] == ["c0.wav", "c1.wav", "c2.wav"]
+    assert len(np.unique(data.codes[:, 0])) > 1
+
+
+def test_csv_captions(tmp_path, codec):
+    write_folder(tmp_path / "audio")
+    (tmp_path / "caps.csv").write_text("file,caption\nc0.wav,a\nc1.wav,b\nc2.wav,\"c, with comma\"\n")
+    tokenize_folder(tmp_path / "audio", tmp_path / "caps.csv", codec, tmp_path / "t.parquet", seconds=1.0)
+    assert read_tokens(tmp_path / "t.parquet").prompts == ["a", "b", "c, with comma"]
+
+
+def test_bad_inputs(tmp_path, codec):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "caps.csv").write_text("c0.wav,a\n")
+    with pytest.raises(TokenizeError, match="holds no .wav files"):
+        tokenize_folder(tmp_path / "empty", tmp_path / "caps.csv", codec, tmp_path / "t.parquet", 1.0)
+    write_folder(tmp_path / "audio")
+    with pytest.raises(TokenizeError, match="does not match .*2 WAV file\\(s\\) without a caption"):
+        tokenize_folder(tmp_path / "audio", tmp_path / "caps.csv", codec, tmp_path / "t.parquet", 1.0)
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "x.wav").write_bytes(b"RIFFjunk")
+    (tmp_path / "bad.csv").write_text("x.wav,a\n")
+    with pytest.raises(TokenizeError, match="no readable WAV in .*x.wav"):
+        tokenize_folder(tmp_path / "bad", tmp_path / "bad.csv", codec, tmp_path / "t.parquet", 1.0)
+    assert not (tmp_path / "t.parquet").exists()
