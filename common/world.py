@@ -75,6 +75,14 @@ class Clip:
     audio: np.ndarray
     """float32 ``[n_samples]`` in [-1, 1]; ``[0]`` when read from a corpus written without audio."""
 
+    def __eq__(self, other) -> bool:
+        # The generated __eq__ would compare audio element-wise and fail on the array's truth value.
+        if not isinstance(other, Clip):
+            return NotImplemented
+        return ((self.clip_id, self.prompt, self.attributes, self.described)
+                == (other.clip_id, other.prompt, other.attributes, other.described)
+                and self.audio.dtype == other.audio.dtype and np.array_equal(self.audio, other.audio))
+
 
 # ---- prompts --------------------------------------------------------------------------------------------------------
 

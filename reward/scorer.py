@@ -23,9 +23,9 @@ from tqdm import tqdm
 from divcfg.reward.embedder import (
     CONFIG_FILE,
     LogMel,
+    add_noise,
     as_clips,
     config_from_dict,
-    add_noise,
     load_state,
     read_checkpoint,
     warmup_cosine,
@@ -111,7 +111,8 @@ def tempogram(log_mel: torch.Tensor, max_lag: int) -> torch.Tensor:
     flux = F.relu(log_mel.diff(dim=-1)).mean(dim=1)  # [B, F-1]
     flux = flux - flux.mean(dim=-1, keepdim=True)
     n = flux.shape[-1]
-    acf = torch.fft.irfft(torch.fft.rfft(flux, n=2 * n).abs().pow(2), n=2 * n)[:, :n]  # [B, n], zero-padded: linear
+    # [B, n]; padding to 2n makes the FFT autocorrelation linear, not circular.
+    acf = torch.fft.irfft(torch.fft.rfft(flux, n=2 * n).abs().pow(2), n=2 * n)[:, :n]
     acf = acf[:, 1:max_lag + 1] / acf[:, :1].clamp_min(1e-8)
     return F.pad(acf, (0, max_lag - acf.shape[-1]))
 

@@ -81,9 +81,8 @@ def test_same_seed_same_bytes_other_seed_differs():
     cfg = WorldConfig(seed=11, n_clips=4, duration_s=2.0, sample_rate=8000)
     first, again = generate_corpus(cfg), generate_corpus(cfg)
     other = generate_corpus(WorldConfig(seed=12, n_clips=4, duration_s=2.0, sample_rate=8000))
-    for a, b in zip(first, again):
-        assert (a.prompt, a.attributes, a.described) == (b.prompt, b.attributes, b.described)
-        assert a.audio.tobytes() == b.audio.tobytes()
+    assert first == again
+    assert [a.audio.tobytes() for a in first] == [b.audio.tobytes() for b in again]
     assert all(a.audio.tobytes() != c.audio.tobytes() for a, c in zip(first, other))
 
 
@@ -135,6 +134,15 @@ def test_every_value_in_every_phrasing_round_trips():
             texts = {make_prompt(rng, {name: value}, (name,)) for _ in range(40)}
             assert len(texts) >= 4
             assert all(parse_prompt(t) == {name: value} for t in texts), texts
+
+
+def test_clip_equality_compares_audio():
+    clip = generate_corpus(WorldConfig(n_clips=1, duration_s=2.0, sample_rate=8000))[0]
+    same = Clip(clip.clip_id, clip.prompt, dict(clip.attributes), clip.described, clip.audio.copy())
+    assert clip == same
+    same.audio[100] += 0.25
+    assert clip != same
+    assert clip != Clip(clip.clip_id, clip.prompt + "!", clip.attributes, clip.described, clip.audio)
 
 
 def test_prompt_with_nothing_described_parses_empty():
@@ -249,7 +257,7 @@ def test_parquet_round_trip_is_exact(tmp_path, corpus):
     write_corpus(path, clips)
     assert os.listdir(path.parent) == ["world.parquet"]  # no temporary file left behind
     back = read_corpus(path)
-    assert len(back) == len(clips)
+    assert back == clips
     for a, b in zip(clips, back):
         assert (a.clip_id, a.prompt, a.attributes, a.described) == (b.clip_id, b.prompt, b.attributes, b.described)
         assert b.audio.dtype == np.float32 and a.audio.tobytes() == b.audio.tobytes()
