@@ -189,6 +189,10 @@ def train(cfg) -> dict:
             dict(judges_factory=judges_factory, embedder=cfg.reward.embedder, threads=cfg.reward.threads))
         acct = run_ray(learner, topo, stream, mode=cfg.learner.mode, queue_groups=cfg.learner.queue_groups, **common)
     wall = time.perf_counter() - t_start
+    from divcfg.common.checkpoint import save_policy
+    # The finetuned student as a plain policy checkpoint: what `divcfg sample`, `merge` and `eval` take.
+    save_policy(learner.student, run_dir / "student",
+                meta={"codec": str(world.path("codec").resolve()), "beta": cfg.algo.beta, "steps": steps})
     probe_end = _probe(learner, judges, probe_prompts, cfg, n_frames, cfg.run.seed)
     summary = {
         "steps": steps, "samples": totals["samples"], "samples_per_s": totals["samples"] / wall,
