@@ -81,3 +81,41 @@ def test_train_bad_inputs(tiny_world, tmp_path, capsys):
     assert main(base + [f"run.resume={tmp_path / 'nope'}"]) == 2
     assert "no such run directory" in capsys.readouterr().err
     assert main(base + ["algo.nonsense=1"]) != 0
+
+
+def test_eval_merge_and_sample_on_tiny_checkpoints(tiny_world, tmp_path):
+    import wave
+
+    from divcfg.cli import main
+    base = tiny_world / "base"
+    run = tmp_path / "run"
+    assert main(["train", "world.size=tiny", f"world.dir={tiny_world}", f"run.dir={run}", "learner.mode=local",
+                 "learner.steps=2", "logging.progress=false"]) == 0
+    assert main(["merge", str(base), str(run / "student"), "--lam", "0.5", "--out", str(tmp_path / "merged")]) == 0
+    out = tmp_path / "eval"
+    assert main(["eval", str(run / "student"), str(tmp_path / "merged"), "--world", str(tiny_world), "--gammas",
+                 "1,3", "--merge", str(base), str(run / "student"), "--lams", "0,1", "--prompts", "2",
+                 "--samples", "4", "--out", str(out)]) == 0
+    rows = json.loads((out / "eval.json").read_text())["rows"]
+    assert [r["kind"] for r in rows] == ["cfg", "cfg", "model", "model", "merge", "merge"]
+    assert [r["forward_passes_per_token"] for r in rows[:3]] == [1, 2, 1]
+    assert (out / "eval.csv").read_text().startswith("name,kind,guidance_scale")
+    assert (out / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    import matplotlib.image as mpimg
+    assert mpimg.imread(out / "pareto.png").shape[2] in (3, 4)
+    # λ = 0 of (base, student) is the base model: same samples, same scores as base without CFG.
+    assert rows[4]["adherence"] == pytest.approx(rows[0]["adherence"]) and rows[4]["diversity"] == pytest.approx(rows[0]["diversity"])
+    assert main(["sample", str(tmp_path / "merged"), "--prompt", "a fast melody", "--n", "2", "--out",
+                 str(tmp_path / "wav")]) == 0
+    for name in ("p000_s00.wav", "p000_s01.wav"):
+        with wave.open(str(tmp_path / "wav" / name)) as w:
+            assert w.getnframes() > 0
+
+
+def test_heldout_embedder_is_not_the_reward_embedder(tiny_world):
+    import torch
+
+    from divcfg.reward.judges import Judges
+    judges = Judges.load(tiny_world)
+    wav = torch.randn(2, 16000) * 0.1
+    assert not torch.allclose(judges.embed(wav, "reward"), judges.embed(wav, "eval"))
