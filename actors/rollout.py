@@ -48,6 +48,7 @@ class RolloutWorker:
 
 
 def remote_rollout_worker(num_cpus: float, num_gpus: float):
-    """The Ray shell: placement only. Restarts are allowed; a restarted actor has version -1 until synced."""
+    """The Ray shell: placement only. Ray's restarts are off: the loop replaces a dead actor with a fresh one that
+    receives the newest weights before it generates, so no group is ever made with stale boot-time weights."""
     import ray
-    return ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=-1)(RolloutWorker)
+    return ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=0)(RolloutWorker)

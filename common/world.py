@@ -101,7 +101,8 @@ _PHRASES: dict[str, dict[str, tuple[str, str]]] = {
     "mode": {"major": ("major-key", "in a major key"), "minor": ("minor-key", "in a minor key"),
              "pentatonic": ("pentatonic", "on a pentatonic scale"),
              "whole-tone": ("whole-tone", "on a whole-tone scale")},
-    "timbre": {"sine": ("sine-wave", "played on sine waves"), "square": ("square-wave", "played on a square-wave synth"),
+    "timbre": {"sine": ("sine-wave", "played on sine waves"),
+               "square": ("square-wave", "played on a square-wave synth"),
                "sawtooth": ("sawtooth", "played on a sawtooth synth"),
                "plucked": ("plucked-string", "played on a plucked string"), "organ": ("organ", "played on an organ"),
                "bell": ("bell", "played on bells")},
@@ -129,6 +130,9 @@ def make_prompt(rng: np.random.Generator, attributes: dict[str, str], described:
     unknown = [name for name in described if name not in ATTRIBUTES]
     if unknown:
         raise ValueError(f"make_prompt: unknown attribute(s) {unknown}; known: {list(ATTRIBUTES)}")
+    bad = [f"{name}={attributes.get(name)!r}" for name in described if attributes.get(name) not in ATTRIBUTES[name]]
+    if bad:
+        raise ValueError(f"make_prompt: described attribute(s) without a known value: {', '.join(bad)}")
     noun = _NOUNS[rng.integers(len(_NOUNS))]
     as_post = {name: bool(rng.random() < 0.5) for name in described}
     post_order = [described[i] for i in rng.permutation(len(described))]

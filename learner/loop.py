@@ -18,13 +18,16 @@ from divcfg.common.record import RolloutBatch
 
 @dataclass
 class Accounting:
-    """Every generated group ends up used, stale (too old for the learner) or dropped (reward failed)."""
+    """Every generated group ends up used, stale (too old for the learner, or unused at the end) or dropped (its
+    reward failed). A group whose actor died before finishing was never generated: it is re-queued and counted."""
 
     generated: int = 0
     used: int = 0
     stale: int = 0
     dropped: int = 0
+    requeued: int = 0
     lags: list = field(default_factory=list)
+    failures: dict = field(default_factory=dict)
 
 
 class PromptStream:
@@ -83,15 +86,45 @@ def run_local(learner, rollout, reward, stream: PromptStream, steps: int, batch_
 
 
 class RayTopology:
-    """Rollout actors and reward workers on Ray, with weights published once per version through the object store."""
+    """Rollout actors and reward workers on Ray, with weights published once per version through the object store.
+
+    The pool is elastic: :meth:`add_actor` gives a new actor the newest weights before anything else, and dead
+    actors or workers are replaced (Ray's own restarts are off, so a replacement is always a fresh, synced actor).
+    """
 
     def __init__(self, rollout_cls, reward_cls, n_actors: int, n_reward: int, rollout_kwargs: dict,
                  reward_kwargs: dict):
         self.rollout_cls, self.rollout_kwargs = rollout_cls, rollout_kwargs
-        self.actors = [rollout_cls.remote(**rollout_kwargs, seed=i) for i in range(n_actors)]
-        self.rewards = [reward_cls.remote(**reward_kwargs) for _ in range(n_reward)]
+        self.reward_cls, self.reward_kwargs = reward_cls, reward_kwargs
         self.weights_ref = None
         self.weights_version = -1
+        self._seed = 0
+        self.actors: list = []
+        for _ in range(n_actors):
+            self.add_actor()
+        self.rewards = [reward_cls.remote(**reward_kwargs) for _ in range(n_reward)]
+
+    def add_actor(self):
+        actor = self.rollout_cls.remote(**self.rollout_kwargs, seed=self._seed)
+        self._seed += 1
+        if self.weights_ref is not None:
+            actor.set_weights.remote(self.weights_version, self.weights_ref)  # queued before its first group
+        self.actors.append(actor)
+        return actor
+
+    def remove_actor(self, actor) -> None:
+        import ray
+        if actor in self.actors:
+            self.actors.remove(actor)
+        ray.kill(actor, no_restart=True)
+
+    def replace_reward(self, worker) -> None:
+        """Idempotent: several calls in flight on one dead worker all fail, but it is replaced once."""
+        import ray
+        if worker not in self.rewards:
+            return
+        ray.kill(worker, no_restart=True)
+        self.rewards[self.rewards.index(worker)] = self.reward_cls.remote(**self.reward_kwargs)
 
     def publish(self, version: int, weights: dict) -> None:
         import ray
@@ -104,21 +137,63 @@ class RayTopology:
             a.set_weights.remote(version, self.weights_ref)
 
 
+class RoleFailures(RuntimeError):
+    pass
+
+
 def run_ray(learner, topo: RayTopology, stream: PromptStream, steps: int, batch_prompts: int, group_size: int,
-            max_lag: int, mode: str, queue_groups: int, on_step) -> Accounting:
-    """Sync or async training over a :class:`RayTopology`."""
+            max_lag: int, mode: str, queue_groups: int, on_step, target=None, on_event=None,
+            max_role_failures: int = 5) -> Accounting:
+    """Sync or async training over a :class:`RayTopology`.
+
+    ``target()`` (optional) returns the wanted actor count; the pool follows it between waits. A group whose actor
+    dies goes back to the queue (``requeued``) and is generated again; a group is never half-used.
+    """
     import ray
+    from ray.exceptions import RayError
 
     acct = Accounting()
     topo.publish(learner.version, learner.weights())
     idle = deque(topo.actors)
-    gen_inflight: dict = {}  # generation ref -> actor
-    rew_inflight: dict = {}  # reward ref -> number of groups
+    retiring: set = set()
+    requeue: deque[tuple[int, str]] = deque()
+    gen_inflight: dict = {}  # generation ref -> (actor, prompt_id, prompt)
+    rew_inflight: dict = {}  # reward ref -> (worker, groups)
     ready: deque[RolloutBatch] = deque()
     capacity = queue_groups or 2 * batch_prompts
+    failures = {"rollout": 0, "reward": 0}
     next_reward = 0
     launched = 0
-    t_wait = 0.0
+    last_poll = 0.0
+    event = on_event or (lambda text: None)
+
+    def fail(role: str, err: Exception) -> None:
+        failures[role] += 1
+        acct.failures[role] = acct.failures.get(role, 0) + 1
+        event(f"{role} failure {failures[role]} in a row: {type(err).__name__}")
+        if failures[role] >= max_role_failures:
+            raise RoleFailures(f"{failures[role]} consecutive {role} failures (learner.max_role_failures="
+                               f"{max_role_failures}); last: {err}")
+
+    def resize() -> None:
+        nonlocal last_poll
+        if target is None or time.perf_counter() - last_poll < 0.25:
+            return
+        last_poll = time.perf_counter()
+        want = target()
+        have = len(topo.actors) - len(retiring)
+        if want == have:
+            return
+        event(f"scaling rollout actors {have} -> {want}")
+        while have < want:
+            idle.append(topo.add_actor())
+            have += 1
+        while have > want:
+            if idle:
+                topo.remove_actor(idle.pop())
+            else:  # busy actors finish their current group, which is used, then leave
+                retiring.add(next(a for a, _, _ in gen_inflight.values() if a not in retiring))
+            have -= 1
 
     def launch() -> None:
         nonlocal launched
@@ -131,31 +206,73 @@ def run_ray(learner, topo: RayTopology, stream: PromptStream, steps: int, batch_
                                     or len(ready) + len(gen_inflight) + len(rew_inflight) >= capacity + len(topo.actors)):
                 return
             actor = idle.popleft()
-            pid, prompt = stream.next()
-            gen_inflight[actor.generate_group.remote(pid, prompt, pid)] = actor
+            pid, prompt = requeue.popleft() if requeue else stream.next()
+            gen_inflight[actor.generate_group.remote(pid, prompt, pid)] = (actor, pid, prompt)
             launched += 1
+
+    def score(groups: list[RolloutBatch]) -> None:
+        nonlocal next_reward
+        worker = topo.rewards[next_reward % len(topo.rewards)]
+        next_reward += 1
+        rew_inflight[worker.score.remote(groups)] = (worker, groups)
+
+    def settle(ref) -> None:
+        """Handle one finished generation or scoring call."""
+        if ref in gen_inflight:
+            actor, pid, prompt = gen_inflight.pop(ref)
+            try:
+                group = ray.get(ref)
+            except RayError as err:
+                requeue.append((pid, prompt))
+                acct.requeued += 1
+                launched_back()
+                topo.remove_actor(actor)
+                if actor in retiring:
+                    retiring.discard(actor)
+                else:
+                    idle.append(topo.add_actor())  # a fresh actor, synced before it generates
+                fail("rollout", err)
+                return
+            failures["rollout"] = 0
+            acct.generated += 1
+            if actor in retiring:
+                retiring.discard(actor)
+                topo.remove_actor(actor)
+            else:
+                idle.append(actor)
+            score([group])
+        else:
+            worker, groups = rew_inflight.pop(ref)
+            try:
+                scored = ray.get(ref)
+            except RayError as err:
+                topo.replace_reward(worker)
+                score(groups)  # the groups are intact: score them again elsewhere
+                fail("reward", err)
+                return
+            failures["reward"] = 0
+            for g in scored:
+                if g is None:
+                    acct.dropped += 1
+                else:
+                    ready.extend(_admit([g], learner.version, max_lag, acct))
+
+    def launched_back() -> None:
+        nonlocal launched
+        launched -= 1  # a re-queued prompt does not count against admission twice
 
     for step in range(steps):
         t0 = time.perf_counter()
         while len(ready) < batch_prompts:
+            resize()
             launch()
             refs = list(gen_inflight) + list(rew_inflight)
-            done, _ = ray.wait(refs, num_returns=1)
-            ref = done[0]
-            if ref in gen_inflight:
-                idle.append(gen_inflight.pop(ref))
-                group = ray.get(ref)
-                acct.generated += 1
-                worker = topo.rewards[next_reward % len(topo.rewards)]
-                next_reward += 1
-                rew_inflight[worker.score.remote([group])] = 1
-            else:
-                rew_inflight.pop(ref)
-                for g in ray.get(ref):
-                    if g is None:
-                        acct.dropped += 1
-                    else:
-                        ready.extend(_admit([g], learner.version, max_lag, acct))
+            if not refs:
+                time.sleep(0.05)  # no actor can run now (e.g. scaled to 0 or pending resources)
+                continue
+            done, _ = ray.wait(refs, num_returns=1, timeout=1.0)
+            if done:
+                settle(done[0])
         t_wait = time.perf_counter() - t0
         batch = [ready.popleft() for _ in range(batch_prompts)]
         acct.used += len(batch)
@@ -165,14 +282,26 @@ def run_ray(learner, topo: RayTopology, stream: PromptStream, steps: int, batch_
         t0 = time.perf_counter()
         topo.publish(learner.version, learner.weights())
         metrics.update({"time/wait_rollouts": t_wait, "time/publish": time.perf_counter() - t0,
-                        "rollout/queue_depth": float(len(ready)), "rollout/actors": float(len(topo.actors))})
+                        "rollout/queue_depth": float(len(ready)),
+                        "rollout/actors": float(len(topo.actors) - len(retiring)),
+                        "rollout/groups_requeued": float(acct.requeued)})
         on_step(step, RolloutBatch.concat(batch), metrics, acct)
     # Whatever is still in flight at the end is generated but unused: wait for it so the books balance.
-    for ref in list(gen_inflight):
-        ray.get(ref)
-        acct.generated += 1
-        acct.stale += 1
-    for ref in list(rew_inflight):
-        acct.stale += sum(1 for _ in ray.get(ref))
+    while gen_inflight or rew_inflight:
+        done, _ = ray.wait(list(gen_inflight) + list(rew_inflight), num_returns=1, timeout=30)
+        if not done:
+            break
+        ref = done[0]
+        if ref in gen_inflight:
+            _, pid, prompt = gen_inflight.pop(ref)
+            try:
+                ray.get(ref)
+                acct.generated += 1
+                acct.stale += 1
+            except RayError:
+                acct.requeued += 1
+        else:
+            _, groups = rew_inflight.pop(ref)
+            acct.stale += len(groups)
     acct.stale += len(ready)
     return acct

@@ -169,6 +169,7 @@ def train(cfg) -> dict:
                   f"kl {metrics.get('losses/distill_kl', float('nan')):.4f}  "
                   f"diversity {metrics.get('rewards/diversity_mean', float('nan')):.4f}  eta {eta:.0f}s", flush=True)
 
+    actors_final = 1
     common = dict(steps=remaining, batch_prompts=cfg.algo.batch_prompts, group_size=cfg.algo.group_size,
                   max_lag=cfg.algo.max_policy_lag, on_step=on_step)
     policy_factory = _PolicyFactory(base_dir)
@@ -180,6 +181,17 @@ def train(cfg) -> dict:
         acct = run_local(learner, rollout, reward, stream, **common)
     else:
         _init_ray(cfg)
+        import ray
+
+        from divcfg.deploy.scale import start_control
+        run_name = run_dir.name
+        control = start_control(run_name, cfg.actors.count)
+        scaling_step = {"step": start_step}
+
+        def on_event(text: str) -> None:
+            writer.add_text("rollout/events", text, scaling_step["step"])
+            print(f"[{run_name}] {text}", flush=True)
+
         topo = RayTopology(
             remote_rollout_worker(cfg.actors.num_cpus, cfg.actors.num_gpus),
             remote_reward_worker(cfg.reward.num_cpus, cfg.reward.num_gpus), cfg.actors.count, cfg.reward.count,
@@ -187,7 +199,14 @@ def train(cfg) -> dict:
                  temperature=cfg.algo.temperature, threads=cfg.actors.threads,
                  device="cuda" if cfg.actors.num_gpus > 0 else "cpu"),
             dict(judges_factory=judges_factory, embedder=cfg.reward.embedder, threads=cfg.reward.threads))
-        acct = run_ray(learner, topo, stream, mode=cfg.learner.mode, queue_groups=cfg.learner.queue_groups, **common)
+        def track(i, batch, metrics, acct):
+            scaling_step["step"] = start_step + i
+            on_step(i, batch, metrics, acct)
+
+        acct = run_ray(learner, topo, stream, mode=cfg.learner.mode, queue_groups=cfg.learner.queue_groups,
+                       target=lambda: ray.get(control.get_target.remote()), on_event=on_event,
+                       max_role_failures=cfg.learner.max_role_failures, **{**common, "on_step": track})
+        actors_final = len(topo.actors)
     wall = time.perf_counter() - t_start
     from divcfg.common.checkpoint import save_policy
     # The finetuned student as a plain policy checkpoint: what `divcfg sample`, `merge` and `eval` take.
@@ -204,7 +223,7 @@ def train(cfg) -> dict:
         "diversity_reward_embedder_end": probe_end["diversity_reward_embedder"],
         "policy_lag_mean": float(np.mean(acct.lags)) if acct.lags else 0.0,
         "groups_generated": acct.generated, "groups_used": acct.used, "groups_stale": acct.stale,
-        "groups_dropped": acct.dropped, "actors_final": cfg.actors.count if cfg.learner.mode != "local" else 1,
+        "groups_dropped": acct.dropped, "actors_final": actors_final, "groups_requeued": acct.requeued,
         "nonfinite_skipped": learner.nonfinite_total, "wall_s": wall, "mode": cfg.learner.mode,
         "beta": cfg.algo.beta, "world": world_dir,
     }
@@ -251,14 +270,14 @@ def _init_ray(cfg) -> None:
         [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])}}
     if address:
         try:
-            ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
+            ray.init(address=address, runtime_env=runtime_env, log_to_driver=False, namespace="divcfg")
         except ConnectionError as e:
             raise ValueError(f"cannot connect to the Ray cluster at {address!r} (run.ray_address / RAY_ADDRESS): "
                              f"{e}") from None
     else:
         need = cfg.actors.count * cfg.actors.num_cpus + cfg.reward.count * cfg.reward.num_cpus
         ray.init(num_cpus=max(int(np.ceil(need)), os.cpu_count() or 1), runtime_env=runtime_env,
-                 include_dashboard=False, log_to_driver=False)
+                 include_dashboard=False, log_to_driver=False, namespace="divcfg")
     gpus = ray.cluster_resources().get("GPU", 0)
     if cfg.actors.num_gpus > gpus:
         raise ValueError(f"actors.num_gpus={cfg.actors.num_gpus} but the cluster has {gpus} GPU(s)")

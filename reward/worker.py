@@ -64,4 +64,4 @@ class RewardWorker:
 
 def remote_reward_worker(num_cpus: float, num_gpus: float):
     import ray
-    return ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=-1)(RewardWorker)
+    return ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=0)(RewardWorker)

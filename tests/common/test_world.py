@@ -53,7 +53,7 @@ def dominant_hz(audio: np.ndarray) -> float:
 
 
 def overtone_share(audio: np.ndarray) -> float:
-    """Share of the power below 4 kHz (the ticks live higher up) that lies above 2.1x the dominant frequency.
+    """Share of the power below 4 kHz that lies above 2.1x the dominant frequency (most of the ticks' power is higher).
 
     Every note lies within an octave above the root, and the dominant frequency is at least the root's, so the power
     up there is overtones."""
@@ -92,10 +92,18 @@ def test_clip_is_the_same_alone_or_in_a_batch():
     alone = generate_corpus(cfg, start=5, count=1)[0]
     direct = generate_clip(np.random.default_rng([cfg.seed, 5]), 5, cfg)
     assert [c.clip_id for c in batch] == list(range(2, 8))
-    for clip in (alone, direct):
-        assert clip.clip_id == 5 and clip.prompt == batch[3].prompt and clip.attributes == batch[3].attributes
-        assert clip.audio.tobytes() == batch[3].audio.tobytes()
+    assert alone == batch[3] and direct == batch[3] and alone.clip_id == 5
+    assert alone.audio.tobytes() == batch[3].audio.tobytes()
     assert len(generate_corpus(cfg, start=7)) == 3
+
+
+def test_clip_equality_compares_audio():
+    clip = generate_corpus(WorldConfig(n_clips=1, duration_s=2.0, sample_rate=8000))[0]
+    same = Clip(clip.clip_id, clip.prompt, dict(clip.attributes), clip.described, clip.audio.copy())
+    assert clip == same
+    same.audio[100] += 0.25
+    assert clip != same
+    assert clip != Clip(clip.clip_id, clip.prompt + "!", clip.attributes, clip.described, clip.audio)
 
 
 @pytest.mark.parametrize("start,count", [(-1, 2), (8, 3), (0, -1)])
@@ -136,15 +144,6 @@ def test_every_value_in_every_phrasing_round_trips():
             assert all(parse_prompt(t) == {name: value} for t in texts), texts
 
 
-def test_clip_equality_compares_audio():
-    clip = generate_corpus(WorldConfig(n_clips=1, duration_s=2.0, sample_rate=8000))[0]
-    same = Clip(clip.clip_id, clip.prompt, dict(clip.attributes), clip.described, clip.audio.copy())
-    assert clip == same
-    same.audio[100] += 0.25
-    assert clip != same
-    assert clip != Clip(clip.clip_id, clip.prompt + "!", clip.attributes, clip.described, clip.audio)
-
-
 def test_prompt_with_nothing_described_parses_empty():
     prompt = make_prompt(np.random.default_rng(0), {}, ())
     assert prompt.startswith("a ") and parse_prompt(prompt) == {}
@@ -157,9 +156,13 @@ def test_parse_prompt_is_case_insensitive_and_rejects_conflicts():
         parse_prompt("a slow tune at a fast tempo")
 
 
-def test_make_prompt_rejects_unknown_attributes():
+def test_make_prompt_rejects_unknown_attributes_and_values():
     with pytest.raises(ValueError, match="colour"):
         make_prompt(np.random.default_rng(0), {"colour": "red"}, ("colour",))
+    with pytest.raises(ValueError, match="presto"):
+        make_prompt(np.random.default_rng(0), {"tempo": "presto"}, ("tempo",))
+    with pytest.raises(ValueError, match="mode=None"):
+        make_prompt(np.random.default_rng(0), {"tempo": "fast"}, ("mode",))
 
 
 def test_same_prompt_covers_clips_that_differ(corpus):

@@ -1,0 +1,97 @@
+"""``divcfg scale --actors N``: change the rollout-actor count of a running ``divcfg train`` job.
+
+The job registers a named control actor (namespace ``divcfg``, name ``divcfg-control-<run name>``) that holds the
+target count; the training loop polls it and grows or shrinks the pool. New actors get the newest weights before
+they generate; removed actors finish their current group first.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+NAMESPACE = "divcfg"
+PREFIX = "divcfg-control-"
+
+
+class PoolControl:
+    """The target size of the rollout pool, plus the scaling requests it received."""
+
+    def __init__(self, target: int):
+        self.target = target
+        self.requests: list[int] = []
+
+    def set_target(self, n: int) -> int:
+        if not isinstance(n, int) or n < 0:
+            raise ValueError(f"actor count must be a non-negative integer, got {n!r}")
+        self.target = n
+        self.requests.append(n)
+        return n
+
+    def get_target(self) -> int:
+        return self.target
+
+
+def control_name(run_name: str) -> str:
+    return PREFIX + run_name
+
+
+def start_control(run_name: str, target: int):
+    """Create (or take over) the job's control actor. It is owned by the driver and dies with the job."""
+    import ray
+    actor = ray.remote(num_cpus=0)(PoolControl).options(
+        name=control_name(run_name), namespace=NAMESPACE, get_if_exists=True).remote(target)
+    ray.get(actor.set_target.remote(target))
+    return actor
+
+
+def running_jobs() -> list[str]:
+    import ray
+    return sorted(a["name"][len(PREFIX):] for a in ray.util.list_named_actors(all_namespaces=True)
+                  if a.get("namespace") == NAMESPACE and a["name"].startswith(PREFIX))
+
+
+def set_target(run_name: str | None, n: int) -> str:
+    """Set the target of a running job (this process must already be connected to its cluster)."""
+    import ray
+    if n < 0:
+        raise ValueError(f"--actors must be >= 0, got {n}")
+    jobs = running_jobs()
+    if run_name is None:
+        if len(jobs) != 1:
+            raise ValueError(f"{len(jobs)} running divcfg jobs on this cluster {jobs}; name one with --run")
+        run_name = jobs[0]
+    try:
+        actor = ray.get_actor(control_name(run_name), namespace=NAMESPACE)
+    except ValueError:
+        raise ValueError(f"no running divcfg job named {run_name!r} on this cluster (running: {jobs or 'none'})") from None
+    ray.get(actor.set_target.remote(n))
+    return run_name
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="divcfg scale", description=__doc__.split("\n")[0].split(":", 1)[1].strip())
+    ap.add_argument("--actors", type=int, required=True, help="target number of rollout actors (>= 0)")
+    ap.add_argument("--run", help="run name (the basename of its run.dir); optional when one job runs")
+    ap.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
+                    help="Ray cluster address (GCS host:port or ray://...); default RAY_ADDRESS")
+    args = ap.parse_args(argv)
+    if args.actors < 0:
+        print(f"divcfg scale: error: --actors must be >= 0, got {args.actors}", file=sys.stderr)
+        return 2
+    if not args.address:
+        print("divcfg scale: error: no cluster address; pass --address or set RAY_ADDRESS", file=sys.stderr)
+        return 2
+    import ray
+    try:
+        ray.init(address=args.address, namespace=NAMESPACE, log_to_driver=False)
+    except (ConnectionError, ValueError, RuntimeError) as e:
+        print(f"divcfg scale: error: cannot connect to the Ray cluster at {args.address!r}: {e}", file=sys.stderr)
+        return 2
+    try:
+        name = set_target(args.run, args.actors)
+    except ValueError as e:
+        print(f"divcfg scale: error: {e}", file=sys.stderr)
+        return 2
+    print(f"job {name}: rollout actors -> {args.actors}")
+    return 0
