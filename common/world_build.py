@@ -35,7 +35,8 @@ SIZES: dict[str, dict] = {
                  embedder="tiny", embedder_steps=60, embedder_clips=200, scorer="tiny", scorer_steps=60,
                  measure_prompts=6, measure_samples=4),
     "small": dict(n_clips=3200, n_heldout=200, duration_s=3.0, card=256, fit_vectors=20000, kmeans_iters=15,
-                  decoder_steps=120, model="small", pretrain_steps=900, pretrain_batch=24, pretrain_lr=1.5e-3,
+                  decoder_steps=0, model="small", model_overrides=dict(dim=128, n_layers=4, n_heads=4, text_layers=2),
+                  pretrain_steps=800, pretrain_batch=32, pretrain_lr=2e-3,
                   embedder="small", embedder_steps=400, embedder_clips=1200, scorer="small", scorer_steps=300,
                   measure_prompts=24, measure_samples=4),
 }
@@ -176,7 +177,8 @@ def build_world(out: str | os.PathLike, size: str = "small", seed: int = 0, prog
         elif stage == "base":
             data = read_tokens(world.path("tokens.parquet"))
             k, t = data.codes.shape[1:]
-            pcfg = policy_config(p["model"], n_codebooks=k, card=int(data.meta["card"]), max_frames=t)
+            pcfg = policy_config(p["model"], n_codebooks=k, card=int(data.meta["card"]), max_frames=t,
+                                 **p.get("model_overrides", {}))
             policy = build_policy(pcfg, seed=seed)
             tcfg = PretrainConfig(steps=p["pretrain_steps"], batch_size=p["pretrain_batch"], lr=p["pretrain_lr"],
                                   warmup=min(50, p["pretrain_steps"] // 10), seed=seed,
