@@ -1,0 +1,20 @@
+"""``divcfg bench <name> [options]``: run one benchmark; each writes JSON with ``--json OUT`` and prints a table."""
+from __future__ import annotations
+
+import importlib
+import sys
+
+BENCHMARKS = {
+    "generate": ("divcfg.bench.generate", "KV-cached sampling frames/s vs HF MusicGen, and the CFG cost"),
+    "broadcast": ("divcfg.bench.broadcast", "weight publication to A actors vs one in-process copy"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in BENCHMARKS:
+        lines = ["usage: divcfg bench <name> [--json OUT] [options]", "", "benchmarks:"]
+        lines += [f"  {n:<10} {text}" for n, (_, text) in BENCHMARKS.items()]
+        print("\n".join(lines), file=sys.stdout if not argv or argv[0] in ("-h", "--help") else sys.stderr)
+        return 0 if not argv or argv[0] in ("-h", "--help") else 2
+    return int(importlib.import_module(BENCHMARKS[argv[0]][0]).main(argv[1:]) or 0)
