@@ -42,8 +42,8 @@ class EmbedderConfig:
     """STFT hop in samples (16 ms at 16 kHz)."""
     chunk_s: float = 1.0
     """Chunk length in seconds: the training view, and the window ``embed`` averages over for longer clips."""
-    patch: tuple[int, int] = (8, 8)
-    """ViT patch size as (mel bins, frames); n_mels must be a multiple of the first."""
+    patch: tuple[int, int] = (16, 8)
+    """ViT patch size as (mel bins, frames); n_mels must be a multiple of the first. 4 x 8 patches per 1 s."""
     dim: int = 128
     """Transformer width D."""
     depth: int = 4
@@ -99,10 +99,10 @@ class EmbedderConfig:
 _PRESETS: dict[str, dict] = {
     # Tests: trains in seconds on one CPU thread. One bin of 32 mels spans what two of 64 do.
     "tiny": dict(n_mels=32, chunk_s=0.5, patch=(8, 8), dim=32, depth=2, heads=2, embed_dim=32, pitch_max_bins=1),
-    # The offline world's default: a few minutes on 2 CPU cores.
+    # The offline world's default (the field defaults): a few minutes on 2 CPU cores.
     "small": dict(),
     # The paper's size: 12 layers, 6 heads, about 21M parameters.
-    "full": dict(patch=(16, 16), chunk_s=2.0, dim=384, depth=12, heads=6, embed_dim=128),
+    "full": dict(dim=384, depth=12, heads=6, embed_dim=128),
 }
 
 
