@@ -2,11 +2,15 @@
 
 Two sources of weights:
 - pretrained EnCodec 24 kHz at a chosen bandwidth, through the package's download or a local checkpoint directory;
-- an *offline* codec: an EnCodec-architecture encoder and RVQ (smaller SEANet) whose codebooks are fitted by residual
-  k-means on encoder latents of a corpus. A random-init EnCodec has all-zero codebooks (every code would be 0), and
+- an *offline* codec: EnCodec's model and residual vector quantizer, whose codebooks are fitted by residual
+  k-means on encoder latents of a corpus. By default the encoder is a log-mel analysis (``encoder="mel"``) and the
+  decoder inverts it (pseudo-inverse filterbank, Griffin-Lim): a random SEANet encoder's codes were measured to
+  carry little of the clip (log-magnitude predicted from them correlated 0.40 with the clip's own and 0.35 with
+  other clips'), which left the world's judges deaf; the mel codes give 0.80 against 0.01. ``encoder="seanet"``
+  keeps EnCodec's SEANet encoder. A random-init EnCodec has all-zero codebooks (every code would be 0), and
   the package's own k-means init builds an n×C×D tensor that runs out of memory on real corpora, so the fit below
   works on a subsample with ``torch.cdist``.
-  Its decoder: a random SEANet decoder maps every code grid to the same waveform, and training one takes far longer
+  With the SEANet encoder, the decoder: a random SEANet decoder maps every code grid to the same waveform, and training one takes far longer
   than a CPU build allows. So by default the offline codec decodes with a :class:`SpectralDecoder` fitted in closed
   form (codes -> log-magnitude spectrum by ridge regression, inverse STFT with a fixed phase): the decoded audio keeps
   the spectral content the codes carry, which is what the embedders and the scorer listen to. ``decoder="seanet"``
@@ -52,8 +56,12 @@ class OfflineCodecConfig:
     """K residual codebooks."""
     card: int = 256
     """Codes per codebook."""
+    encoder: str = "mel"
+    """mel: the latent of a frame is its log-mel spectrum (a faithful analysis that needs no training); seanet:
+    EnCodec's random-init SEANet encoder (its codes carry little of the clip: see the module docstring)."""
     decoder: str = "spectral"
-    """spectral (closed-form fit, the default offline) or seanet (EnCodec's decoder, trained by gradient descent)."""
+    """With the seanet encoder: spectral (closed-form fit) or seanet (EnCodec's decoder, trained by gradient
+    descent). The mel encoder always decodes by inverse mel and Griffin-Lim."""
     seed: int = 0
     """Seed of the random encoder weights and the k-means fit."""
 
@@ -90,6 +98,42 @@ class SpectralDecoder(torch.nn.Module):
         return torch.istft(spec, self.n_fft, self.hop, window=self.window, length=t * self.hop)[:, None]
 
 
+class MelEncoder(torch.nn.Module):
+    """Waveform ``[B, 1, N]`` -> log-mel latents ``[B, D, ceil(N / hop)]`` (D = n_mels), one per codec frame."""
+
+    def __init__(self, sample_rate: int, hop: int, n_mels: int):
+        super().__init__()
+        import torchaudio.functional as AF
+        self.ratios, self.dimension, self.hop, self.n_fft = [hop], n_mels, hop, 2 * hop
+        self.register_buffer("window", torch.hann_window(self.n_fft))
+        fb = AF.melscale_fbanks(self.n_fft // 2 + 1, 0.0, sample_rate / 2, n_mels, sample_rate)  # [F, D]
+        self.register_buffer("fb", fb)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = math.ceil(x.shape[-1] / self.hop)
+        spec = torch.stft(x[:, 0], self.n_fft, self.hop, window=self.window, return_complex=True).abs().pow(2)
+        return torch.log(self.fb.T @ spec[:, :, :t] + 1e-6)
+
+
+class MelDecoder(torch.nn.Module):
+    """Log-mel latents ``[B, D, T]`` -> waveform ``[B, 1, T * hop]``: pseudo-inverse of the mel filterbank, then
+    Griffin-Lim from a fixed (not random) initial phase, so decoding is deterministic."""
+
+    def __init__(self, encoder: MelEncoder, n_iter: int = 16):
+        super().__init__()
+        import torchaudio.transforms as AT
+        self.hop = encoder.hop
+        self.register_buffer("fb_pinv", torch.linalg.pinv(encoder.fb.T))  # [F, D]
+        self.griffin_lim = AT.GriffinLim(n_fft=encoder.n_fft, hop_length=encoder.hop, power=1.0, n_iter=n_iter,
+                                         rand_init=False)
+
+    def forward(self, emb: torch.Tensor) -> torch.Tensor:
+        t = emb.shape[-1]
+        power = (self.fb_pinv @ emb.exp()).clamp(min=0.0)
+        mag = torch.cat([power, power[:, :, -1:]], dim=2).sqrt()  # T frames -> T + 1 centred STFT frames
+        return self.griffin_lim(mag)[:, None, : t * self.hop]
+
+
 class Codec:
     """``encode(wav [B, N]) -> codes [B, K, T]`` and ``decode(codes) -> wav [B, N']``, mono, batched."""
 
@@ -105,7 +149,7 @@ class Codec:
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        return next(self.model.buffers()).device  # every codec has buffers (codebooks); the mel one has no parameters
 
     def to(self, device) -> "Codec":
         self.model.to(device)
@@ -195,10 +239,16 @@ def build_offline_model(cfg: OfflineCodecConfig):
               causal=False, norm="weight_norm")
     if cfg.decoder not in ("spectral", "seanet"):
         raise ValueError(f"codec decoder must be spectral or seanet, got {cfg.decoder!r}")
-    encoder = SEANetEncoder(**kw)
+    if cfg.encoder not in ("mel", "seanet"):
+        raise ValueError(f"codec encoder must be mel or seanet, got {cfg.encoder!r}")
     hop = int(np.prod(cfg.ratios))
-    decoder = (SpectralDecoder(cfg.n_codebooks, cfg.card, hop, seed=cfg.seed) if cfg.decoder == "spectral"
-               else SEANetDecoder(**kw))
+    if cfg.encoder == "mel":
+        encoder = MelEncoder(cfg.sample_rate, hop, cfg.dimension)
+        decoder = MelDecoder(encoder)
+    else:
+        encoder = SEANetEncoder(**kw)
+        decoder = (SpectralDecoder(cfg.n_codebooks, cfg.card, hop, seed=cfg.seed) if cfg.decoder == "spectral"
+                   else SEANetDecoder(**kw))
     quantizer = ResidualVectorQuantizer(dimension=cfg.dimension, n_q=cfg.n_codebooks, bins=cfg.card, kmeans_init=True)
     frame_rate = cfg.sample_rate / np.prod(cfg.ratios)
     bandwidth = cfg.n_codebooks * math.log2(cfg.card) * frame_rate / 1000
@@ -309,7 +359,9 @@ def fit_offline_codec(wavs: np.ndarray, cfg: OfflineCodecConfig, n_vectors: int 
     model = build_offline_model(cfg)
     model.eval()
     fit_codebooks(model, wavs, n_vectors=n_vectors, iters=kmeans_iters, seed=cfg.seed)
-    if cfg.decoder == "spectral":
+    if cfg.encoder == "mel":
+        pass  # the mel decoder is fixed: nothing to fit
+    elif cfg.decoder == "spectral":
         fit_spectral_decoder(model, wavs, seed=cfg.seed)
     elif decoder_steps:
         train_decoder(model, wavs, decoder_steps, seed=cfg.seed, progress=progress)

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-WORLD_VERSION = 1
+WORLD_VERSION = 2  # 2: the offline codec encodes log-mel frames
 STAGES = ("corpus", "codec", "tokens", "base", "embedders", "scorer", "measure")
 
 # Everything that differs between sizes. tiny: < 2 min on 2 cores (tests); small: < 20 min (quickstart, acceptance).
@@ -37,7 +37,7 @@ SIZES: dict[str, dict] = {
     "small": dict(n_clips=3200, n_heldout=200, duration_s=3.0, card=256, fit_vectors=20000, kmeans_iters=15,
                   decoder_steps=0, model="small", model_overrides=dict(dim=128, n_layers=4, n_heads=4, text_layers=2),
                   pretrain_steps=800, pretrain_batch=32, pretrain_lr=2e-3,
-                  embedder="small", embedder_steps=400, embedder_clips=1200, scorer="small", scorer_steps=300,
+                  embedder="small", embedder_steps=250, embedder_clips=1200, scorer="small", scorer_steps=200,
                   measure_prompts=24, measure_samples=4),
 }
 
