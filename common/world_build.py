@@ -36,7 +36,7 @@ SIZES: dict[str, dict] = {
                  measure_prompts=6, measure_samples=4),
     "small": dict(n_clips=3200, n_heldout=200, duration_s=3.0, card=256, fit_vectors=20000, kmeans_iters=15,
                   decoder_steps=0, model="small", model_overrides=dict(dim=128, n_layers=4, n_heads=4, text_layers=2),
-                  pretrain_steps=800, pretrain_batch=32, pretrain_lr=2e-3,
+                  pretrain_steps=2500, pretrain_batch=32, pretrain_lr=2e-3,
                   embedder="small", embedder_steps=250, embedder_clips=1200, scorer="small", scorer_steps=200,
                   measure_prompts=24, measure_samples=4),
 }
