@@ -80,7 +80,7 @@ def load_weights(dirpath: str | os.PathLike, kind: str | None = None) -> tuple[d
     try:
         header = json.loads((path / CONFIG).read_text())
     except FileNotFoundError:
-        raise CheckpointError(f"checkpoint {path} has no {CONFIG}") from None
+        raise FileNotFoundError(f"checkpoint file not found: {path / CONFIG}") from None
     except json.JSONDecodeError as e:
         raise CheckpointError(f"checkpoint config {path / CONFIG} is corrupt: {e}") from None
     if kind is not None and header.get("kind") != kind:
@@ -88,7 +88,7 @@ def load_weights(dirpath: str | os.PathLike, kind: str | None = None) -> tuple[d
     try:
         state = load_file(str(path / WEIGHTS))
     except FileNotFoundError:
-        raise CheckpointError(f"checkpoint {path} has no {WEIGHTS}") from None
+        raise FileNotFoundError(f"checkpoint file not found: {path / WEIGHTS}") from None
     except (SafetensorError, OSError) as e:
         raise CheckpointError(f"checkpoint weights {path / WEIGHTS} are truncated or corrupt: {e}") from None
     return state, header.get("config", {}), header.get("meta", {})

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-WORLD_VERSION = 2  # 2: the offline codec encodes log-mel frames
+WORLD_VERSION = 3  # 2: the offline codec encodes log-mel frames; 3: judges use the common checkpoint layout
 STAGES = ("corpus", "codec", "tokens", "base", "embedders", "scorer", "measure")
 
 # Everything that differs between sizes. tiny: < 2 min on 2 cores (tests); small: < 20 min (quickstart, acceptance).
@@ -270,6 +270,10 @@ def _report(world: World, state: dict) -> dict:
 def ensure_world(root: str | os.PathLike, size: str, seed: int = 0, progress: bool = True) -> World:
     """The world in ``root``, built first (with progress shown) when it is missing or unfinished."""
     world = World(root)
+    found = world.state().get("identity", {}).get("version")
+    if found is not None and found != WORLD_VERSION:
+        raise WorldError(f"world in {root} is version {found}; this divcfg needs version {WORLD_VERSION}. "
+                         f"Delete it (or point world.dir elsewhere) and it will be rebuilt")
     if not world.is_built():
         print(f"world {size} not found in {root}: building it first", file=sys.stderr)
         build_world(root, size, seed, progress=progress)

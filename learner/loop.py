@@ -175,9 +175,9 @@ def run_ray(learner, topo: RayTopology, stream: PromptStream, steps: int, batch_
             raise RoleFailures(f"{failures[role]} consecutive {role} failures (learner.max_role_failures="
                                f"{max_role_failures}); last: {err}")
 
-    def resize() -> None:
+    def resize(force: bool = False) -> None:
         nonlocal last_poll
-        if target is None or time.perf_counter() - last_poll < 0.25:
+        if target is None or (not force and time.perf_counter() - last_poll < 0.25):
             return
         last_poll = time.perf_counter()
         want = target()
@@ -263,6 +263,7 @@ def run_ray(learner, topo: RayTopology, stream: PromptStream, steps: int, batch_
 
     for step in range(steps):
         t0 = time.perf_counter()
+        resize(force=True)  # at least once a step, even when enough groups are already waiting
         while len(ready) < batch_prompts:
             resize()
             launch()

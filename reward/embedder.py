@@ -9,10 +9,8 @@ Shapes: B clips, N samples, M mel bins, F frames, D model width, E embedding siz
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -22,12 +20,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchaudio.functional as AF
 import torchaudio.transforms as AT
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
+from divcfg.common.checkpoint import CONFIG as CONFIG_FILE  # noqa: F401  (the scorer imports it from here)
+from divcfg.common.checkpoint import WEIGHTS as WEIGHTS_FILE, load_weights, save_weights
 
 
 @dataclass
@@ -396,58 +392,15 @@ def recall_at_1(model: MusicEmbedder, clips: np.ndarray | torch.Tensor, sample_r
     return (owner[sim.argmax(dim=1)] == owner).float().mean().item()
 
 
-def _atomic_write(path: str, write: Callable[[str], None]) -> None:
-    """Write ``path`` through ``write(tmp_path)`` then rename, so a reader never sees a half-written file."""
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-", suffix=os.path.basename(path))
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def write_checkpoint(directory: str | os.PathLike, state_dict: dict[str, torch.Tensor], meta: dict) -> None:
-    """Save ``state_dict`` as ``model.safetensors`` and ``meta`` as ``config.json`` in ``directory``, atomically."""
-    directory = os.fspath(directory)
-    os.makedirs(directory, exist_ok=True)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
-    _atomic_write(os.path.join(directory, WEIGHTS_FILE), lambda tmp: save_file(tensors, tmp))
-
-    def write_json(tmp: str) -> None:
-        with open(tmp, "w") as f:
-            json.dump(meta, f, indent=2)
-    _atomic_write(os.path.join(directory, CONFIG_FILE), write_json)
+    """Save ``state_dict`` and ``meta`` (which names its ``kind``) as a checkpoint directory, atomically."""
+    save_weights(directory, meta["kind"], state_dict, meta)
 
 
 def read_checkpoint(directory: str | os.PathLike, kind: str) -> tuple[dict[str, torch.Tensor], dict, str]:
-    """Read a checkpoint written by :func:`write_checkpoint` whose ``meta["kind"]`` is ``kind``.
-
-    Returns ``(state_dict, meta, weights_path)``. Missing directory or file -> FileNotFoundError naming the path;
-    unreadable JSON or a truncated/corrupt weights file -> ValueError naming the file. Never unpickles.
-    """
-    directory = os.fspath(directory)
-    if not os.path.isdir(directory):
-        raise FileNotFoundError(f"{kind} checkpoint directory not found: {directory}")
-    config_path = os.path.join(directory, CONFIG_FILE)
-    weights_path = os.path.join(directory, WEIGHTS_FILE)
-    for path in (config_path, weights_path):
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"{kind} checkpoint file not found: {path}")
-    try:
-        with open(config_path) as f:
-            meta = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{kind} config {config_path} is not valid JSON: {e}") from e
-    if not isinstance(meta, dict) or meta.get("kind") != kind:
-        raise ValueError(f"{config_path} is not a {kind} checkpoint config (kind: "
-                         f"{meta.get('kind') if isinstance(meta, dict) else None!r})")
-    try:
-        state = load_file(weights_path)
-    except SafetensorError as e:
-        raise ValueError(f"{kind} weights file {weights_path} is truncated or corrupt: {e}") from e
-    return state, meta, weights_path
+    """Read a checkpoint of ``kind`` -> ``(state_dict, meta, weights_path)``; every failure names the path."""
+    state, meta, _ = load_weights(directory, kind)
+    return state, meta, os.path.join(os.fspath(directory), WEIGHTS_FILE)
 
 
 def load_state(model: nn.Module, state: dict[str, torch.Tensor], weights_path: str) -> None:

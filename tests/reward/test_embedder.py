@@ -170,7 +170,7 @@ def test_save_load_round_trip_and_bad_files(tmp_path):
     cfg = embedder_config("tiny", seed=3)
     model = MusicEmbedder(cfg).eval()
     save_embedder(model, tmp_path / "e")
-    assert sorted(os.listdir(tmp_path / "e")) == ["config.json", "model.safetensors"]  # no temp files left
+    assert sorted(os.listdir(tmp_path / "e")) == ["COMPLETE", "config.json", "model.safetensors"]  # no temp files left
     loaded = load_embedder(tmp_path / "e")
     assert loaded.cfg == cfg
     wav = torch.from_numpy(synthetic_music(2, 1.0, seed=2))
