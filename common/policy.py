@@ -9,7 +9,7 @@ trained by condition dropout), which is what classifier-free guidance mixes.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
@@ -363,7 +363,3 @@ def build_policy(cfg: PolicyConfig | None = None, seed: int | None = None, **ove
     if seed is not None:
         torch.manual_seed(seed)
     return AudioTokenPolicy(cfg)
-
-
-def config_dict(cfg: PolicyConfig) -> dict:
-    return asdict(cfg)

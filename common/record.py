@@ -82,10 +82,6 @@ class RolloutBatch:
     def __len__(self) -> int:
         return len(self.prompt)
 
-    @property
-    def n_groups(self) -> int:
-        return len(np.unique(self.group_id))
-
     def select(self, index) -> "RolloutBatch":
         """Rows ``index`` (a slice, int array or bool mask) as a new batch."""
         idx = np.arange(len(self))[index]
