@@ -15,20 +15,32 @@ from omegaconf import MISSING
 
 @dataclass
 class ModelConfig:
-    """The policy's architecture (see :class:`divcfg.common.policy.PolicyConfig`). K and V come from the codec."""
+    """The policy: divcfg's own (:class:`divcfg.common.policy.PolicyConfig`; K and V come from the codec) or Hugging
+    Face MusicGen (:mod:`divcfg.common.musicgen`; its architecture comes from the checkpoint)."""
 
+    family: str = "divcfg"
+    """divcfg (the in-repo AudioTokenPolicy) or musicgen (needs the musicgen extra: pip install 'divcfg[musicgen]')."""
     preset: str = "small"
-    """Size preset: tiny, small, medium or base."""
+    """divcfg: size preset tiny, small, medium or base."""
     dim: Optional[int] = None
-    """Override the preset's width."""
+    """divcfg: override the preset's width."""
     n_layers: Optional[int] = None
-    """Override the preset's decoder depth."""
+    """divcfg: override the preset's decoder depth."""
     n_heads: Optional[int] = None
-    """Override the preset's head count."""
+    """divcfg: override the preset's head count."""
     text_max_len: int = 96
-    """Longest prompt in UTF-8 bytes."""
+    """Longest prompt: UTF-8 bytes (divcfg) or T5 tokens with EOS (musicgen)."""
     truncate_prompts: bool = False
     """Cut prompts longer than ``text_max_len`` instead of refusing them."""
+    musicgen: Optional[str] = None
+    """musicgen: a Hub id (facebook/musicgen-small), a local directory (``hf download ID --local-dir DIR``), or
+    tiny-random (a tiny random model built in code, for tests)."""
+    train_layers: int = 0
+    """musicgen: train only the last N decoder layers (and the output heads above them); 0 trains the whole decoder.
+    The T5 text encoder is always frozen."""
+    local_files_only: bool = False
+    """musicgen: never reach the Hub; the weights must be in the Hugging Face cache or in a local directory
+    (``HF_HUB_OFFLINE=1`` does the same)."""
 
 
 @dataclass
@@ -240,8 +252,18 @@ def check(condition: bool, name: str, value: Any, why: str) -> None:
         raise ConfigError(f"{name}={value!r}: {why}")
 
 
+def validate_model(m) -> None:
+    """Value checks of a :class:`ModelConfig` (or its DictConfig)."""
+    check(m.family in ("divcfg", "musicgen"), "model.family", m.family, "must be divcfg or musicgen")
+    check(m.family != "musicgen" or bool(m.musicgen), "model.musicgen", m.musicgen,
+          "model.family=musicgen needs a Hub id, a local directory or tiny-random")
+    check(m.train_layers >= 0, "model.train_layers", m.train_layers, "must be >= 0 (0 = the whole decoder)")
+    check(m.text_max_len >= 1, "model.text_max_len", m.text_max_len, "must be >= 1")
+
+
 def validate_train(cfg) -> None:
     """Value checks that a schema can't express. ``cfg`` is the composed DictConfig or a TrainConfig."""
+    validate_model(cfg.model)
     a = cfg.algo
     check(a.beta >= 0, "algo.beta", a.beta, "must be >= 0")
     check(a.guidance_scale >= 1, "algo.guidance_scale", a.guidance_scale, "the CFG teacher needs γ >= 1")

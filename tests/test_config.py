@@ -21,6 +21,9 @@ def test_defaults_validate():
     ("algo.baseline", "median", "algo.baseline='median': must be none, mean or loo"),
     ("world.size", "huge", "world.size='huge': must be tiny or small"),
     ("learner.mode", "fast", "learner.mode='fast'"),
+    ("model.family", "jax", "model.family='jax': must be divcfg or musicgen"),
+    ("model.family", "musicgen", "model.musicgen=None: model.family=musicgen needs a Hub id"),
+    ("model.train_layers", -1, "model.train_layers=-1: must be >= 0"),
 ])
 def test_bad_values_name_the_field(key, value, message):
     with pytest.raises(ConfigError, match=message.replace("(", "\\(").replace(")", "\\)")):
@@ -38,3 +41,15 @@ def test_unknown_key_is_refused_by_the_schema():
     c = cfg()
     with pytest.raises((ConfigAttributeError, ConfigKeyError)):
         OmegaConf.update(c, "algo.nonsense", 1, merge=True)
+
+
+@pytest.mark.parametrize("name", ["musicgen_tiny", "musicgen_small", "musicgen_medium", "musicgen_large"])
+def test_musicgen_model_entries_compose(name):
+    from hydra import compose, initialize_config_dir
+
+    from divcfg.common.config import CONF_DIR, register_configs, validate_model
+    register_configs()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
+        m = compose("pretrain", overrides=["data=x", "out=y", f"model={name}"]).model
+    validate_model(m)
+    assert m.family == "musicgen" and m.musicgen
