@@ -25,8 +25,9 @@ test-slow: $(VENV)/.installed
 test-all: $(VENV)/.installed
 	$(PY) -m pytest -q -m "slow or not slow"
 
+# Every benchmark, each to its own JSON; BENCHMARKS.md gives each one's options and the figures of record.
 bench: $(VENV)/.installed
-	$(VENV)/bin/divcfg bench all --json BENCH_RESULTS.json
+	for b in generate broadcast learner pipeline; do $(VENV)/bin/divcfg bench $$b --json bench/results/$$b.json || exit 1; done
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache
