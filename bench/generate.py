@@ -36,7 +36,7 @@ import types
 
 import torch
 
-from divcfg.bench.common import interleaved_median_times, machine_info, print_table, write_results
+from divcfg.bench.common import interleaved_median_times, machine_info, median_time, print_table, write_results
 from divcfg.common.policy import AudioTokenPolicy, build_policy, policy_config
 
 N_CODEBOOKS = 4
@@ -63,9 +63,49 @@ def _prompts(batch: int) -> list[str]:
 
 
 # ---- divcfg ---------------------------------------------------------------------------------------------------------
-def build_divcfg(preset: str, frames: int, seed: int = 0) -> AudioTokenPolicy:
+def build_divcfg(preset: str, frames: int, seed: int = 0, device: str = "cpu") -> AudioTokenPolicy:
     cfg = policy_config(preset, card=CARD, n_codebooks=N_CODEBOOKS, max_frames=frames)
-    return build_policy(cfg, seed=seed).eval()
+    return build_policy(cfg, seed=seed).eval().to(device)
+
+
+# ---- the physical limit ---------------------------------------------------------------------------------------------
+def matmul_flops_per_s(device: torch.device, dtype: torch.dtype, n: int | None = None, repeats: int = 5) -> float:
+    """Measured dense matmul throughput of this device: ``torch.mm`` of two ``n × n`` matrices, median of repeats."""
+    n = n or (4096 if device.type == "cuda" else 1024)
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+
+    def mm():
+        torch.mm(a, b)
+        _sync(device)
+
+    seconds, _ = median_time(mm, repeats=repeats, warmup=2)
+    return 2 * n ** 3 / seconds
+
+
+def generation_flops(cfg, batch: int, frames: int, text_len: int, use_cfg: bool) -> float:
+    """Matmul FLOPs of one ``generate`` call: every decoder step, every row (2B rows with CFG).
+
+    Per row and step: the projections (self-attention q, k, v, o; cross-attention q, o; the feed-forward) and the
+    output heads, 2 FLOPs per weight; attention scores and mixing over the cached steps and the text, 4 · D per
+    position. Text keys and values are computed once per call and left out, as are embeddings (lookups) and sampling.
+    """
+    d, layers = cfg.dim, cfg.n_layers
+    steps = frames + cfg.n_codebooks - 1
+    weights = layers * (6 * d * d + 2 * cfg.ffn_mult * d * d) + d * cfg.n_codebooks * cfg.card
+    attention = sum(4 * layers * d * (t + 1 + text_len) for t in range(steps))
+    rows = batch * (2 if use_cfg else 1)
+    return rows * (2 * weights * steps + attention)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":  # kernels are asynchronous: time their completion, not their launch
+        torch.cuda.synchronize(device)
+
+
+def _autocast(device: torch.device, dtype: torch.dtype):
+    from contextlib import nullcontext
+    return torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
 
 
 def divcfg_decoder_params(policy: AudioTokenPolicy) -> int:
@@ -117,8 +157,8 @@ def _peer_inputs(model, mask: torch.Tensor, use_cfg: bool, seed: int = 0):
     from transformers.modeling_outputs import BaseModelOutput
 
     g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, model.config.text_encoder.vocab_size, mask.shape, generator=g)
-    am = mask.long()
+    ids = torch.randint(0, model.config.text_encoder.vocab_size, mask.shape, generator=g).to(model.device)
+    am = mask.long().to(model.device)
     with torch.inference_mode():
         states = model.text_encoder(input_ids=ids, attention_mask=am).last_hidden_state
     if use_cfg:  # what generate() does itself when it runs the text encoder
@@ -127,25 +167,28 @@ def _peer_inputs(model, mask: torch.Tensor, use_cfg: bool, seed: int = 0):
     return ids, am, BaseModelOutput(last_hidden_state=states)
 
 
-def _divcfg_fn(policy, cond, frames, scale, top_k):
-    gen = torch.Generator().manual_seed(0)
+def _divcfg_fn(policy, cond, frames, scale, top_k, dtype=torch.float32):
+    gen = torch.Generator(device=policy.device).manual_seed(0)
     shape = (cond.states.shape[0], policy.cfg.n_codebooks, frames)
 
     def fn():
-        out = policy.generate(cond, frames, guidance_scale=scale, top_k=top_k, generator=gen)
+        with _autocast(policy.device, dtype):
+            out = policy.generate(cond, frames, guidance_scale=scale, top_k=top_k, generator=gen)
+        _sync(policy.device)
         assert out.codes.shape == shape, out.codes.shape
 
     return fn
 
 
-def _peer_fn(peer, mask, scale, top_k, batch, n_codebooks, frames):
+def _peer_fn(peer, mask, scale, top_k, batch, n_codebooks, frames, dtype=torch.float32):
     ids, am, enc = _peer_inputs(peer, mask, scale != 1.0)
     steps = frames + n_codebooks - 1  # one BOS column + T + K - 1 new columns -> T frames after the delay pattern
 
     def fn():
-        with torch.inference_mode():
+        with torch.inference_mode(), _autocast(peer.device, dtype):
             out = peer.generate(input_ids=ids, attention_mask=am, encoder_outputs=enc, do_sample=True, top_k=top_k,
                                 guidance_scale=scale if scale != 1.0 else None, max_new_tokens=steps)
+        _sync(peer.device)
         assert tuple(out.shape) == (1, batch, n_codebooks, frames), out.shape
 
     return fn
@@ -176,20 +219,28 @@ def _entry(name, value, unit, baseline, target, **extra) -> dict:
 
 def run(presets=("tiny", "small"), batches=(8,), frames: int = 150, threads: int = 1, repeats: int = 3,
         json_out: str | None = None, include_peer: bool = True, warmup: int = 1, top_k: int = 250,
-        verbose: bool = True) -> list[dict]:
-    """Measure frames/s (batch × frames / seconds) with and without CFG, for divcfg and optionally the peer."""
+        verbose: bool = True, device: str = "cpu", dtype: str = "fp32") -> list[dict]:
+    """Measure frames/s (batch × frames / seconds) with and without CFG, for divcfg and optionally the peer.
+
+    ``dtype`` bf16 runs both sides under autocast (GPU path); the matmul peak is measured in the same dtype.
+    """
+    dev = torch.device(device)
+    torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     results: list[dict] = []
     try:
+        peak = matmul_flops_per_s(dev, torch_dtype)
+        if verbose:
+            print(f"[{dev} {dtype}] measured matmul peak: {peak / 1e9:.1f} GFLOP/s", flush=True)
         for preset in presets:
-            policy = build_divcfg(preset, frames)
+            policy = build_divcfg(preset, frames, device=device)
             k = min(top_k, policy.cfg.card)
             steps = frames + policy.cfg.n_codebooks - 1
             peer = None
             params = {"divcfg_decoder_params": divcfg_decoder_params(policy)}
             if include_peer:
-                peer = build_peer(policy.cfg)
+                peer = build_peer(policy.cfg).to(dev)
                 ours, theirs = _check_params(preset, policy, peer)
                 params["peer_decoder_params"] = theirs
             for batch in batches:
@@ -197,10 +248,10 @@ def run(presets=("tiny", "small"), batches=(8,), frames: int = 150, threads: int
                 modes = (("nocfg", 1.0), ("cfg", CFG_SCALE))
                 fns = {}
                 for mode, scale in modes:
-                    fns[("divcfg", mode)] = _divcfg_fn(policy, cond, frames, scale, k)
+                    fns[("divcfg", mode)] = _divcfg_fn(policy, cond, frames, scale, k, torch_dtype)
                     if peer is not None:
                         fns[("peer", mode)] = _peer_fn(peer, cond.mask, scale, k, batch, policy.cfg.n_codebooks,
-                                                       frames)
+                                                       frames, torch_dtype)
                 # All four calls alternate, so a change in machine load affects the ratios as little as possible.
                 timed = interleaved_median_times(fns, repeats, warmup)
                 seconds = {mode: timed[("divcfg", mode)][0] for mode, _ in modes}
@@ -208,26 +259,29 @@ def run(presets=("tiny", "small"), batches=(8,), frames: int = 150, threads: int
                 for mode, scale in modes:
                     fps = batch * frames / seconds[mode]
                     peer_fps = batch * frames / peer_seconds[mode] if peer_seconds else None
+                    flops = generation_flops(policy.cfg, batch, frames, cond.mask.shape[1], scale != 1.0)
                     entry = _entry(f"generate/{preset}/b{batch}/{mode}", fps, "frames/s", peer_fps, SPEEDUP_TARGET,
                                    seconds=seconds[mode], all_s=timed[("divcfg", mode)][1],
                                    peer_seconds=peer_seconds.get(mode),
                                    peer_all_s=timed[("peer", mode)][1] if peer_seconds else None,
-                                   guidance_scale=scale, top_k=k, frames=frames, steps=steps, batch=batch, **params)
+                                   guidance_scale=scale, top_k=k, frames=frames, steps=steps, batch=batch,
+                                   flops_per_s=flops / seconds[mode], peak_matmul_flops_per_s=peak,
+                                   fraction_of_peak=flops / seconds[mode] / peak, dtype=dtype, **params)
                     results.append(entry)
                     if verbose:
                         peer_txt = f"  peer {peer_fps:8.1f} frames/s ({peer_seconds[mode]:.3f} s)" if peer_fps else ""
-                        print(f"[{preset} b{batch} {mode}] divcfg {fps:8.1f} frames/s ({seconds[mode]:.3f} s){peer_txt}",
-                              flush=True)
+                        print(f"[{preset} b{batch} {mode}] divcfg {fps:8.1f} frames/s ({seconds[mode]:.3f} s, "
+                              f"{entry['fraction_of_peak']:.1%} of matmul peak){peer_txt}", flush=True)
                 cost = seconds["nocfg"] / seconds["cfg"]
                 peer_cost = peer_seconds["nocfg"] / peer_seconds["cfg"] if peer_seconds else None
                 results.append(_entry(f"cfg_cost/{preset}/b{batch}", cost, "x", peer_cost, CFG_COST_TARGET,
-                                      batch=batch, frames=frames))
+                                      batch=batch, frames=frames, dtype=dtype))
     finally:
         torch.set_num_threads(previous_threads)
     for r in results:
         assert math.isfinite(r["value"]) and r["value"] > 0, r
     if json_out:
-        machine = machine_info("cpu")
+        machine = machine_info(device)
         machine["threads"] = threads
         if include_peer:
             import transformers
@@ -252,9 +306,12 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     ap.add_argument("--json", dest="json_out", metavar="OUT", default=None, help="write results JSON here")
     ap.add_argument("--no-peer", dest="include_peer", action="store_false", help="skip the HF MusicGen baseline")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"), help="bf16: autocast on both sides (GPU)")
     args = ap.parse_args(argv)
     results = run(presets=_split(args.presets, str), batches=_split(args.batches, int), frames=args.frames,
-                  threads=args.threads, repeats=args.repeats, json_out=args.json_out, include_peer=args.include_peer)
+                  threads=args.threads, repeats=args.repeats, json_out=args.json_out, include_peer=args.include_peer,
+                  device=args.device, dtype=args.dtype)
     print()
     print_table(results)
     if args.json_out:

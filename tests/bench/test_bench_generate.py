@@ -48,3 +48,20 @@ def test_main_cli_no_peer_writes_json(tmp_path, capsys):
                  "--json", str(out)]) == 0
     doc = json.loads(out.read_text())
     assert [r["name"] for r in doc["results"]][0] == "generate/tiny/b1/nocfg"
+
+
+def test_generation_flops_counts_by_hand():
+    from types import SimpleNamespace
+
+    from divcfg.bench.generate import generation_flops
+    cfg = SimpleNamespace(dim=2, n_layers=1, ffn_mult=4, n_codebooks=1, card=3)
+    # One step (T=1, K=1), text length 1: weights 6·4 + 2·4·4 + 2·1·3 = 62 -> 124 FLOPs; attention 4·1·2·(0+1+1) = 16.
+    assert generation_flops(cfg, batch=1, frames=1, text_len=1, use_cfg=False) == 140
+    assert generation_flops(cfg, batch=3, frames=1, text_len=1, use_cfg=True) == 6 * 140
+
+
+def test_entries_report_the_fraction_of_measured_matmul_peak():
+    results = run(presets=("tiny",), batches=(1,), frames=4, repeats=1, include_peer=False, verbose=False)
+    gen = results[0]
+    assert gen["peak_matmul_flops_per_s"] > 0
+    assert gen["fraction_of_peak"] == gen["flops_per_s"] / gen["peak_matmul_flops_per_s"] > 0
