@@ -10,13 +10,16 @@ import time
 import numpy as np
 import torch
 
+from divcfg.common.checkpoint import load_snapshot
 from divcfg.common.record import RolloutBatch, new_group
 
 
 class RolloutWorker:
     def __init__(self, policy_factory, n_frames: int, group_size: int, temperature: float = 1.0, threads: int = 1,
-                 seed: int = 0, device: str = "cpu"):
+                 seed: int = 0, device: str = "cpu", transport=None):
+        from divcfg.learner.transport import ObjectStoreTransport
         torch.set_num_threads(threads)
+        self.transport = transport or ObjectStoreTransport()  # must match the learner side's (learner/transport.py)
         self.policy = policy_factory().to(device).eval()
         self.n_frames, self.group_size, self.temperature = n_frames, group_size, temperature
         self.version = -1
@@ -24,10 +27,11 @@ class RolloutWorker:
         self.groups_done = 0
         self.busy_s = 0.0
 
-    def set_weights(self, version: int, weights: dict[str, np.ndarray]) -> int:
-        """Load a published snapshot (numpy arrays, read zero-copy from the object store)."""
+    def set_weights(self, version: int, weights) -> int:
+        """Load a published snapshot: numpy arrays (read zero-copy from the object store) or a transport handle."""
+        weights = self.transport.receive(weights)
         state = {k: torch.from_numpy(np.asarray(v)) for k, v in weights.items()}
-        self.policy.load_state_dict(state)
+        load_snapshot(self.policy, state)  # the whole state dict, or only the trainable tensors (MusicGen)
         self.version = version
         return version
 

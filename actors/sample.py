@@ -47,7 +47,7 @@ def _demo_models():
 
 def run(args) -> dict:
     from divcfg.common.audio import write_wav
-    from divcfg.common.checkpoint import load_policy
+    from divcfg.common.checkpoint import load_musicgen_policy, load_policy, policy_family
     from divcfg.common.codec import load_codec
     from divcfg.common.prompts import load_prompts
 
@@ -62,10 +62,21 @@ def run(args) -> dict:
     else:
         if not args.checkpoint:
             raise ValueError("give a policy checkpoint directory, or --demo")
-        policy = load_policy(args.checkpoint)
         model_name = os.path.abspath(args.checkpoint)
-        codec_dir = args.codec or _codec_from_checkpoint(args.checkpoint)
-        codec = load_codec(codec_dir)
+        if policy_family(args.checkpoint) == "musicgen":
+            # MusicGen decodes with its own EnCodec, rebuilt from the source the checkpoint names.
+            from divcfg.common.musicgen import MusicGenLoadError, check_codec_matches
+            try:
+                policy, codec = load_musicgen_policy(args.checkpoint)
+            except (MusicGenLoadError, ImportError) as e:  # not installed, or the weights can't be fetched
+                raise ValueError(str(e)) from None
+            if args.codec:
+                codec = load_codec(args.codec)
+                check_codec_matches(codec, policy.model_config, policy.cfg.name)
+        else:
+            policy = load_policy(args.checkpoint)
+            codec_dir = args.codec or _codec_from_checkpoint(args.checkpoint)
+            codec = load_codec(codec_dir)
     policy.eval()
     max_len = policy.cfg.text_max_len
     prompts = load_prompts(args.prompts, max_len) if args.prompts else (args.prompt or ["a calm melody"])

@@ -94,15 +94,68 @@ def load_weights(dirpath: str | os.PathLike, kind: str | None = None) -> tuple[d
     return state, header.get("config", {}), header.get("meta", {})
 
 
+def snapshot_state(policy) -> dict[str, torch.Tensor]:
+    """What a weight snapshot and a policy checkpoint carry: the whole state dict, or only the trainable tensors of a
+    policy that has a ``trainable_state_dict`` (MusicGen: its frozen T5 is rebuilt from the source everywhere)."""
+    trainable = getattr(policy, "trainable_state_dict", None)
+    return trainable() if trainable is not None else policy.state_dict()
+
+
+def load_snapshot(policy, state: dict[str, torch.Tensor]) -> None:
+    """Load what :func:`snapshot_state` made into a policy of the same kind (strict for the whole-state kind)."""
+    load = getattr(policy, "load_trainable_state_dict", None)
+    if load is not None:
+        load(state)
+    else:
+        policy.load_state_dict(state)
+
+
 def save_policy(policy, dirpath: str | os.PathLike, meta: dict | None = None) -> Path:
+    """A policy checkpoint. divcfg's own policy records its architecture and every tensor; MusicGen records its
+    source (``family: musicgen``, Hub id or directory, ``train_layers``) and only the trainable tensors."""
     from dataclasses import asdict
+    if hasattr(policy, "checkpoint_config"):
+        return save_weights(dirpath, "policy", snapshot_state(policy), policy.checkpoint_config(), meta)
     return save_weights(dirpath, "policy", policy.state_dict(), asdict(policy.cfg), meta)
 
 
-def load_policy(dirpath: str | os.PathLike, device: str | torch.device = "cpu"):
-    """An :class:`AudioTokenPolicy` from a checkpoint directory written by :func:`save_policy`."""
-    from divcfg.common.policy import AudioTokenPolicy, PolicyConfig
+def policy_family(dirpath: str | os.PathLike) -> str:
+    """``musicgen`` or ``divcfg``, from a policy checkpoint's config.json alone (no weights read). A directory that
+    isn't a readable checkpoint reads as ``divcfg``: :func:`load_policy` then says what is wrong with it."""
+    try:
+        header = json.loads((Path(dirpath) / CONFIG).read_text())
+        return str(header.get("config", {}).get("family", "divcfg"))
+    except (OSError, ValueError, AttributeError):
+        return "divcfg"
+
+
+def load_musicgen_policy(dirpath: str | os.PathLike, device: str | torch.device = "cpu",
+                         local_files_only: bool = False):
+    """``(MusicGenPolicy, MusicGenCodec)`` from a MusicGen policy checkpoint: the model is rebuilt from the recorded
+    source (downloaded or read from the Hugging Face cache, or the tiny random one) and the trained tensors loaded."""
+    from divcfg.common.musicgen import MusicGenSpec
     state, config, _ = load_weights(dirpath, "policy")
+    try:
+        spec = MusicGenSpec.from_checkpoint_config(config, local_files_only)
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {dirpath}: config.json does not describe a MusicGen policy: {e}") from None
+    policy, codec = spec.build()
+    try:
+        policy.load_trainable_state_dict(state)
+    except ValueError as e:
+        raise CheckpointError(f"checkpoint {dirpath}: {e}") from None
+    return policy.to(device), codec.to(device)
+
+
+def load_policy(dirpath: str | os.PathLike, device: str | torch.device = "cpu"):
+    """A policy from a checkpoint directory written by :func:`save_policy`: an :class:`AudioTokenPolicy`, or a
+    ``MusicGenPolicy`` for a ``family: musicgen`` checkpoint (see :func:`load_musicgen_policy`)."""
+    from divcfg.common.policy import AudioTokenPolicy, PolicyConfig
+    if policy_family(dirpath) == "musicgen":
+        return load_musicgen_policy(dirpath, device)[0]
+    state, config, _ = load_weights(dirpath, "policy")
+    # Policies saved before word features and the pooled condition path have neither.
+    config = {"text_word_buckets": 0, "cond_pool": False, **config}
     try:
         cfg = PolicyConfig(**config)
     except TypeError as e:

@@ -137,15 +137,18 @@ def load_musicgen(name_or_path: str, *, local_files_only: bool = False):
 
 
 def tiny_musicgen_config(n_codebooks: int = 4, card: int = 64, dim: int = 32, n_layers: int = 2,
-                         sample_rate: int = 8000) -> "MusicgenConfig":
+                         sample_rate: int = 8000, init_std: float = 0.4) -> "MusicgenConfig":
     """A tiny MusicGen built in code, for tests: decoder ``dim`` × ``n_layers``, a one-layer T5 of width 16 (so the
     text-to-decoder projection is exercised) whose vocabulary is the :class:`ByteTokenizer` layout, and a small EnCodec
-    (hop 16, ``card`` codes, exactly ``n_codebooks`` quantizers at its one bandwidth)."""
+    (hop 160: MusicGen's 50 frames/s at 8 kHz, so a clip has as many frames as it would with the real model; ``card``
+    codes, exactly ``n_codebooks`` quantizers at its one bandwidth). The decoder's weights are drawn with std
+    ``init_std``: at transformers' 0.02 the text barely reaches the logits, so the CFG teacher equals the student to
+    within a KL of 1e-7 and a training run would have nothing to distill."""
     from transformers import EncodecConfig, MusicgenConfig, MusicgenDecoderConfig, T5Config
 
     text = T5Config(vocab_size=ByteTokenizer.vocab_size, d_model=16, d_kv=8, d_ff=32, num_layers=1,
                     num_decoder_layers=0, num_heads=2, dropout_rate=0.0)
-    ratios = [4, 4]
+    ratios = [8, 5, 4]
     frame_rate = math.ceil(sample_rate / math.prod(ratios))
     # EnCodec picks its quantizer count from the bandwidth: K codebooks of log2(card) bits at frame_rate.
     bandwidth = n_codebooks * math.log2(card) * frame_rate / 1000
@@ -154,7 +157,8 @@ def tiny_musicgen_config(n_codebooks: int = 4, card: int = 64, dim: int = 32, n_
                           target_bandwidths=[bandwidth])
     decoder = MusicgenDecoderConfig(vocab_size=card, hidden_size=dim, num_hidden_layers=n_layers, num_attention_heads=2,
                                     ffn_dim=2 * dim, num_codebooks=n_codebooks, max_position_embeddings=256,
-                                    dropout=0.0, pad_token_id=card, bos_token_id=card, decoder_start_token_id=card)
+                                    dropout=0.0, pad_token_id=card, bos_token_id=card, decoder_start_token_id=card,
+                                    initializer_factor=init_std)
     return MusicgenConfig(text_encoder=text, audio_encoder=audio, decoder=decoder)
 
 
@@ -162,12 +166,13 @@ def tiny_musicgen(seed: int = 0, **config) -> "MusicgenForConditionalGeneration"
     """A ``MusicgenForConditionalGeneration`` with random weights from :func:`tiny_musicgen_config` (~0.1 s on CPU)."""
     from transformers import MusicgenForConditionalGeneration
 
-    torch.manual_seed(seed)
-    model = MusicgenForConditionalGeneration(tiny_musicgen_config(**config)).eval()
-    # transformers initialises EnCodec codebooks to zeros (they come from a checkpoint); random ones make the tiny
-    # codec's codes depend on the audio.
-    for layer in model.audio_encoder.quantizer.layers:
-        layer.codebook.embed.normal_()
+    with torch.random.fork_rng(devices=[]):  # seeded, without resetting the caller's random stream
+        torch.manual_seed(seed)
+        model = MusicgenForConditionalGeneration(tiny_musicgen_config(**config)).eval()
+        # transformers initialises EnCodec codebooks to zeros (they come from a checkpoint); random ones make the
+        # tiny codec's codes depend on the audio.
+        for layer in model.audio_encoder.quantizer.layers:
+            layer.codebook.embed.normal_()
     return model
 
 
@@ -227,6 +232,8 @@ class MusicGenPolicy(nn.Module):
             n_heads=d.num_attention_heads, max_frames=d.max_position_embeddings - d.num_codebooks + 1,
             text_max_len=text_max_len, train_layers=train_layers)
         self.special = d.vocab_size
+        self.model_config = model.config  # the codec check (check_codec_matches) compares a codec against it
+        self.spec: MusicGenSpec | None = None  # set by MusicGenSpec.build: what a checkpoint records to rebuild this
         self.requires_grad_(False)
         for module in trainable_modules(self.decoder, self.enc_to_dec_proj, train_layers):
             module.requires_grad_(True)
@@ -368,6 +375,31 @@ class MusicGenPolicy(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    # ---- weight snapshots ---------------------------------------------------------------------------------------
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """The tensors the learner updates, by state-dict name: all a weight snapshot or a checkpoint carries. The
+        frozen rest (the T5 encoder; with ``train_layers > 0`` also the embeddings and earlier decoder layers) is
+        rebuilt from the same source in every process, so it never crosses the wire."""
+        names = {n for n, p in self.named_parameters() if p.requires_grad}
+        return {k: v for k, v in self.state_dict().items() if k in names}
+
+    def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Load a :meth:`trainable_state_dict` snapshot (a whole state dict is accepted too). A snapshot that lacks
+        a trainable tensor or names one this model doesn't have was made for another model or ``train_layers``."""
+        trainable = {n for n, p in self.named_parameters() if p.requires_grad}
+        missing, unexpected = sorted(trainable - state.keys()), sorted(state.keys() - self.state_dict().keys())
+        if missing or unexpected:
+            raise ValueError(f"weights do not fit {self.cfg.name} with train_layers={self.cfg.train_layers}: missing "
+                             f"{missing[:5]}, unexpected {unexpected[:5]}")
+        self.load_state_dict(state, strict=False)
+
+    def checkpoint_config(self) -> dict:
+        """What a policy checkpoint records instead of an architecture: the source to rebuild the model from."""
+        if self.spec is None:
+            raise ValueError(f"{self.cfg.name}: only a MusicGenPolicy built by MusicGenSpec.build records where its "
+                             f"frozen weights come from, so only such a policy can be saved")
+        return self.spec.checkpoint_config()
+
 
 # ---- the codec ------------------------------------------------------------------------------------------------------
 class MusicGenCodec:
@@ -445,14 +477,71 @@ def check_codec_matches(codec, config: "MusicgenConfig", name: str = "the model"
 def build_musicgen(name_or_path: str, *, train_layers: int = 0, text_max_len: int = 256,
                    local_files_only: bool = False, seed: int = 0) -> tuple[MusicGenPolicy, MusicGenCodec]:
     """The policy and its codec from one checkpoint (:data:`TINY` builds the tiny random one with ``seed``)."""
-    if name_or_path == TINY:
-        model, tokenizer = tiny_musicgen(seed), None
-    else:
-        model, tokenizer = load_musicgen(name_or_path, local_files_only=local_files_only)
-    policy = MusicGenPolicy(model, tokenizer, name=name_or_path, train_layers=train_layers, text_max_len=text_max_len)
-    codec = MusicGenCodec(model.audio_encoder, model.config.decoder.num_codebooks, name_or_path)
-    check_codec_matches(codec, model.config, name_or_path)
-    return policy, codec
+    return MusicGenSpec(name_or_path, train_layers, text_max_len, local_files_only, seed).build()
+
+
+@dataclass(frozen=True)
+class MusicGenSpec:
+    """Where a MusicGen policy comes from: enough to build the same model in any process. Picklable, so it is the
+    policy factory that Ray actors receive (calling it builds the policy), and :meth:`checkpoint_config` is what a
+    policy checkpoint records beside the trained tensors."""
+
+    musicgen: str
+    """Hub id, local directory, or :data:`TINY`."""
+    train_layers: int = 0
+    """See :class:`MusicGenPolicyConfig`."""
+    text_max_len: int = 256
+    """See :class:`MusicGenPolicyConfig`."""
+    local_files_only: bool = False
+    """Never reach the Hub (a deployment setting: checkpoints don't record it)."""
+    seed: int = 0
+    """Initialisation of :data:`TINY`, so that every process builds the same random model; unused otherwise."""
+
+    @classmethod
+    def from_model_config(cls, m, seed: int = 0) -> "MusicGenSpec":
+        """From a :class:`divcfg.common.config.ModelConfig` with ``family=musicgen``. A local directory is made
+        absolute: Ray workers need not share the driver's working directory."""
+        name = m.musicgen
+        if name != TINY and Path(name).expanduser().is_dir():
+            name = str(Path(name).expanduser().resolve())
+        return cls(name, int(m.train_layers), int(m.text_max_len), bool(m.local_files_only), int(seed))
+
+    @classmethod
+    def from_checkpoint_config(cls, config: dict, local_files_only: bool = False) -> "MusicGenSpec":
+        return cls(config["musicgen"], int(config["train_layers"]), int(config["text_max_len"]), local_files_only,
+                   int(config.get("seed", 0)))
+
+    def checkpoint_config(self) -> dict:
+        """``family`` marks a MusicGen checkpoint; the seed only matters (and is only recorded) for :data:`TINY`, so
+        that real runs with different seeds stay mergeable."""
+        out = {"family": "musicgen", "musicgen": self.musicgen, "train_layers": self.train_layers,
+               "text_max_len": self.text_max_len}
+        return {**out, "seed": self.seed} if self.musicgen == TINY else out
+
+    def build(self) -> tuple[MusicGenPolicy, MusicGenCodec]:
+        """The policy and its codec, checked against each other."""
+        try:
+            import transformers  # noqa: F401
+        except ImportError:
+            raise ImportError("MusicGen needs transformers, an optional extra: pip install 'divcfg[musicgen]'") from None
+        if self.musicgen == TINY:
+            model, tokenizer = tiny_musicgen(self.seed), None
+        else:
+            model, tokenizer = load_musicgen(self.musicgen, local_files_only=self.local_files_only)
+        policy = MusicGenPolicy(model, tokenizer, name=self.musicgen, train_layers=self.train_layers,
+                                text_max_len=self.text_max_len)
+        policy.spec = self
+        codec = MusicGenCodec(model.audio_encoder, model.config.decoder.num_codebooks, self.musicgen)
+        check_codec_matches(codec, model.config, self.musicgen)
+        return policy, codec
+
+    def __call__(self) -> MusicGenPolicy:
+        """The policy factory of rollout actors (their weights then arrive through the weights loop)."""
+        return self.build()[0]
+
+    def codec(self) -> MusicGenCodec:
+        """The codec factory of reward workers: the model's own EnCodec (the rest of the model is dropped)."""
+        return self.build()[1]
 
 
 # ---- memory ---------------------------------------------------------------------------------------------------------
@@ -472,7 +561,8 @@ class MemoryEstimate:
     actor_kv_cache: int
     """Self-attention (S columns) and cross-attention (L text tokens) keys and values of one generate call."""
     learner_weights: int
-    """Student and frozen teacher, float32 (the learner autocasts; it keeps float32 weights)."""
+    """Student and frozen teacher, float32 (the learner autocasts; it keeps float32 weights). The teacher shares the
+    parameters the student never trains (the T5, and frozen decoder layers), so it adds only the trainable ones."""
     learner_grads: int
     """float32 gradients of the trainable parameters."""
     learner_adam: int
@@ -520,6 +610,6 @@ def memory_estimate(config: "MusicgenConfig", batch: int, n_frames: int, dtype: 
         policy_params=policy_params, trainable_params=trainable, codec_params=count([model.audio_encoder]),
         actor_weights=policy_params * size,
         actor_kv_cache=2 * d.num_hidden_layers * rows * kv_positions * d.hidden_size * size,
-        learner_weights=2 * policy_params * fp32, learner_grads=trainable * fp32, learner_adam=2 * trainable * fp32,
+        learner_weights=(policy_params + trainable) * fp32, learner_grads=trainable * fp32, learner_adam=2 * trainable * fp32,
         learner_logits_per_row=3 * d.num_codebooks * n_frames * d.vocab_size * fp32,
         codec_weights=count([model.audio_encoder]) * size)

@@ -9,6 +9,8 @@ trained by condition dropout), which is what classifier-free guidance mixes.
 from __future__ import annotations
 
 import math
+import re
+import zlib
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -44,6 +46,12 @@ class PolicyConfig:
     """Longest prompt, in UTF-8 bytes, that the text encoder takes."""
     text_layers: int = 1
     """Transformer layers in the byte-level text encoder."""
+    cond_pool: bool = True
+    """Also add a projection of the mean text state to every decoder input. Cross-attention must learn where to look
+    before the prompt can inform a code; the pooled path informs every position from the first step."""
+    text_word_buckets: int = 4096
+    """Hash buckets for whole-word features added to every byte of a word (0: bytes only). Words let a small encoder
+    see "fast" as one symbol instead of composing it from bytes; hashing keeps any text usable, with no vocabulary."""
     dropout: float = 0.0
     """Dropout in attention and feed-forward blocks (training only)."""
 
@@ -51,6 +59,8 @@ class PolicyConfig:
         for name in ("n_codebooks", "card", "dim", "n_layers", "n_heads", "ffn_mult", "max_frames", "text_max_len"):
             if getattr(self, name) < 1:
                 raise ValueError(f"model.{name} must be >= 1, got {getattr(self, name)}")
+        if self.text_word_buckets < 0:
+            raise ValueError(f"model.text_word_buckets must be >= 0, got {self.text_word_buckets}")
         if self.dim % self.n_heads:
             raise ValueError(f"model.dim={self.dim} is not divisible by model.n_heads={self.n_heads}")
 
@@ -88,8 +98,16 @@ class PromptTooLongError(ValueError):
     pass
 
 
-def tokenize_prompts(prompts: list[str], max_len: int, truncate: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """UTF-8 bytes of each prompt, padded: ``(ids [B, L] long, mask [B, L] bool)``. Byte 256 is padding."""
+_WORD = re.compile(rb"[A-Za-z0-9'-]+")
+
+
+def tokenize_prompts(prompts: list[str], max_len: int, truncate: bool = False,
+                     word_buckets: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """UTF-8 bytes of each prompt, padded: ``(ids [B, L], words [B, L], mask [B, L] bool)``. Byte 256 is padding.
+
+    ``words`` gives every byte of a word (letters, digits, ``'`` and ``-``, lower-cased) the word's hash bucket in
+    ``1 .. word_buckets``; other bytes, padding, and everything when ``word_buckets`` is 0 get 0.
+    """
     encoded = [p.encode("utf-8") for p in prompts]
     for i, b in enumerate(encoded):
         if len(b) > max_len and not truncate:
@@ -99,10 +117,15 @@ def tokenize_prompts(prompts: list[str], max_len: int, truncate: bool = False) -
     encoded = [b[:max_len] for b in encoded]
     length = max(1, max(len(b) for b in encoded))
     ids = torch.full((len(encoded), length), 256, dtype=torch.long)
+    words = torch.zeros((len(encoded), length), dtype=torch.long)
     for i, b in enumerate(encoded):
         if b:
             ids[i, : len(b)] = torch.tensor(list(b), dtype=torch.long)
-    return ids, ids != 256
+        if word_buckets:
+            for m in _WORD.finditer(b):
+                # crc32, not hash(): Python salts str hashes per process, and buckets must survive a checkpoint.
+                words[i, m.start(): m.end()] = 1 + zlib.crc32(m.group().lower()) % word_buckets
+    return ids, words, ids != 256
 
 
 class TextEncoder(nn.Module):
@@ -111,14 +134,17 @@ class TextEncoder(nn.Module):
     def __init__(self, cfg: PolicyConfig):
         super().__init__()
         self.emb = nn.Embedding(257, cfg.dim)
+        self.word_emb = nn.Embedding(cfg.text_word_buckets + 1, cfg.dim) if cfg.text_word_buckets else None
         self.pos = nn.Parameter(torch.randn(cfg.text_max_len, cfg.dim) * 0.02)
         layer = nn.TransformerEncoderLayer(cfg.dim, cfg.n_heads, cfg.ffn_mult * cfg.dim, cfg.dropout,
                                            batch_first=True, norm_first=True)
         self.layers = nn.TransformerEncoder(layer, cfg.text_layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(cfg.dim)
 
-    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, ids: torch.Tensor, words: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         x = self.emb(ids) + self.pos[: ids.shape[1]]
+        if self.word_emb is not None:
+            x = x + self.word_emb(words)
         x = self.layers(x, src_key_padding_mask=~mask)
         return self.norm(x)
 
@@ -208,6 +234,7 @@ class AudioTokenPolicy(nn.Module):
         self.text = TextEncoder(cfg)
         # The learned null condition: the unconditional branch of CFG.
         self.null_cond = nn.Parameter(torch.randn(1, 1, d) * 0.02)
+        self.cond_pool = nn.Linear(d, d) if cfg.cond_pool else None
         self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.n_layers))
         self.norm = nn.LayerNorm(d)
         # One output head per codebook, stacked into one matmul: rows [k*V:(k+1)*V] are codebook k's head.
@@ -230,9 +257,9 @@ class AudioTokenPolicy(nn.Module):
     # ---- conditioning -------------------------------------------------------------------------------------------
     def encode_condition(self, prompts: list[str], truncate: bool = False) -> Condition:
         """Text prompts -> :class:`Condition` ``([B, L, D], [B, L])``."""
-        ids, mask = tokenize_prompts(prompts, self.cfg.text_max_len, truncate)
-        ids, mask = ids.to(self.device), mask.to(self.device)
-        return Condition(self.text(ids, mask), mask)
+        ids, words, mask = tokenize_prompts(prompts, self.cfg.text_max_len, truncate, self.cfg.text_word_buckets)
+        ids, words, mask = ids.to(self.device), words.to(self.device), mask.to(self.device)
+        return Condition(self.text(ids, words, mask), mask)
 
     def null_condition(self, batch: int, length: int = 1) -> Condition:
         """The unconditional condition for ``batch`` rows, padded to ``length`` positions (only the first is real)."""
@@ -264,6 +291,13 @@ class AudioTokenPolicy(nn.Module):
         kv = [layer.cross_attn.cross_kv(cond.states) for layer in self.layers]
         return kv, cond.mask[:, None, None, :]
 
+    def _pooled(self, cond: Condition) -> torch.Tensor | float:
+        """``[B, 1, D]`` added to every decoder input (0 without ``cond_pool``): the masked mean text state."""
+        if self.cond_pool is None:
+            return 0.0
+        m = cond.mask[..., None].to(cond.states.dtype)
+        return self.cond_pool((cond.states * m).sum(1, keepdim=True) / m.sum(1, keepdim=True).clamp(min=1))
+
     def _heads(self, h: torch.Tensor) -> torch.Tensor:
         """``[B, N, D]`` -> logits ``[B, K, N, V]``."""
         b, n, _ = h.shape
@@ -271,7 +305,7 @@ class AudioTokenPolicy(nn.Module):
 
     def forward_delayed(self, columns: torch.Tensor, cond: Condition) -> torch.Tensor:
         """Teacher-forced forward on delayed input columns ``[B, K, S]`` -> per-column logits ``[B, K, S, V]``."""
-        x = self._embed(columns, 0)
+        x = self._embed(columns, 0) + self._pooled(cond)
         kv, mask = self._cross(cond)
         for layer, lkv in zip(self.layers, kv):
             x = layer(x, lkv, mask)
@@ -327,6 +361,7 @@ class AudioTokenPolicy(nn.Module):
         s_len = delayed_length(n_frames, k)
         valid = delay_valid_mask(k, n_frames, self.device)  # [K, S]
         kv, cross_mask = self._cross(cond)
+        pooled = self._pooled(cond)
         dh = self.cfg.dim // self.cfg.n_heads
         dtype = self.null_cond.dtype
         caches = [(torch.empty(rows, self.cfg.n_heads, s_len, dh, device=self.device, dtype=dtype),
@@ -337,7 +372,7 @@ class AudioTokenPolicy(nn.Module):
         step_logits = torch.empty(b, k, s_len, v, device=self.device) if return_logits else None
         column = torch.full((rows, k, 1), self.special, dtype=torch.long, device=self.device)
         for s in range(s_len):
-            x = self._embed(column, s)
+            x = self._embed(column, s) + pooled
             for layer, lkv, cache in zip(self.layers, kv, caches):
                 x = layer(x, lkv, cross_mask, cache=cache, pos=s)
             logits = self._heads(x)[:, :, 0]  # [rows, K, V]

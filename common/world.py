@@ -330,13 +330,32 @@ def synthesize(rng: np.random.Generator, attributes: dict[str, str], cfg: WorldC
     return np.clip(mix * gain + noise, -1.0, 1.0, dtype=np.float32)
 
 
-def generate_clip(rng: np.random.Generator, clip_id: int, cfg: WorldConfig) -> Clip:
-    """Draw attributes uniformly, a random subset of them to describe, the prompt, then the audio."""
-    attributes = {name: values[rng.integers(len(values))] for name, values in ATTRIBUTES.items()}
+def describe(rng: np.random.Generator, attributes: dict[str, str], cfg: WorldConfig) -> tuple[tuple[str, ...], str]:
+    """A random partial description of ``attributes``: ``(described names in ATTRIBUTES order, prompt)``."""
     n_described = rng.integers(cfg.min_described, cfg.max_described + 1)
     chosen = set(rng.choice(list(ATTRIBUTES), size=n_described, replace=False).tolist())
     described = tuple(name for name in ATTRIBUTES if name in chosen)
-    prompt = make_prompt(rng, attributes, described)
+    return described, make_prompt(rng, attributes, described)
+
+
+def recaption(clip: Clip, n: int, cfg: WorldConfig) -> list[Clip]:
+    """``clip`` plus ``n - 1`` copies with other partial prompts of the same audio (caption augmentation).
+
+    One caption per clip teaches a text-conditioned model slowly: each prompt word is seen with few clips. Real
+    captioned corpora have the same remedy (several captions per clip). Copy ``j`` draws from
+    ``default_rng([cfg.seed, clip_id, j])``, so the captions do not depend on how the corpus is sharded.
+    """
+    out = [clip]
+    for j in range(1, n):
+        described, prompt = describe(np.random.default_rng([cfg.seed, clip.clip_id, j]), clip.attributes, cfg)
+        out.append(Clip(clip.clip_id, prompt, clip.attributes, described, clip.audio))
+    return out
+
+
+def generate_clip(rng: np.random.Generator, clip_id: int, cfg: WorldConfig) -> Clip:
+    """Draw attributes uniformly, a random subset of them to describe, the prompt, then the audio."""
+    attributes = {name: values[rng.integers(len(values))] for name, values in ATTRIBUTES.items()}
+    described, prompt = describe(rng, attributes, cfg)
     return Clip(clip_id, prompt, attributes, described, synthesize(rng, attributes, cfg))
 
 

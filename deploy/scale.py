@@ -39,8 +39,12 @@ def control_name(run_name: str) -> str:
 def start_control(run_name: str, target: int):
     """Create (or take over) the job's control actor. It is owned by the driver and dies with the job."""
     import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+    # Pinned to the driver's node: anywhere else, losing that node would take the scaling control (and the run,
+    # which polls it) down while the driver is still healthy.
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     actor = ray.remote(num_cpus=0)(PoolControl).options(
-        name=control_name(run_name), namespace=NAMESPACE, get_if_exists=True).remote(target)
+        name=control_name(run_name), namespace=NAMESPACE, get_if_exists=True, scheduling_strategy=here).remote(target)
     ray.get(actor.set_target.remote(target))
     return actor
 
@@ -58,8 +62,10 @@ def set_target(run_name: str | None, n: int) -> str:
         raise ValueError(f"--actors must be >= 0, got {n}")
     jobs = running_jobs()
     if run_name is None:
-        if len(jobs) != 1:
-            raise ValueError(f"{len(jobs)} running divcfg jobs on this cluster {jobs}; name one with --run")
+        if not jobs:
+            raise ValueError("no divcfg job is running on this cluster")
+        if len(jobs) > 1:
+            raise ValueError(f"{len(jobs)} divcfg jobs run on this cluster {jobs}; name one with --run")
         run_name = jobs[0]
     try:
         actor = ray.get_actor(control_name(run_name), namespace=NAMESPACE)
@@ -82,15 +88,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.address:
         print("divcfg scale: error: no cluster address; pass --address or set RAY_ADDRESS", file=sys.stderr)
         return 2
-    import ray
+    from divcfg.deploy.connect import ClusterError, connect
     try:
-        ray.init(address=args.address, namespace=NAMESPACE, log_to_driver=False)
-    except (ConnectionError, ValueError, RuntimeError) as e:
-        print(f"divcfg scale: error: cannot connect to the Ray cluster at {args.address!r}: {e}", file=sys.stderr)
-        return 2
-    try:
+        connect(args.address, namespace=NAMESPACE, log_to_driver=False)
         name = set_target(args.run, args.actors)
-    except ValueError as e:
+    except (ClusterError, ValueError) as e:
         print(f"divcfg scale: error: {e}", file=sys.stderr)
         return 2
     print(f"job {name}: rollout actors -> {args.actors}")

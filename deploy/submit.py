@@ -38,6 +38,7 @@ __all__ = [
     "SubmitError",
     "build_entrypoint",
     "build_runtime_env",
+    "check_run_paths",
     "load_token",
     "validate_address",
     "submit",
@@ -50,6 +51,10 @@ DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 CONNECT_TIMEOUT_S = 3.0
 READ_TIMEOUT_S = 15.0
 POLL_INTERVAL_S = 5.0
+# Right after a head starts, its dashboard answers before the node's job agent has registered, and a submission gets
+# "No available agent to submit job, please try again later": retried for this long.
+AGENT_WAIT_S = 120.0
+AGENT_RETRY_S = 2.0
 LOG_TAIL_LINES = 40
 
 # Never shipped with --working-dir: local environments, VCS data, run outputs and anything
@@ -142,6 +147,31 @@ def build_entrypoint(overrides: Sequence[str]) -> str:
         if "\n" in o or "\r" in o or "\x00" in o:
             raise SubmitError(f"override {o!r} contains a newline or NUL byte", exit_code=2)
     return shlex.join(["divcfg", "train", *overrides])
+
+
+def check_run_paths(overrides: Sequence[str]) -> list[str]:
+    """Refuse a relative ``run.resume`` and warn about a relative ``run.dir``; returns the warnings.
+
+    The job runs in a fresh copy of the working dir on the cluster (or in the image's directory): a relative path
+    there is not the one on this machine, and nothing written there outlives the job.
+    """
+    values = {}
+    for o in overrides:
+        key, sep, value = o.lstrip("+").partition("=")
+        if sep:
+            values[key] = value
+    resume = values.get("run.resume")
+    if resume and resume != "null" and "://" not in resume and not Path(resume).is_absolute():
+        raise SubmitError(f"run.resume={resume} is a relative path, which the job resolves inside its own copy of "
+                          "the working dir on the cluster; give the run's absolute path on storage every node "
+                          "mounts (e.g. /mnt/shared/runs/NAME) or a URI", exit_code=2)
+    run_dir = values.get("run.dir")
+    if run_dir is None or ("://" not in run_dir and not Path(run_dir).is_absolute()):
+        shown = f"run.dir={run_dir}" if run_dir is not None else "the default run.dir (runs/<time>)"
+        return [f"{shown} is relative: the job writes it inside its temporary working dir on the cluster, which "
+                "is deleted later; pass run.dir=/mnt/shared/runs/NAME (shared storage) to keep checkpoints and "
+                "summary.json"]
+    return []
 
 
 def parse_env_pairs(items: Sequence[str] | None) -> dict[str, str]:
@@ -406,6 +436,8 @@ def submit(
 
     address = validate_address(address)
     entrypoint = build_entrypoint(list(overrides))
+    for warning in check_run_paths(list(overrides)):
+        print(f"divcfg submit: warning: {warning}", file=sys.stderr)
     runtime_env = build_runtime_env(working_dir, env_vars or {}, pip)
     tok, source = load_token(token=token, token_file=token_file)
     headers = {"Authorization": f"Bearer {tok}"} if tok else {}
@@ -421,27 +453,34 @@ def submit(
     status = "PENDING"
     for attempt in range(attempts):
         wanted = job_id if attempt == 0 or job_id is None else f"{job_id}-retry{attempt}"
-        try:
-            sid = _call(
-                client.submit_job,
-                address,
-                source,
-                entrypoint=entrypoint,
-                runtime_env=runtime_env,
-                submission_id=wanted,
-                metadata={"divcfg.attempt": str(attempt), "divcfg.submitted_by": "divcfg submit"},
-            )
-        except SubmitError:
-            raise
-        except (RuntimeError, ValueError, TypeError, OSError) as e:
-            # Rejected by the server (RuntimeError), a bad runtime_env or an oversized
-            # working dir (ValueError/RuntimeError from the packaging step), unreadable files.
-            msg = str(e)
-            if wanted and "already" in msg.lower():
-                raise SubmitError(
-                    f"job id {wanted!r} is already used on the cluster at {address}; pick another --job-id"
-                ) from None
-            raise SubmitError(f"job submission to {address} failed: {msg}") from None
+        agent_deadline = time.monotonic() + AGENT_WAIT_S
+        while True:
+            try:
+                sid = _call(
+                    client.submit_job,
+                    address,
+                    source,
+                    entrypoint=entrypoint,
+                    runtime_env=runtime_env,
+                    submission_id=wanted,
+                    metadata={"divcfg.attempt": str(attempt), "divcfg.submitted_by": "divcfg submit"},
+                )
+                break
+            except SubmitError:
+                raise
+            except (RuntimeError, ValueError, TypeError, OSError) as e:
+                # Rejected by the server (RuntimeError), a bad runtime_env or an oversized
+                # working dir (ValueError/RuntimeError from the packaging step), unreadable files.
+                msg = str(e)
+                if "No available agent" in msg and time.monotonic() < agent_deadline:
+                    print("the cluster's job agent is not up yet; retrying", file=out, flush=True)
+                    time.sleep(AGENT_RETRY_S)
+                    continue
+                if wanted and "already" in msg.lower():
+                    raise SubmitError(
+                        f"job id {wanted!r} is already used on the cluster at {address}; pick another --job-id"
+                    ) from None
+                raise SubmitError(f"job submission to {address} failed: {msg}") from None
         print(f"submitted job {sid}: {entrypoint}", file=out)
         print(f"follow its logs: ray job logs --follow {sid} --address {address}", file=out)
         print("  (the ray CLI needs RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH=<token file>)", file=out, flush=True)

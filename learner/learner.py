@@ -11,6 +11,7 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 
+from divcfg.common.checkpoint import load_snapshot, snapshot_state
 from divcfg.common.record import RolloutBatch
 from divcfg.learner.losses import (group_advantages, reinforce_loss, reverse_kl, sequence_logprob,
                                    truncated_importance_weights)
@@ -21,11 +22,13 @@ class Learner:
                  grad_clip: float, device: str = "cpu", amp: bool = True):
         self.device = torch.device(device)
         self.student = base_policy.to(self.device).train()
-        # The teacher is the frozen base model; CFG is applied on its logits at every scored position.
-        self.teacher = copy.deepcopy(base_policy).to(self.device).eval().requires_grad_(False)
+        # The teacher is the frozen base model; CFG is applied on its logits at every scored position. Parameters
+        # the student never trains (MusicGen's T5) are shared, not copied: deepcopy reuses what its memo holds.
+        frozen = {id(p): p for p in base_policy.parameters() if not p.requires_grad}
+        self.teacher = copy.deepcopy(base_policy, frozen).to(self.device).eval().requires_grad_(False)
         self.beta, self.guidance_scale, self.baseline = beta, guidance_scale, baseline
         self.is_clip, self.grad_clip = is_clip, grad_clip
-        self.opt = torch.optim.Adam(self.student.parameters(), lr=lr)
+        self.opt = torch.optim.Adam([p for p in self.student.parameters() if p.requires_grad], lr=lr)
         self.version = 0
         self.nonfinite_in_a_row = 0
         self.nonfinite_total = 0
@@ -51,7 +54,9 @@ class Learner:
         weights = truncated_importance_weights(seq_lp, behaviour_lp, self.is_clip)
         distill, m_kl = reverse_kl(student_logits, teacher_logits, weights)
         loss = distill
-        metrics = {"losses/distill_kl": m_kl["kl"], "rollout/is_weight_mean": weights.mean().item()}
+        lag = self.version - batch.policy_version  # versions behind the weights this update starts from
+        metrics = {"losses/distill_kl": m_kl["kl"], "rollout/is_weight_mean": weights.mean().item(),
+                   "rollout/policy_lag_mean": float(lag.mean()), "rollout/policy_lag_max": float(lag.max())}
         if self.beta > 0:
             rewards = torch.as_tensor(batch.diversity_reward, device=self.device).view(-1, group_size)
             adv = group_advantages(rewards, self.baseline).reshape(-1)
@@ -79,14 +84,15 @@ class Learner:
 
     # ---- weights and state --------------------------------------------------------------------------------------
     def weights(self) -> dict[str, np.ndarray]:
-        """A CPU numpy snapshot of the student, to be published once per version."""
-        return {k: v.detach().to("cpu").numpy().copy() for k, v in self.student.state_dict().items()}
+        """A CPU numpy snapshot of the student, to be published once per version: the whole state dict, or only the
+        trainable tensors of a policy with frozen parts (:func:`~divcfg.common.checkpoint.snapshot_state`)."""
+        return {k: v.detach().to("cpu").numpy().copy() for k, v in snapshot_state(self.student).items()}
 
     def state(self) -> dict:
         return {"optimizer": self.opt.state_dict(), "version": self.version, "nonfinite_total": self.nonfinite_total}
 
     def load_state(self, student_state: dict, state: dict) -> None:
-        self.student.load_state_dict(student_state)
+        load_snapshot(self.student, student_state)
         self.opt.load_state_dict(state["optimizer"])
         self.version = int(state["version"])
         self.nonfinite_total = int(state.get("nonfinite_total", 0))

@@ -19,13 +19,19 @@ from divcfg.common.record import RolloutBatch
 @dataclass
 class Accounting:
     """Every generated group ends up used, stale (too old for the learner, or unused at the end) or dropped (its
-    reward failed). A group whose actor died before finishing was never generated: it is re-queued and counted."""
+    reward failed). A group whose actor died before finishing was never generated: it is re-queued and counted.
+
+    Books balance as ``generated == used + stale + dropped`` and, for the prompts drawn from the stream,
+    ``drawn == generated + unfinished``: each prompt is generated once, or is still waiting when the run ends.
+    """
 
     generated: int = 0
     used: int = 0
     stale: int = 0
     dropped: int = 0
     requeued: int = 0
+    unfinished: int = 0
+    """Prompts drawn but not generated when the run ended (re-queued, or in flight on an actor that never ran)."""
     lags: list = field(default_factory=list)
     failures: dict = field(default_factory=dict)
 
@@ -90,15 +96,22 @@ class RayTopology:
 
     The pool is elastic: :meth:`add_actor` gives a new actor the newest weights before anything else, and dead
     actors or workers are replaced (Ray's own restarts are off, so a replacement is always a fresh, synced actor).
+    ``ready_at`` holds when each member first returned a result (it is alive, placed and, for an actor, synced), and
+    ``replaced_by`` which member took over from a dead one: together they time each recovery.
     """
 
     def __init__(self, rollout_cls, reward_cls, n_actors: int, n_reward: int, rollout_kwargs: dict,
-                 reward_kwargs: dict):
+                 reward_kwargs: dict, transport=None):
+        from divcfg.learner.transport import ObjectStoreTransport
         self.rollout_cls, self.rollout_kwargs = rollout_cls, rollout_kwargs
         self.reward_cls, self.reward_kwargs = reward_cls, reward_kwargs
+        # How snapshots travel (learner/transport.py); the roles only ever see its handles.
+        self.transport = transport or ObjectStoreTransport()
         self.weights_ref = None
         self.weights_version = -1
         self._seed = 0
+        self.ready_at: dict = {}
+        self.replaced_by: dict = {}
         self.actors: list = []
         for _ in range(n_actors):
             self.add_actor()
@@ -118,20 +131,30 @@ class RayTopology:
             self.actors.remove(actor)
         ray.kill(actor, no_restart=True)
 
-    def replace_reward(self, worker) -> None:
-        """Idempotent: several calls in flight on one dead worker all fail, but it is replaced once."""
+    def replace_actor(self, actor):
+        """A fresh actor in place of a dead one (synced before it generates)."""
+        self.remove_actor(actor)
+        self.replaced_by[actor] = new = self.add_actor()
+        return new
+
+    def replace_reward(self, worker) -> bool:
+        """Idempotent: several calls in flight on one dead worker all fail, but it is replaced once (True then)."""
         import ray
         if worker not in self.rewards:
-            return
+            return False
         ray.kill(worker, no_restart=True)
-        self.rewards[self.rewards.index(worker)] = self.reward_cls.remote(**self.reward_kwargs)
+        self.replaced_by[worker] = new = self.reward_cls.remote(**self.reward_kwargs)
+        self.rewards[self.rewards.index(worker)] = new
+        return True
+
+    def mark_ready(self, member) -> None:
+        self.ready_at.setdefault(member, time.perf_counter())
 
     def publish(self, version: int, weights: dict) -> None:
-        import ray
-        # One put per version; every actor reads the same object (zero-copy numpy on its node).
+        # One publish per version (the default transport: one ray.put, which every actor reads zero-copy on its node).
         # Not awaited: Ray runs an actor's calls in submission order, so the swap lands between groups, never inside
         # one, and the learner does not wait for actors that are mid-generation.
-        self.weights_ref = ray.put(weights)
+        self.weights_ref = self.transport.publish(version, weights)
         self.weights_version = version
         for a in self.actors:
             a.set_weights.remote(version, self.weights_ref)
@@ -141,13 +164,18 @@ class RoleFailures(RuntimeError):
     pass
 
 
+# How long the end of a run waits for the groups still in flight, so that they are counted rather than lost.
+DRAIN_TIMEOUT_S = 30.0
+
+
 def run_ray(learner, topo: RayTopology, stream: PromptStream, steps: int, batch_prompts: int, group_size: int,
             max_lag: int, mode: str, queue_groups: int, on_step, target=None, on_event=None,
             max_role_failures: int = 5) -> Accounting:
     """Sync or async training over a :class:`RayTopology`.
 
     ``target()`` (optional) returns the wanted actor count; the pool follows it between waits. A group whose actor
-    dies goes back to the queue (``requeued``) and is generated again; a group is never half-used.
+    dies goes back to the queue (``requeued``) and is generated again; a group is never half-used. ``on_step``
+    may return True to end the run after that step (the books still balance).
     """
     import ray
     from ray.exceptions import RayError
@@ -165,6 +193,8 @@ def run_ray(learner, topo: RayTopology, stream: PromptStream, steps: int, batch_
     next_reward = 0
     launched = 0
     last_poll = 0.0
+    want = None
+    scaling_since = None  # when the pool last left its target; None while it is there
     event = on_event or (lambda text: None)
 
     def fail(role: str, err: Exception) -> None:
@@ -175,8 +205,19 @@ def run_ray(learner, topo: RayTopology, stream: PromptStream, steps: int, batch_
             raise RoleFailures(f"{failures[role]} consecutive {role} failures (learner.max_role_failures="
                                f"{max_role_failures}); last: {err}")
 
+    def pool() -> tuple[int, int]:
+        """(members that stay, of which generating): a member is generating once it has returned a group."""
+        members = [a for a in topo.actors if a not in retiring]
+        return len(members), sum(a in topo.ready_at for a in members)
+
+    def requeue_prompt(pid: int, prompt: str) -> None:
+        nonlocal launched
+        requeue.append((pid, prompt))
+        acct.requeued += 1
+        launched -= 1  # a re-queued prompt does not count against admission twice
+
     def resize(force: bool = False) -> None:
-        nonlocal last_poll
+        nonlocal last_poll, want, scaling_since
         if target is None or (not force and time.perf_counter() - last_poll < 0.25):
             return
         last_poll = time.perf_counter()
@@ -185,15 +226,32 @@ def run_ray(learner, topo: RayTopology, stream: PromptStream, steps: int, batch_
         if want == have:
             return
         event(f"scaling rollout actors {have} -> {want}")
+        scaling_since = time.perf_counter()
         while have < want:
             idle.append(topo.add_actor())
             have += 1
         while have > want:
             if idle:
                 topo.remove_actor(idle.pop())
-            else:  # busy actors finish their current group, which is used, then leave
-                retiring.add(next(a for a, _, _ in gen_inflight.values() if a not in retiring))
+            else:
+                busy = [(ref, a) for ref, (a, _, _) in gen_inflight.items() if a not in retiring]
+                ref, actor = min(busy, key=lambda item: item[1] in topo.ready_at)
+                if actor in topo.ready_at:
+                    retiring.add(actor)  # finishes its current group, which is used, then leaves
+                else:
+                    # Not started yet (e.g. waiting for a node): its group may never come, so abandon it to the queue.
+                    _, pid, prompt = gen_inflight.pop(ref)
+                    requeue_prompt(pid, prompt)
+                    topo.remove_actor(actor)
             have -= 1
+
+    def check_pool() -> None:
+        """Report when the pool is back at its target with every member generating."""
+        nonlocal scaling_since
+        if scaling_since is not None and not retiring and pool() == (want, want):
+            event(f"rollout pool at {want} actors, all generating, {time.perf_counter() - scaling_since:.1f} s "
+                  "after the change")
+            scaling_since = None
 
     def launch() -> None:
         nonlocal launched
@@ -223,18 +281,17 @@ def run_ray(learner, topo: RayTopology, stream: PromptStream, steps: int, batch_
             try:
                 group = ray.get(ref)
             except RayError as err:
-                requeue.append((pid, prompt))
-                acct.requeued += 1
-                launched_back()
-                topo.remove_actor(actor)
+                requeue_prompt(pid, prompt)
                 if actor in retiring:
                     retiring.discard(actor)
+                    topo.remove_actor(actor)
                 else:
-                    idle.append(topo.add_actor())  # a fresh actor, synced before it generates
+                    idle.append(topo.replace_actor(actor))  # a fresh actor, synced before it generates
                 fail("rollout", err)
                 return
             failures["rollout"] = 0
             acct.generated += 1
+            topo.mark_ready(actor)
             if actor in retiring:
                 retiring.discard(actor)
                 topo.remove_actor(actor)
@@ -246,20 +303,19 @@ def run_ray(learner, topo: RayTopology, stream: PromptStream, steps: int, batch_
             try:
                 scored = ray.get(ref)
             except RayError as err:
-                topo.replace_reward(worker)
+                # Every batch in flight on a dead worker fails; the worker is replaced and counted once.
+                replaced = topo.replace_reward(worker)
                 score(groups)  # the groups are intact: score them again elsewhere
-                fail("reward", err)
+                if replaced:
+                    fail("reward", err)
                 return
             failures["reward"] = 0
+            topo.mark_ready(worker)
             for g in scored:
                 if g is None:
                     acct.dropped += 1
                 else:
                     ready.extend(_admit([g], learner.version, max_lag, acct))
-
-    def launched_back() -> None:
-        nonlocal launched
-        launched -= 1  # a re-queued prompt does not count against admission twice
 
     for step in range(steps):
         t0 = time.perf_counter()
@@ -274,6 +330,7 @@ def run_ray(learner, topo: RayTopology, stream: PromptStream, steps: int, batch_
             done, _ = ray.wait(refs, num_returns=1, timeout=1.0)
             if done:
                 settle(done[0])
+                check_pool()
         t_wait = time.perf_counter() - t0
         batch = [ready.popleft() for _ in range(batch_prompts)]
         acct.used += len(batch)
@@ -282,14 +339,20 @@ def run_ray(learner, topo: RayTopology, stream: PromptStream, steps: int, batch_
         metrics = learner.step(RolloutBatch.concat(batch), group_size)
         t0 = time.perf_counter()
         topo.publish(learner.version, learner.weights())
+        members, generating = pool()
         metrics.update({"time/wait_rollouts": t_wait, "time/publish": time.perf_counter() - t0,
                         "rollout/queue_depth": float(len(ready)),
-                        "rollout/actors": float(len(topo.actors) - len(retiring)),
+                        "rollout/actors": float(members), "rollout/actors_generating": float(generating),
+                        "rollout/actors_retiring": float(len(retiring)),
                         "rollout/groups_requeued": float(acct.requeued)})
-        on_step(step, RolloutBatch.concat(batch), metrics, acct)
-    # Whatever is still in flight at the end is generated but unused: wait for it so the books balance.
+        if on_step(step, RolloutBatch.concat(batch), metrics, acct):
+            break
+    # Whatever is still in flight at the end is generated but unused: wait for it so the books balance. A generation
+    # that does not come back in time (its actor never found a node) leaves its prompt unfinished.
+    deadline = time.perf_counter() + DRAIN_TIMEOUT_S
     while gen_inflight or rew_inflight:
-        done, _ = ray.wait(list(gen_inflight) + list(rew_inflight), num_returns=1, timeout=30)
+        done, _ = ray.wait(list(gen_inflight) + list(rew_inflight), num_returns=1,
+                           timeout=max(0.0, deadline - time.perf_counter()))
         if not done:
             break
         ref = done[0]
@@ -297,12 +360,14 @@ def run_ray(learner, topo: RayTopology, stream: PromptStream, steps: int, batch_
             _, pid, prompt = gen_inflight.pop(ref)
             try:
                 ray.get(ref)
-                acct.generated += 1
-                acct.stale += 1
             except RayError:
-                acct.requeued += 1
+                requeue_prompt(pid, prompt)
+                continue
+            acct.generated += 1
+            acct.stale += 1
         else:
             _, groups = rew_inflight.pop(ref)
             acct.stale += len(groups)
-    acct.stale += len(ready)
+    acct.stale += len(ready) + sum(len(groups) for _, groups in rew_inflight.values())
+    acct.unfinished = len(requeue) + len(gen_inflight)
     return acct

@@ -105,9 +105,13 @@ def pretrain(policy: AudioTokenPolicy, prompts: list[str], codes: np.ndarray, cf
 def _app(cfg) -> None:
     from omegaconf import OmegaConf
 
+    from divcfg.common.config import ConfigError
     from divcfg.common.policy import build_policy, policy_config
     from divcfg.common.tokens import read_tokens
 
+    if cfg.model.family != "divcfg":
+        raise ConfigError(f"model.family={cfg.model.family!r}: divcfg pretrain trains divcfg's own policy from scratch; "
+                          f"MusicGen comes pretrained: finetune it with `divcfg train model=musicgen_small`")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     data = read_tokens(cfg.data)

@@ -17,6 +17,23 @@ import torch
 # Steps and probe size a world gets when learner.steps=0: tiny is the < 5 minute smoke run.
 WORLD_STEPS = {"tiny": 12, "small": 150}
 
+# TensorBoard's CUSTOM SCALARS tab: the throughput charts side by side, and the rollout health charts together.
+CUSTOM_SCALARS = {
+    "throughput": {
+        "samples and groups per s": ["Multiline", ["throughput/samples_per_s", "throughput/groups_per_s"]],
+        "tokens per s": ["Multiline", ["throughput/tokens_per_s", "throughput/tokens_per_s_per_actor",
+                                       "throughput/learner_tokens_per_s"]],
+        "step time": ["Multiline", ["time/wait_rollouts", "time/generate", "time/reward", "time/teacher",
+                                    "time/forward_backward", "time/update", "time/publish"]],
+    },
+    "rollout": {
+        "actors": ["Multiline", ["rollout/actors", "rollout/actors_generating", "rollout/actors_retiring"]],
+        "policy lag": ["Multiline", ["rollout/policy_lag_mean", "rollout/policy_lag_max"]],
+        "groups": ["Multiline", ["rollout/groups_generated", "rollout/groups_stale", "rollout/groups_dropped",
+                                 "rollout/groups_requeued", "rollout/queue_depth"]],
+    },
+}
+
 
 def _system_metrics() -> dict[str, float]:
     import psutil
@@ -75,8 +92,14 @@ def _check_resume_config(resume_dir: Path, cfg) -> None:
     if not saved.is_file():
         return
     old = OmegaConf.load(saved)
-    for key in ("algo.beta", "algo.guidance_scale", "algo.group_size", "algo.baseline", "world.size", "world.seed"):
-        a, b = OmegaConf.select(old, key), OmegaConf.select(cfg, key)
+    keys = ["algo.beta", "algo.guidance_scale", "algo.group_size", "algo.baseline", "world.size", "world.seed",
+            "model.family"]
+    if cfg.model.family == "musicgen":
+        keys += ["model.musicgen", "model.train_layers"]
+    for key in keys:
+        # Runs saved before model.family existed were divcfg runs.
+        a = OmegaConf.select(old, key, default="divcfg" if key == "model.family" else None)
+        b = OmegaConf.select(cfg, key)
         if a != b:
             raise ValueError(f"run.resume={resume_dir}: {key}={b!r} conflicts with the resumed run's {key}={a!r}")
 
@@ -101,18 +124,40 @@ def train(cfg) -> dict:
     if cfg.run.resume:
         resume_from = latest_checkpoint(cfg.run.resume)
         _check_resume_config(Path(cfg.run.resume), cfg)
+    if cfg.learner.mode != "local":
+        _init_ray(cfg)  # joins or starts the cluster first: a resource request it can't meet fails before any work
     torch.set_num_threads(cfg.learner.threads)
     torch.manual_seed(cfg.run.seed)
     world = ensure_world(cfg.world.dir, cfg.world.size, cfg.world.seed, progress=cfg.logging.progress)
     world_dir = str(world.root.resolve())
     steps = cfg.learner.steps or WORLD_STEPS[cfg.world.size]
     heldout = read_tokens(world.path("heldout.parquet"))
-    n_frames = cfg.algo.n_frames or heldout.codes.shape[2]
     train_prompts = list(dict.fromkeys(read_tokens(world.path("tokens.parquet")).prompts))
     probe_prompts = world.heldout_prompts()[: cfg.probe.prompts]
     device = cfg.learner.device if cfg.learner.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    base_dir = str(world.path("base").resolve())
-    learner = Learner(load_policy(base_dir), beta=cfg.algo.beta, guidance_scale=cfg.algo.guidance_scale,
+    # The policy family decides where the base model and the codec come from; nothing downstream asks which it is.
+    if cfg.model.family == "musicgen":
+        # Every process builds the same model from the same source (the tiny random one from the run's seed).
+        from divcfg.common.musicgen import MusicGenLoadError, MusicGenSpec, check_codec_matches
+        spec = MusicGenSpec.from_model_config(cfg.model, seed=cfg.run.seed)
+        try:
+            base_policy, codec = spec.build()
+        except (MusicGenLoadError, ImportError) as e:  # the job's one-line error path takes ValueErrors
+            raise ValueError(f"model.musicgen={spec.musicgen}: {e}") from None
+        check_codec_matches(codec, base_policy.model_config, spec.musicgen)  # the codec reward workers decode with
+        policy_factory, codec_factory, codec_meta = spec, spec.codec, None
+        # The world's clip length in seconds, at the model's own frame rate (MusicGen: 50 frames/s).
+        clip_s = heldout.codes.shape[2] / float(heldout.meta["frame_rate"])
+        n_frames = cfg.algo.n_frames or round(clip_s * codec.frame_rate)
+    else:
+        base_dir = str(world.path("base").resolve())
+        base_policy, codec = load_policy(base_dir), None
+        policy_factory, codec_factory, codec_meta = _PolicyFactory(base_dir), None, str(world.path("codec").resolve())
+        n_frames = cfg.algo.n_frames or heldout.codes.shape[2]
+    if n_frames > base_policy.cfg.max_frames:
+        raise ValueError(f"algo.n_frames={n_frames} (0 = the world's clip length) is more frames than the model "
+                         f"takes ({base_policy.cfg.max_frames}); set algo.n_frames lower")
+    learner = Learner(base_policy, beta=cfg.algo.beta, guidance_scale=cfg.algo.guidance_scale,
                       lr=cfg.algo.lr, baseline=cfg.algo.baseline, is_clip=cfg.algo.is_clip,
                       grad_clip=cfg.learner.grad_clip, device=device, amp=cfg.learner.amp)
     stream = PromptStream(train_prompts, cfg.run.seed)
@@ -124,14 +169,17 @@ def train(cfg) -> dict:
         stream.position = int(state["stream_position"])
         start_step = int(state["step"])
         torch.set_rng_state(state["torch_rng"])
-    judges = Judges.load(world_dir)
+    judges = Judges.load(world_dir, codec=codec)
     writer = SummaryWriter(str(run_dir / "tb"))
     writer.add_text("config", "```\n" + OmegaConf.to_yaml(cfg) + "\n```")
-    print(f"divcfg train: world={world_dir} steps={start_step}->{steps} mode={cfg.learner.mode} "
+    writer.add_custom_scalars(CUSTOM_SCALARS)
+    model = cfg.model.musicgen if cfg.model.family == "musicgen" else "world base"
+    print(f"divcfg train: world={world_dir} model={model} steps={start_step}->{steps} mode={cfg.learner.mode} "
           f"beta={cfg.algo.beta} G={cfg.algo.group_size} actors={cfg.actors.count} run.dir={run_dir}", flush=True)
     probe_start = _probe(learner, judges, probe_prompts, cfg, n_frames, cfg.run.seed)
     t_start = time.perf_counter()
-    totals = {"samples": 0, "tokens": 0}
+    totals = {"samples": 0, "tokens": 0, "lag_sum": 0.0, "first_step_at": None, "first_samples": 0,
+              "last_step_at": None}
     remaining = steps - start_step
 
     def on_step(i: int, batch, metrics: dict, acct) -> None:
@@ -143,11 +191,19 @@ def train(cfg) -> dict:
             metrics["rewards/diversity_mean"] = float(np.mean(batch.diversity_reward))
             metrics["rewards/diversity_std"] = float(np.std(batch.diversity_reward))
             metrics["rewards/quality"] = float(np.nanmean(batch.quality)) if np.isfinite(batch.quality).any() else 0.0
-            lags = acct.lags[-len(batch.groups()):] or [0]
-            metrics["rollout/policy_lag_mean"] = float(np.mean(lags))
-            metrics["rollout/policy_lag_max"] = float(np.max(lags))
+            if "rollout/policy_lag_mean" in metrics:
+                totals["lag_sum"] += metrics["rollout/policy_lag_mean"] * len(batch)
+            totals["last_step_at"] = elapsed
+            if totals["first_step_at"] is None:
+                # Actors start (seconds each) before the first batch: the steady rate leaves that out.
+                totals["first_step_at"], totals["first_samples"] = elapsed, totals["samples"]
+        actors = metrics.get("rollout/actors", float(cfg.actors.count))
+        learner_s = sum(metrics.get(f"time/{k}", 0.0) for k in ("teacher", "forward_backward", "update"))
+        if batch is not None and learner_s > 0:
+            metrics["throughput/learner_tokens_per_s"] = int(batch.codes[0].size) * len(batch) / learner_s
         metrics.update({"throughput/samples_per_s": totals["samples"] / elapsed,
                         "throughput/tokens_per_s": totals["tokens"] / elapsed,
+                        "throughput/tokens_per_s_per_actor": totals["tokens"] / elapsed / max(actors, 1.0),
                         "throughput/groups_per_s": acct.used / elapsed,
                         "rollout/groups_stale": float(acct.stale), "rollout/groups_dropped": float(acct.dropped),
                         "rollout/groups_generated": float(acct.generated), **_system_metrics()})
@@ -172,15 +228,13 @@ def train(cfg) -> dict:
     actors_final = 1
     common = dict(steps=remaining, batch_prompts=cfg.algo.batch_prompts, group_size=cfg.algo.group_size,
                   max_lag=cfg.algo.max_policy_lag, on_step=on_step)
-    policy_factory = _PolicyFactory(base_dir)
-    judges_factory = _JudgesFactory(world_dir)
+    judges_factory = _JudgesFactory(world_dir, codec_factory)
     if cfg.learner.mode == "local":
         rollout = RolloutWorker(policy_factory, n_frames, cfg.algo.group_size, cfg.algo.temperature,
                                 threads=cfg.actors.threads, seed=cfg.run.seed)
         reward = RewardWorker(judges_factory, cfg.reward.embedder, threads=cfg.reward.threads)
         acct = run_local(learner, rollout, reward, stream, **common)
     else:
-        _init_ray(cfg)
         import ray
 
         from divcfg.deploy.scale import start_control
@@ -208,20 +262,23 @@ def train(cfg) -> dict:
                        max_role_failures=cfg.learner.max_role_failures, **{**common, "on_step": track})
         actors_final = len(topo.actors)
     wall = time.perf_counter() - t_start
+    steady_s = (totals["last_step_at"] or 0.0) - (totals["first_step_at"] or 0.0)
+    steady = (totals["samples"] - totals["first_samples"]) / steady_s if steady_s > 0 else totals["samples"] / wall
     from divcfg.common.checkpoint import save_policy
     # The finetuned student as a plain policy checkpoint: what `divcfg sample`, `merge` and `eval` take.
-    save_policy(learner.student, run_dir / "student",
-                meta={"codec": str(world.path("codec").resolve()), "beta": cfg.algo.beta, "steps": steps})
+    # A MusicGen checkpoint records no codec: its own EnCodec comes with the model it names.
+    save_policy(learner.student, run_dir / "student", meta={"codec": codec_meta, "beta": cfg.algo.beta, "steps": steps})
     probe_end = _probe(learner, judges, probe_prompts, cfg, n_frames, cfg.run.seed)
     summary = {
-        "steps": steps, "samples": totals["samples"], "samples_per_s": totals["samples"] / wall,
-        "tokens_per_s": totals["tokens"] / wall,
+        "steps": steps, "samples": totals["samples"], "samples_per_s": steady,
+        "samples_per_s_whole_run": totals["samples"] / wall, "startup_s": totals["first_step_at"],
+        "tokens_per_s": steady * totals["tokens"] / max(totals["samples"], 1),
         "kl_start": probe_start["kl"], "kl_end": probe_end["kl"],
         "diversity_start": probe_start["diversity"], "diversity_end": probe_end["diversity"],
         "adherence_start": probe_start["adherence"], "adherence_end": probe_end["adherence"],
         "diversity_reward_embedder_start": probe_start["diversity_reward_embedder"],
         "diversity_reward_embedder_end": probe_end["diversity_reward_embedder"],
-        "policy_lag_mean": float(np.mean(acct.lags)) if acct.lags else 0.0,
+        "policy_lag_mean": totals["lag_sum"] / max(totals["samples"], 1),
         "groups_generated": acct.generated, "groups_used": acct.used, "groups_stale": acct.stale,
         "groups_dropped": acct.dropped, "actors_final": actors_final, "groups_requeued": acct.requeued,
         "nonfinite_skipped": learner.nonfinite_total, "wall_s": wall, "mode": cfg.learner.mode,
@@ -252,35 +309,51 @@ class _PolicyFactory:
 
 
 class _JudgesFactory:
-    def __init__(self, world_dir: str):
+    """Picklable: loads the world's judges inside a reward worker, decoding with the world's codec or with the one
+    ``codec_factory`` builds (the policy's own: MusicGen's EnCodec)."""
+
+    def __init__(self, world_dir: str, codec_factory=None):
         self.world_dir = world_dir
+        self.codec_factory = codec_factory
 
     def __call__(self):
         from divcfg.reward.judges import Judges
-        return Judges.load(self.world_dir)
+        return Judges.load(self.world_dir, codec=self.codec_factory() if self.codec_factory is not None else None)
 
 
 def _init_ray(cfg) -> None:
+    """Join the cluster (``run.ray_address`` / ``RAY_ADDRESS``) or start a local one, then check its GPUs."""
     import ray
-    if ray.is_initialized():
-        return
+    started = not ray.is_initialized()
+    if started:
+        _start_ray(cfg)
+    gpus = ray.cluster_resources().get("GPU", 0)
+    for role in ("actors", "reward"):
+        if cfg[role].num_gpus > gpus:
+            if started:
+                ray.shutdown()
+            raise ValueError(f"{role}.num_gpus={cfg[role].num_gpus} is more GPUs per worker than the cluster has "
+                             f"({gpus:g})")
+
+
+def _start_ray(cfg) -> None:
+    import ray
     address = cfg.run.ray_address or os.environ.get("RAY_ADDRESS")
     # Workers import divcfg from this checkout even when it is not installed on their Python path.
     runtime_env = {"env_vars": {"OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
         [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])}}
     if address:
+        from divcfg.deploy.connect import ClusterError, connect
         try:
-            ray.init(address=address, runtime_env=runtime_env, log_to_driver=False, namespace="divcfg")
-        except ConnectionError as e:
-            raise ValueError(f"cannot connect to the Ray cluster at {address!r} (run.ray_address / RAY_ADDRESS): "
-                             f"{e}") from None
+            # connect() checks the address answers first: a bare ray.init retries a dead one for many minutes.
+            connect(address, runtime_env=runtime_env, log_to_driver=False, namespace="divcfg")
+        except (ClusterError, ConnectionError) as e:
+            raise ValueError(f"run.ray_address / RAY_ADDRESS: {e}") from None
     else:
         need = cfg.actors.count * cfg.actors.num_cpus + cfg.reward.count * cfg.reward.num_cpus
-        ray.init(num_cpus=max(int(np.ceil(need)), os.cpu_count() or 1), runtime_env=runtime_env,
+        # address="local": always a fresh instance, never someone else's cluster that happens to run on this machine.
+        ray.init(address="local", num_cpus=max(int(np.ceil(need)), os.cpu_count() or 1), runtime_env=runtime_env,
                  include_dashboard=False, log_to_driver=False, namespace="divcfg")
-    gpus = ray.cluster_resources().get("GPU", 0)
-    if cfg.actors.num_gpus > gpus:
-        raise ValueError(f"actors.num_gpus={cfg.actors.num_gpus} but the cluster has {gpus} GPU(s)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,7 +25,12 @@ def _load_audio(args) -> tuple[np.ndarray, int]:
     from divcfg.common.codec import load_codec
     from divcfg.common.tokens import read_tokens
     codec = load_codec(args.codec)
-    codes = read_tokens(args.tokens).codes
+    data = read_tokens(args.tokens)
+    codes = data.codes
+    if "clip_id" in data.columns:
+        # A clip with several captions has several rows; as two "different" clips it would be its own negative.
+        _, first = np.unique(np.asarray(data.columns["clip_id"]), return_index=True)
+        codes = codes[np.sort(first)]
     wav = np.concatenate([codec.decode(codes[i: i + 64]).numpy() for i in range(0, len(codes), 64)])
     return wav.astype(np.float32), codec.sample_rate
 

@@ -23,7 +23,7 @@ def evaluate(world_dir: str, models: list[str], gammas: list[float], merge: tupl
              lams: list[float], prompts: int, samples: int, seed: int, progress: bool = True) -> list[dict]:
     from tqdm import tqdm
 
-    from divcfg.common.checkpoint import load_policy, load_weights
+    from divcfg.common.checkpoint import load_policy, load_weights, policy_family
     from divcfg.common.policy import AudioTokenPolicy, PolicyConfig
     from divcfg.common.tokens import read_tokens
     from divcfg.common.world_build import World
@@ -32,6 +32,11 @@ def evaluate(world_dir: str, models: list[str], gammas: list[float], merge: tupl
 
     if samples < 2:
         raise ValueError(f"--samples must be >= 2 to measure diversity, got {samples}")
+    for path in [*models, *(merge or ())]:
+        if policy_family(path) == "musicgen":
+            raise ValueError(f"{path} is a MusicGen checkpoint: divcfg eval compares checkpoints with the world's own "
+                             f"base model, codec and clip length, so it can't take MusicGen yet. Listen with "
+                             f"`divcfg sample {path}`; a run's summary.json has its KL, diversity and adherence")
     world = World(world_dir)
     if not world.is_built():
         raise FileNotFoundError(f"no complete world in {world_dir}; run `divcfg world build` first")

@@ -29,10 +29,13 @@ class Judges:
     scorer: AttributeScorer
 
     @staticmethod
-    def load(world_dir: str | os.PathLike) -> "Judges":
+    def load(world_dir: str | os.PathLike, codec=None) -> "Judges":
+        """The world's embedders and scorer, with the world's codec or ``codec`` (a policy's own, e.g. MusicGen's
+        EnCodec: the codes must be decoded by the codec that made them). The embedders and the scorer resample
+        whatever rate the codec decodes at to the rate they were trained on."""
         d = Path(world_dir)
-        return Judges(load_codec(d / "codec"), load_embedder(d / "embedder_reward"), load_embedder(d / "embedder_eval"),
-                      load_scorer(d / "scorer"))
+        return Judges(codec if codec is not None else load_codec(d / "codec"), load_embedder(d / "embedder_reward"),
+                      load_embedder(d / "embedder_eval"), load_scorer(d / "scorer"))
 
     @torch.inference_mode()
     def decode(self, codes) -> torch.Tensor:

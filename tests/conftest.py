@@ -11,3 +11,18 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 @pytest.fixture
 def gen():
     return torch.Generator().manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory):
+    """The tiny world (built once per session, 2-5 min on 2 cores), or a prebuilt one named by DIVCFG_TEST_TINY_WORLD."""
+    from divcfg.common.world_build import World, build_world
+    prebuilt = os.environ.get("DIVCFG_TEST_TINY_WORLD")
+    if prebuilt:
+        from pathlib import Path
+        if not World(prebuilt).is_built():
+            raise FileNotFoundError(f"DIVCFG_TEST_TINY_WORLD={prebuilt} is not a complete world")
+        return Path(prebuilt)
+    root = tmp_path_factory.mktemp("world") / "tiny"
+    build_world(root, "tiny", seed=0, progress=False)
+    return root

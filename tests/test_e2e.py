@@ -2,17 +2,10 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="session")
-def tiny_world(tmp_path_factory):
-    from divcfg.common.world_build import build_world
-    root = tmp_path_factory.mktemp("world") / "tiny"
-    build_world(root, "tiny", seed=0, progress=False)
-    return root
 
 
 def test_world_build_is_complete_and_cached(tiny_world):
@@ -23,10 +16,34 @@ def test_world_build_is_complete_and_cached(tiny_world):
         assert key in info
     assert min(info["codec_distinct_codes"]) > 1
     assert info["pretrain_loss"]["last"] < info["pretrain_loss"]["first"]
+    assert set(info["heldout_nll"]) == {"cond", "null"} and 0 < info["adherence_real"] <= 1
+    nll = info["heldout_nll"]
+    assert info["prompt_nats_per_clip"] == pytest.approx((nll["null"] - nll["cond"]) * 4 * 50, rel=1e-4)
+    from divcfg.common.world import ATTRIBUTES
+    chance = np.mean([1 / len(ATTRIBUTES[a]) for a in ATTRIBUTES])
+    assert np.mean(list(info["scorer_accuracy"].values())) > chance
     again = build_world(tiny_world, "tiny", seed=0, progress=False)  # every stage cached
     assert again["adherence_cfg1"] == info["adherence_cfg1"]
     with pytest.raises(WorldError, match="built with .*'seed': 0.*not .*'seed': 1"):
         build_world(tiny_world, "tiny", seed=1, progress=False)
+
+
+def test_world_embedders_tell_clips_apart(tiny_world):
+    """Chunks of one held-out clip are closer to each other than to chunks of other clips, for both embedders."""
+    import torch
+
+    from divcfg.common.tokens import read_tokens
+    from divcfg.reward.embedder import random_chunk_pairs
+    from divcfg.reward.judges import Judges
+    judges = Judges.load(tiny_world)
+    wav = judges.decode(read_tokens(tiny_world / "heldout.parquet").codes)
+    for which, model in (("reward", judges.reward_embedder), ("eval", judges.eval_embedder)):
+        a, b = random_chunk_pairs(wav, model.cfg.chunk_samples, torch.Generator().manual_seed(0))
+        ea, eb = judges.embed(a, which), judges.embed(b, which)
+        sim = ea @ eb.T
+        positive = sim.diagonal().mean()
+        negative = (sim.sum() - sim.diagonal().sum()) / (sim.numel() - len(sim))
+        assert positive > negative, which
 
 
 def _tags(run_dir: Path) -> set[str]:
@@ -37,6 +54,23 @@ def _tags(run_dir: Path) -> set[str]:
         acc.Reload()
         tags |= set(acc.Tags()["scalars"])
     return tags
+
+
+
+def _has_custom_scalars_layout(run_dir: Path) -> bool:
+    """The layout TensorBoard's custom-scalars plugin reads, with the throughput category in it."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.custom_scalar import layout_pb2, metadata
+    for events in (run_dir / "tb").glob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(events), size_guidance={"tensors": 0})
+        acc.Reload()
+        if metadata.CONFIG_SUMMARY_TAG not in acc.Tags()["tensors"]:
+            continue
+        for event in acc.Tensors(metadata.CONFIG_SUMMARY_TAG):
+            layout = layout_pb2.Layout.FromString(event.tensor_proto.string_val[0])
+            if any(c.title == "throughput" for c in layout.category):
+                return True
+    return False
 
 
 @pytest.mark.ray
@@ -51,8 +85,10 @@ def test_train_on_ray_async(tiny_world, tmp_path):
     tags = _tags(run)
     for tag in ("throughput/samples_per_s", "throughput/tokens_per_s", "losses/distill_kl", "losses/pg",
                 "losses/total", "losses/grad_norm", "rewards/diversity_mean", "rollout/policy_lag_mean",
-                "rollout/groups_stale", "rollout/actors", "time/teacher", "time/publish", "system/rss_mb"):
+                "rollout/groups_stale", "rollout/actors", "time/teacher", "time/publish", "system/rss_mb",
+                "throughput/tokens_per_s_per_actor", "throughput/learner_tokens_per_s"):
         assert tag in tags, tag
+    assert _has_custom_scalars_layout(run)
 
 
 def test_train_local_and_resume(tiny_world, tmp_path):
@@ -119,3 +155,29 @@ def test_heldout_embedder_is_not_the_reward_embedder(tiny_world):
     judges = Judges.load(tiny_world)
     wav = torch.randn(2, 16000) * 0.1
     assert not torch.allclose(judges.embed(wav, "reward"), judges.embed(wav, "eval"))
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize("role", ["actors", "reward"])
+def test_more_gpus_than_the_cluster_has_is_refused_before_work(tiny_world, tmp_path, capsys, role):
+    from divcfg.cli import main
+    run = tmp_path / "run"
+    assert main(["train", "world.size=tiny", f"world.dir={tiny_world}", f"run.dir={run}",
+                 f"{role}.num_gpus=1", "logging.progress=false"]) == 2
+    assert f"{role}.num_gpus=1" in capsys.readouterr().err
+    assert not (run / "tb").exists()
+
+
+def test_unreachable_cluster_address_is_refused_quickly(tiny_world, tmp_path, capsys):
+    import socket
+    import time
+
+    from divcfg.cli import main
+    with socket.socket() as sock:  # a port nothing listens on once this closes
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    start = time.perf_counter()
+    assert main(["train", "world.size=tiny", f"world.dir={tiny_world}", f"run.dir={tmp_path / 'run'}",
+                 f"run.ray_address=127.0.0.1:{port}", "logging.progress=false"]) == 2
+    assert f"127.0.0.1:{port}" in capsys.readouterr().err
+    assert time.perf_counter() - start < 60

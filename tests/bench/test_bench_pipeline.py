@@ -78,14 +78,6 @@ def test_both_modes_get_the_same_resources(tmp_path):
     assert {"actors.count=3", "reward.count=2", "learner.steps=5", "algo.beta=15.0"} <= set(args["sync"])
 
 
-@pytest.fixture(scope="module")
-def tiny_world(tmp_path_factory):
-    from divcfg.common.world_build import build_world
-    root = tmp_path_factory.mktemp("world") / "tiny"
-    build_world(root, "tiny", seed=0, progress=False)
-    return root
-
-
 @pytest.mark.slow
 @pytest.mark.ray
 def test_pipeline_on_the_tiny_world(tiny_world, tmp_path):

@@ -138,3 +138,15 @@ def test_logits_trainable_and_causal(policy):
         assert torch.allclose(base[:, k, : 6 - k], after[:, k, : 6 - k], atol=1e-6)
     assert not torch.allclose(base[:, 0, 6], after[:, 0, 6])
     assert not torch.allclose(base, after)
+
+
+def test_word_features_name_whole_words_wherever_they_stand():
+    from divcfg.common.policy import tokenize_prompts
+    ids, words, mask = tokenize_prompts(["a fast tune", "Fast, low-pitched"], 32, word_buckets=4096)
+    fast_a, fast_b = words[0, 2:6], words[1, 0:4]
+    assert fast_a.unique().numel() == 1 and torch.equal(fast_a, fast_b)  # same word, other position and case
+    assert words[0, 1] == 0 and words[1, 4] == 0 and words[0, 11:].eq(0).all()  # space, comma, padding
+    assert words[1, 6:17].unique().numel() == 1 and words[1, 6] != fast_a[0]  # "low-pitched" is one word
+    assert (words[mask] >= 0).all() and words.max() <= 4096
+    _, no_words, _ = tokenize_prompts(["a fast tune"], 32, word_buckets=0)
+    assert not no_words.any()

@@ -10,8 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from divcfg.common.world import (ATTRIBUTES, PROMPT_MAX_BYTES, Clip, WorldConfig, attribute_labels, clips_to_table,
-                                 generate_clip, generate_corpus, make_prompt, parse_prompt, read_corpus, synthesize,
-                                 write_corpus)
+                                 generate_clip, generate_corpus, make_prompt, parse_prompt, read_corpus, recaption,
+                                 synthesize, write_corpus)
 
 SR = 16000
 # Short clips at a low rate keep the prompt tests fast; audio tests use the default rate.
@@ -306,3 +306,16 @@ def test_read_corpus_rejects_unknown_values_and_unreadable_files(tmp_path, corpu
         read_corpus(junk)
     with pytest.raises(FileNotFoundError):
         read_corpus(tmp_path / "absent.parquet")
+
+
+def test_recaption_keeps_the_audio_and_describes_only_true_attributes(corpus):
+    cfg = FAST
+    for clip in corpus[:10]:
+        copies = recaption(clip, 4, cfg)
+        assert copies[0] is clip and len(copies) == 4
+        for c in copies:
+            assert c.clip_id == clip.clip_id and c.attributes == clip.attributes and c.audio is clip.audio
+            assert parse_prompt(c.prompt) == {a: clip.attributes[a] for a in c.described}
+        assert copies == recaption(clip, 4, cfg)  # seeded per clip and copy
+    # The copies are new descriptions, not the original repeated.
+    assert any(c.prompt != clip.prompt for clip in corpus[:10] for c in recaption(clip, 4, cfg)[1:])

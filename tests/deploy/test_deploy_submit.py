@@ -34,6 +34,7 @@ class FakeDashboard:
         self.script: list[list[str]] = []         # sequences handed to new jobs in order
         self.requests: list[tuple[str, str, dict]] = []
         self.uploads: dict[str, bytes] = {}
+        self.agent_missing_for = 0  # submissions answered "No available agent" before the agent is up
         self._n = 0
         self._lock = threading.Lock()
 
@@ -105,6 +106,10 @@ class FakeDashboard:
                     return
                 if self.path.rstrip("/") == "/api/jobs":
                     req = json.loads(self._body() or b"{}")
+                    if outer.agent_missing_for > 0:
+                        outer.agent_missing_for -= 1
+                        return self._send(500, "No available agent to submit job, please try again later.",
+                                          "text/plain")
                     with outer._lock:
                         sid = req.get("submission_id")
                         if sid and sid in outer.jobs:
@@ -376,6 +381,21 @@ def test_address_flag_beats_ray_address_env(token_file, monkeypatch):
         sid = sub.submit(["a=1"], dash.address, working_dir=None, token_file=str(f))
         assert sid in dash.jobs
     assert os.environ["RAY_ADDRESS"].startswith("http://127.0.0.1:")  # restored afterwards
+
+
+def test_submission_waits_for_the_job_agent(token_file, monkeypatch, capsys):
+    tok, f = token_file
+    monkeypatch.setattr(sub, "AGENT_RETRY_S", 0.01)
+    with FakeDashboard(tok) as dash:
+        dash.agent_missing_for = 2
+        assert sub.submit(["a=1"], dash.address, working_dir=None, token_file=str(f), job_id="early") == "early"
+        assert list(dash.jobs) == ["early"]
+    assert capsys.readouterr().out.count("job agent is not up yet") == 2
+    monkeypatch.setattr(sub, "AGENT_WAIT_S", 0.0)
+    with FakeDashboard(tok) as dash:
+        dash.agent_missing_for = 1
+        with pytest.raises(sub.SubmitError, match="No available agent"):
+            sub.submit(["a=1"], dash.address, working_dir=None, token_file=str(f))
 
 
 def test_duplicate_job_id(token_file):
