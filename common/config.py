@@ -109,6 +109,8 @@ class RewardConfig:
     """torch threads per worker."""
     embedder: str = "reward"
     """Which world embedder scores diversity: reward (default) or eval (only to study reward hacking)."""
+    batch_groups: int = 8
+    """Most groups one scoring call takes: an idle worker takes every waiting group up to this many at once."""
 
 
 @dataclass

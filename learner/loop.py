@@ -170,7 +170,7 @@ DRAIN_TIMEOUT_S = 30.0
 
 def run_ray(learner, topo: RayTopology, stream: PromptStream, steps: int, batch_prompts: int, group_size: int,
             max_lag: int, mode: str, queue_groups: int, on_step, target=None, on_event=None,
-            max_role_failures: int = 5) -> Accounting:
+            max_role_failures: int = 5, reward_batch: int = 8) -> Accounting:
     """Sync or async training over a :class:`RayTopology`.
 
     ``target()`` (optional) returns the wanted actor count; the pool follows it between waits. A group whose actor
@@ -188,9 +188,9 @@ def run_ray(learner, topo: RayTopology, stream: PromptStream, steps: int, batch_
     gen_inflight: dict = {}  # generation ref -> (actor, prompt_id, prompt)
     rew_inflight: dict = {}  # reward ref -> (worker, groups)
     ready: deque[RolloutBatch] = deque()
+    pending: deque[RolloutBatch] = deque()  # generated groups waiting for a free reward worker
     capacity = queue_groups or 2 * batch_prompts
     failures = {"rollout": 0, "reward": 0}
-    next_reward = 0
     launched = 0
     last_poll = 0.0
     want = None
@@ -261,18 +261,32 @@ def run_ray(learner, topo: RayTopology, stream: PromptStream, steps: int, batch_
             # Async admission (after AReaL's staleness rule): never have more groups launched than the learner can
             # consume within max_lag versions, and never more waiting than the ready queue holds.
             if mode == "async" and (launched >= (learner.version + max_lag + 1) * batch_prompts
-                                    or len(ready) + len(gen_inflight) + len(rew_inflight) >= capacity + len(topo.actors)):
+                                    or len(ready) + len(gen_inflight) + len(pending) + scoring()
+                                    >= capacity + len(topo.actors)):
                 return
             actor = idle.popleft()
             pid, prompt = requeue.popleft() if requeue else stream.next()
             gen_inflight[actor.generate_group.remote(pid, prompt, pid)] = (actor, pid, prompt)
             launched += 1
 
+    def scoring() -> int:
+        return sum(len(groups) for _, groups in rew_inflight.values())
+
     def score(groups: list[RolloutBatch]) -> None:
-        nonlocal next_reward
-        worker = topo.rewards[next_reward % len(topo.rewards)]
-        next_reward += 1
-        rew_inflight[worker.score.remote(groups)] = (worker, groups)
+        """Queue groups for scoring; :func:`dispatch` sends them."""
+        pending.extend(groups)
+
+    def dispatch() -> None:
+        """Each idle reward worker takes up to ``reward_batch`` waiting groups in one call: scoring is batched across
+        groups exactly when groups arrive faster than one worker scores them, and adds no wait when they don't."""
+        busy = {id(w) for w, _ in rew_inflight.values()}
+        for worker in topo.rewards:
+            if not pending:
+                return
+            if id(worker) in busy:
+                continue
+            groups = [pending.popleft() for _ in range(min(reward_batch, len(pending)))]
+            rew_inflight[worker.score.remote(groups)] = (worker, groups)
 
     def settle(ref) -> None:
         """Handle one finished generation or scoring call."""
@@ -323,6 +337,7 @@ def run_ray(learner, topo: RayTopology, stream: PromptStream, steps: int, batch_
         while len(ready) < batch_prompts:
             resize()
             launch()
+            dispatch()
             refs = list(gen_inflight) + list(rew_inflight)
             if not refs:
                 time.sleep(0.05)  # no actor can run now (e.g. scaled to 0 or pending resources)
@@ -331,11 +346,13 @@ def run_ray(learner, topo: RayTopology, stream: PromptStream, steps: int, batch_
             if done:
                 settle(done[0])
                 check_pool()
+            dispatch()
         t_wait = time.perf_counter() - t0
         batch = [ready.popleft() for _ in range(batch_prompts)]
         acct.used += len(batch)
         if mode == "async":
             launch()  # keep actors busy while the learner trains
+        dispatch()  # and reward workers: groups left waiting would otherwise sit out the update
         metrics = learner.step(RolloutBatch.concat(batch), group_size)
         t0 = time.perf_counter()
         topo.publish(learner.version, learner.weights())
@@ -368,6 +385,6 @@ def run_ray(learner, topo: RayTopology, stream: PromptStream, steps: int, batch_
         else:
             _, groups = rew_inflight.pop(ref)
             acct.stale += len(groups)
-    acct.stale += len(ready) + sum(len(groups) for _, groups in rew_inflight.values())
+    acct.stale += len(ready) + len(pending) + scoring()
     acct.unfinished = len(requeue) + len(gen_inflight)
     return acct

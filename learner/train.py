@@ -259,7 +259,7 @@ def train(cfg) -> dict:
 
         acct = run_ray(learner, topo, stream, mode=cfg.learner.mode, queue_groups=cfg.learner.queue_groups,
                        target=lambda: ray.get(control.get_target.remote()), on_event=on_event,
-                       max_role_failures=cfg.learner.max_role_failures, **{**common, "on_step": track})
+                       max_role_failures=cfg.learner.max_role_failures, reward_batch=cfg.reward.batch_groups, **{**common, "on_step": track})
         actors_final = len(topo.actors)
     wall = time.perf_counter() - t_start
     steady_s = (totals["last_step_at"] or 0.0) - (totals["first_step_at"] or 0.0)

@@ -80,3 +80,33 @@ def test_async_keeps_lag_bounded_with_more_actors(ray_local):
     assert len(losses) == 4 and all(np.isfinite(losses))
     assert max(acct.lags) <= 1
     assert acct.used == 8 and acct.generated == acct.used + acct.stale + acct.dropped
+
+
+class SlowRecordingRewardWorker(RewardWorker):
+    """Scores slowly and remembers how many groups each call carried."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.sizes = []
+
+    def score(self, groups):
+        import time
+        self.sizes.append(len(groups))
+        time.sleep(0.5)
+        return super().score(groups)
+
+    def batch_sizes(self):
+        return self.sizes
+
+
+def test_groups_waiting_for_a_busy_reward_worker_are_scored_together(ray_local):
+    import ray
+    reward_cls = ray.remote(num_cpus=0.5, max_restarts=0)(SlowRecordingRewardWorker)
+    topo = RayTopology(remote_rollout_worker(0.5, 0), reward_cls, 3, 1,
+                       dict(policy_factory=TinyPolicy(), n_frames=6, group_size=2),
+                       dict(judges_factory=CodeHistogramJudges))
+    losses, acct = collect(run_ray, make_learner(), topo, PromptStream(PROMPTS, 0), steps=3, batch_prompts=3,
+                           group_size=2, max_lag=1, mode="async", queue_groups=0, reward_batch=4)
+    sizes = ray.get(topo.rewards[0].batch_sizes.remote())
+    assert max(sizes) > 1 and max(sizes) <= 4  # batched while the worker was busy, never over the cap
+    assert acct.generated == acct.used + acct.stale + acct.dropped
