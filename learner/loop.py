@@ -51,16 +51,26 @@ class PromptStream:
 
 
 def _admit(groups: list[RolloutBatch], version: int, max_lag: int, acct: Accounting) -> list[RolloutBatch]:
-    """Drop groups whose policy lag exceeds the bound (counted as stale); record the lag of the rest."""
-    kept = []
-    for g in groups:
-        lag = version - int(g.policy_version[0])
-        if lag > max_lag:
-            acct.stale += 1
-        else:
-            acct.lags.append(lag)
-            kept.append(g)
+    """Drop groups whose policy lag exceeds the bound (counted as stale); return the rest."""
+    kept = [g for g in groups if version - int(g.policy_version[0]) <= max_lag]
+    acct.stale += len(groups) - len(kept)
     return kept
+
+
+def _expire(ready: deque, version: int, max_lag: int, acct: Accounting) -> None:
+    """Drop waiting groups that the last update made too old (counted as stale): admission alone would let a group
+    admitted at lag ``max_lag`` be trained on one version later."""
+    kept = _admit(list(ready), version, max_lag, acct)
+    ready.clear()
+    ready.extend(kept)
+
+
+def _take(ready: deque, n: int, version: int, acct: Accounting) -> list[RolloutBatch]:
+    """The next ``n`` groups for an update, used from here on; their lag at training time is recorded."""
+    batch = [ready.popleft() for _ in range(n)]
+    acct.used += n
+    acct.lags.extend(version - int(g.policy_version[0]) for g in batch)
+    return batch
 
 
 def run_local(learner, rollout, reward, stream: PromptStream, steps: int, batch_prompts: int, group_size: int,
@@ -78,10 +88,10 @@ def run_local(learner, rollout, reward, stream: PromptStream, steps: int, batch_
         scored = reward.score(groups)
         t_rew = time.perf_counter() - t0
         acct.dropped += sum(g is None for g in scored)
-        ready = _admit([g for g in scored if g is not None], learner.version, max_lag, acct)
+        ready = deque(_admit([g for g in scored if g is not None], learner.version, max_lag, acct))
+        ready = _take(ready, len(ready), learner.version, acct)
         if ready:
             metrics = learner.step(RolloutBatch.concat(ready), group_size)
-            acct.used += len(ready)
         else:
             metrics = {}
         t0 = time.perf_counter()
@@ -334,6 +344,7 @@ def run_ray(learner, topo: RayTopology, stream: PromptStream, steps: int, batch_
     for step in range(steps):
         t0 = time.perf_counter()
         resize(force=True)  # at least once a step, even when enough groups are already waiting
+        _expire(ready, learner.version, max_lag, acct)
         while len(ready) < batch_prompts:
             resize()
             launch()
@@ -348,8 +359,7 @@ def run_ray(learner, topo: RayTopology, stream: PromptStream, steps: int, batch_
                 check_pool()
             dispatch()
         t_wait = time.perf_counter() - t0
-        batch = [ready.popleft() for _ in range(batch_prompts)]
-        acct.used += len(batch)
+        batch = _take(ready, batch_prompts, learner.version, acct)
         if mode == "async":
             launch()  # keep actors busy while the learner trains
         dispatch()  # and reward workers: groups left waiting would otherwise sit out the update

@@ -53,7 +53,20 @@ def test_stale_groups_are_dropped_and_counted():
     groups = [make_groups(policy, ["a"], 2, 3, version=v) for v in (5, 3, 2)]
     acct = Accounting()
     kept = _admit(groups, version=5, max_lag=2, acct=acct)
-    assert [int(g.policy_version[0]) for g in kept] == [5, 3] and acct.stale == 1 and acct.lags == [0, 2]
+    assert [int(g.policy_version[0]) for g in kept] == [5, 3] and acct.stale == 1
+
+
+def test_waiting_groups_that_an_update_made_too_old_are_dropped_and_lags_are_taken_at_training_time():
+    from collections import deque
+
+    from divcfg.learner.loop import _expire, _take
+    policy = build_policy(seed=0)
+    ready = deque(make_groups(policy, ["a"], 2, 3, version=v) for v in (4, 3, 5))  # admitted at version 5, lag <= 2
+    acct = Accounting()
+    _expire(ready, version=6, max_lag=2, acct=acct)  # one update later, version 3 is 3 behind
+    assert [int(g.policy_version[0]) for g in ready] == [4, 5] and acct.stale == 1
+    batch = _take(ready, 2, version=6, acct=acct)
+    assert len(batch) == 2 and acct.used == 2 and acct.lags == [2, 1] and not ready
 
 
 def test_prompt_stream_is_deterministic_and_resumable():
