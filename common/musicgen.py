@@ -32,7 +32,7 @@ import torch.nn as nn
 
 from divcfg.common.cfg import cfg_mix, sample_tokens
 from divcfg.common.delay import delay, delay_valid_mask, delayed_length, undelay
-from divcfg.common.policy import Condition, GenerationOutput, PromptTooLongError
+from divcfg.common.policy import CachedSampler, Condition, GenerationOutput, PromptTooLongError
 
 if TYPE_CHECKING:
     from transformers import MusicgenConfig, MusicgenForConditionalGeneration
@@ -203,7 +203,7 @@ def trainable_modules(decoder: nn.Module, enc_to_dec_proj: nn.Module | None, tra
 
 
 # ---- the policy -----------------------------------------------------------------------------------------------------
-class MusicGenPolicy(nn.Module):
+class MusicGenPolicy(CachedSampler, nn.Module):
     """MusicGen's text encoder and decoder behind :class:`~divcfg.common.policy.AudioTokenPolicy`'s interface.
 
     The T5 encoder is frozen (``requires_grad`` off, always in eval mode); the decoder is trained, or only its last
@@ -327,26 +327,10 @@ class MusicGenPolicy(nn.Module):
         return cfg_mix(cond_logits, uncond_logits, guidance_scale)
 
     # ---- KV-cached sampling -------------------------------------------------------------------------------------
-    def generate(self, cond: Condition, n_frames: int, *, guidance_scale: float = 1.0, temperature: float = 1.0,
-                 top_k: int = 0, top_p: float = 1.0, generator: torch.Generator | None = None,
-                 return_logits: bool = False) -> GenerationOutput:
-        """Sample ``n_frames`` frames per condition row, one delayed column per step, with transformers' KV cache.
-
-        Same contract as :meth:`AudioTokenPolicy.generate`: ``codes [B, K, T]``, ``logprobs [B, K, T]`` under the
-        distribution each code was drawn from, and optionally the guided per-column logits ``[B, K, S, V]``.
-        """
-        with torch.inference_mode():
-            out = self._generate(cond, n_frames, guidance_scale, temperature, top_k, top_p, generator, return_logits)
-        # Outputs leave inference mode so that callers may use them in autograd (the learner re-scores them).
-        return GenerationOutput(*(t.clone() if t is not None else None for t in out))
-
+    # generate() comes from CachedSampler: same contract as AudioTokenPolicy, transformers' KV cache inside.
     def _generate(self, cond, n_frames, guidance_scale, temperature, top_k, top_p, generator, return_logits):
         from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
-        if guidance_scale < 0:
-            raise ValueError(f"guidance_scale must be >= 0, got {guidance_scale}")
-        if not 1 <= n_frames <= self.cfg.max_frames:
-            raise ValueError(f"n_frames must be in [1, {self.cfg.max_frames}], got {n_frames}")
         k, v = self.cfg.n_codebooks, self.cfg.card
         b = cond.states.shape[0]
         use_cfg = guidance_scale != 1.0

@@ -214,7 +214,32 @@ class GenerationOutput(NamedTuple):
     step_logits: torch.Tensor | None = None
 
 
-class AudioTokenPolicy(nn.Module):
+class CachedSampler:
+    """``generate`` for every policy: argument checks, inference mode, and outputs usable by autograd afterwards.
+
+    A policy supplies ``_generate`` (one delayed column per step with its own KV cache) and ``cfg.max_frames``.
+    """
+
+    def generate(self, cond: Condition, n_frames: int, *, guidance_scale: float = 1.0, temperature: float = 1.0,
+                 top_k: int = 0, top_p: float = 1.0, generator: torch.Generator | None = None,
+                 return_logits: bool = False) -> GenerationOutput:
+        """Sample ``n_frames`` frames for each condition row, one delayed column per step, with a KV cache.
+
+        With ``guidance_scale != 1`` the cond and null rows run as one forward of size 2B and are mixed by
+        :func:`cfg_mix`. Returns ``codes [B, K, T]``, ``logprobs [B, K, T]`` under the distribution each code was
+        drawn from, and optionally the guided per-column logits ``[B, K, S, V]``.
+        """
+        if guidance_scale < 0:
+            raise ValueError(f"guidance_scale must be >= 0, got {guidance_scale}")
+        if not 1 <= n_frames <= self.cfg.max_frames:
+            raise ValueError(f"n_frames must be in [1, {self.cfg.max_frames}], got {n_frames}")
+        with torch.inference_mode():
+            out = self._generate(cond, n_frames, guidance_scale, temperature, top_k, top_p, generator, return_logits)
+        # Outputs leave inference mode so that callers may use them in autograd (the learner re-scores them).
+        return GenerationOutput(*(t.clone() if t is not None else None for t in out))
+
+
+class AudioTokenPolicy(CachedSampler, nn.Module):
     """Decoder-only transformer over delayed RVQ codes, with byte-level text conditioning by cross-attention.
 
     Interface shared by every policy the roles may hold (see also the MusicGen adapter):
@@ -333,25 +358,8 @@ class AudioTokenPolicy(nn.Module):
         cond_logits, uncond_logits = both.chunk(2)
         return cfg_mix(cond_logits, uncond_logits, guidance_scale)
 
-    # ---- KV-cached sampling -------------------------------------------------------------------------------------
-    def generate(self, cond: Condition, n_frames: int, *, guidance_scale: float = 1.0, temperature: float = 1.0,
-                 top_k: int = 0, top_p: float = 1.0, generator: torch.Generator | None = None,
-                 return_logits: bool = False) -> GenerationOutput:
-        """Sample ``n_frames`` frames for each condition row, one delayed column per step, with a KV cache.
-
-        With ``guidance_scale != 1`` the cond and null rows run as one forward of size 2B and are mixed by
-        :func:`cfg_mix`. Log-probs are under the distribution each token was drawn from.
-        """
-        with torch.inference_mode():
-            out = self._generate(cond, n_frames, guidance_scale, temperature, top_k, top_p, generator, return_logits)
-        # Outputs leave inference mode so that callers may use them in autograd (the learner re-scores them).
-        return GenerationOutput(*(t.clone() if t is not None else None for t in out))
-
+    # ---- KV-cached sampling: generate() comes from CachedSampler --------------------------------------------------
     def _generate(self, cond, n_frames, guidance_scale, temperature, top_k, top_p, generator, return_logits):
-        if guidance_scale < 0:
-            raise ValueError(f"guidance_scale must be >= 0, got {guidance_scale}")
-        if not 1 <= n_frames <= self.cfg.max_frames:
-            raise ValueError(f"n_frames must be in [1, {self.cfg.max_frames}], got {n_frames}")
         k, v = self.cfg.n_codebooks, self.cfg.card
         b = cond.states.shape[0]
         use_cfg = guidance_scale != 1.0
