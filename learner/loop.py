@@ -34,6 +34,9 @@ class Accounting:
     """Prompts drawn but not generated when the run ended (re-queued, or in flight on an actor that never ran)."""
     lags: list = field(default_factory=list)
     failures: dict = field(default_factory=dict)
+    outstanding: list = field(default_factory=list)
+    """Stream positions drawn but not yet used (generating, re-queued, waiting for a reward or for the learner), as of
+    the last step: saved with each checkpoint, so a resumed run generates them first instead of skipping them."""
 
 
 class PromptStream:
@@ -43,11 +46,14 @@ class PromptStream:
         self.prompts, self.seed, self.position = prompts, seed, position
 
     def next(self) -> tuple[int, str]:
-        epoch, i = divmod(self.position, len(self.prompts))
-        perm = np.random.default_rng([self.seed, epoch]).permutation(len(self.prompts))
-        item = (self.position, self.prompts[perm[i]])
+        item = (self.position, self.at(self.position))
         self.position += 1
         return item
+
+    def at(self, position: int) -> str:
+        """The prompt at any position of the stream (drawn or not)."""
+        epoch, i = divmod(position, len(self.prompts))
+        return self.prompts[np.random.default_rng([self.seed, epoch]).permutation(len(self.prompts))[i]]
 
 
 def _admit(groups: list[RolloutBatch], version: int, max_lag: int, acct: Accounting) -> list[RolloutBatch]:
@@ -180,7 +186,7 @@ DRAIN_TIMEOUT_S = 30.0
 
 def run_ray(learner, topo: RayTopology, stream: PromptStream, steps: int, batch_prompts: int, group_size: int,
             max_lag: int, mode: str, queue_groups: int, on_step, target=None, on_event=None,
-            max_role_failures: int = 5, reward_batch: int = 8) -> Accounting:
+            max_role_failures: int = 5, reward_batch: int = 8, resume_prompts=()) -> Accounting:
     """Sync or async training over a :class:`RayTopology`.
 
     ``target()`` (optional) returns the wanted actor count; the pool follows it between waits. A group whose actor
@@ -194,7 +200,8 @@ def run_ray(learner, topo: RayTopology, stream: PromptStream, steps: int, batch_
     topo.publish(learner.version, learner.weights())
     idle = deque(topo.actors)
     retiring: set = set()
-    requeue: deque[tuple[int, str]] = deque()
+    # Prompts a crashed run had drawn but not used go first (run.resume), then the stream continues.
+    requeue: deque[tuple[int, str]] = deque((pid, stream.at(pid)) for pid in resume_prompts)
     gen_inflight: dict = {}  # generation ref -> (actor, prompt_id, prompt)
     rew_inflight: dict = {}  # reward ref -> (worker, groups)
     ready: deque[RolloutBatch] = deque()
@@ -372,6 +379,9 @@ def run_ray(learner, topo: RayTopology, stream: PromptStream, steps: int, batch_
                         "rollout/actors": float(members), "rollout/actors_generating": float(generating),
                         "rollout/actors_retiring": float(len(retiring)),
                         "rollout/groups_requeued": float(acct.requeued)})
+        acct.outstanding = sorted([pid for _, pid, _ in gen_inflight.values()] + [pid for pid, _ in requeue]
+                                  + [int(g.prompt_id[0]) for g in (*pending, *ready)]
+                                  + [int(g.prompt_id[0]) for _, groups in rew_inflight.values() for g in groups])
         if on_step(step, RolloutBatch.concat(batch), metrics, acct):
             break
     # Whatever is still in flight at the end is generated but unused: wait for it so the books balance. A generation

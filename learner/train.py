@@ -120,7 +120,7 @@ def train(cfg) -> dict:
 
     validate_train(cfg)
     run_dir = Path(cfg.run.dir)
-    resume_from = None
+    resume_from, resume_prompts = None, []
     if cfg.run.resume:
         resume_from = latest_checkpoint(cfg.run.resume)
         _check_resume_config(Path(cfg.run.resume), cfg)
@@ -167,6 +167,7 @@ def train(cfg) -> dict:
         student_state, _, _ = load_weights(resume_from / "student", "policy")
         learner.load_state(student_state, state)
         stream.position = int(state["stream_position"])
+        resume_prompts = state.get("accounting", {}).get("outstanding", [])
         start_step = int(state["step"])
         torch.set_rng_state(state["torch_rng"])
     judges = Judges.load(world_dir, codec=codec)
@@ -258,6 +259,7 @@ def train(cfg) -> dict:
             on_step(i, batch, metrics, acct)
 
         acct = run_ray(learner, topo, stream, mode=cfg.learner.mode, queue_groups=cfg.learner.queue_groups,
+                       resume_prompts=resume_prompts,
                        target=lambda: ray.get(control.get_target.remote()), on_event=on_event,
                        max_role_failures=cfg.learner.max_role_failures, reward_batch=cfg.reward.batch_groups, **{**common, "on_step": track})
         actors_final = len(topo.actors)

@@ -110,3 +110,34 @@ def test_groups_waiting_for_a_busy_reward_worker_are_scored_together(ray_local):
     sizes = ray.get(topo.rewards[0].batch_sizes.remote())
     assert max(sizes) > 1 and max(sizes) <= 4  # batched while the worker was busy, never over the cap
     assert acct.generated == acct.used + acct.stale + acct.dropped
+
+
+def test_every_drawn_prompt_is_used_or_outstanding_so_resume_skips_none(ray_local):
+    """After each step, the prompts drawn from the stream are exactly those used plus ``acct.outstanding`` (in flight,
+    waiting or queued), which a checkpoint saves and a resumed run generates first."""
+    topo = RayTopology(remote_rollout_worker(0.5, 0), remote_reward_worker(0.5, 0), 3, 1,
+                       dict(policy_factory=TinyPolicy(), n_frames=6, group_size=2),
+                       dict(judges_factory=CodeHistogramJudges))
+    stream = PromptStream(PROMPTS, 0)
+    used, checks = [], []
+
+    def on_step(i, batch, metrics, acct):
+        used.extend(int(p) for p in batch.prompt_id[::2])  # one row per sample, 2 samples per group
+        checks.append((sorted(used), list(acct.outstanding), stream.position, acct.stale))
+
+    run_ray(make_learner(), topo, stream, steps=3, batch_prompts=2, group_size=2, max_lag=5, mode="async",
+            queue_groups=0, on_step=on_step)
+    for used_so_far, outstanding, drawn, stale in checks:
+        assert stale == 0 and not set(used_so_far) & set(outstanding)
+        assert sorted(used_so_far + outstanding) == list(range(drawn))
+    del topo  # its actors hold the instance's CPUs; the resumed loop needs them
+    # A resumed loop generates the outstanding prompts first.
+    resumed = PromptStream(PROMPTS, 0, position=checks[0][2])
+    topo2 = RayTopology(remote_rollout_worker(0.5, 0), remote_reward_worker(0.5, 0), 1, 1,
+                        dict(policy_factory=TinyPolicy(), n_frames=6, group_size=2),
+                        dict(judges_factory=CodeHistogramJudges))
+    first = []
+    run_ray(make_learner(), topo2, resumed, steps=1, batch_prompts=2, group_size=2, max_lag=5, mode="sync",
+            queue_groups=0, on_step=lambda i, b, m, a: first.extend(int(p) for p in b.prompt_id[::2]),
+            resume_prompts=checks[0][1])
+    assert sorted(first) == sorted(checks[0][1])[:2]
