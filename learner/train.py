@@ -105,6 +105,18 @@ def _check_resume_config(resume_dir: Path, cfg) -> None:
 
 
 def train(cfg) -> dict:
+    """Run ``divcfg train``; a Ray instance it started is shut down when it returns or fails (a joined cluster is
+    left as it was), so a caller in the same process can start another run."""
+    import sys
+    ray_up = "ray" in sys.modules and sys.modules["ray"].is_initialized()
+    try:
+        return _train(cfg)
+    finally:
+        if not ray_up and "ray" in sys.modules and sys.modules["ray"].is_initialized():
+            sys.modules["ray"].shutdown()
+
+
+def _train(cfg) -> dict:
     from omegaconf import OmegaConf
     from torch.utils.tensorboard import SummaryWriter
 

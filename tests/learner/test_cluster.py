@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from ray._private.authentication_test_utils import reset_auth_token_state
 
 from divcfg.actors.rollout import remote_rollout_worker
 from divcfg.deploy.scale import set_target, start_control
@@ -46,6 +47,9 @@ def cluster(monkeypatch):
     import test_loop_ray
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    # Ray caches the auth mode in-process (RayConfig): re-read it now, and again after the env is restored, or the
+    # next Ray started by this process (another test) disagrees with its own GCS about tokens.
+    reset_auth_token_state()
     c = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 1, "include_dashboard": False, "_system_config": FAST_NODE_DEATH})
     ray.init(address=c.address, namespace="divcfg", log_to_driver=False)
@@ -53,6 +57,8 @@ def cluster(monkeypatch):
     yield c
     ray.shutdown()
     c.shutdown()
+    monkeypatch.undo()
+    reset_auth_token_state()
 
 
 def add_rollout_node(cluster, slots: int):
