@@ -96,6 +96,18 @@ class ActorsConfig:
 
 
 @dataclass
+class AutoscaleConfig:
+    """Ray autoscaler requests for the rollout pool (a cluster with an autoscaler: deploy/'s launcher or KubeRay)."""
+
+    min: int = 0
+    """Fewest rollout actors the pool keeps, whatever `divcfg scale` asks for."""
+    max: int = 0
+    """Most rollout actors; above 0 turns autoscaling on: each new target (clamped to [min, max]) is sent to Ray's
+    autoscaler with ``request_resources`` as one bundle per actor and per reward worker, so nodes are added before
+    the actors wait for them. 0: off (the pool takes what the cluster has)."""
+
+
+@dataclass
 class RewardConfig:
     """The reward workers."""
 
@@ -195,6 +207,7 @@ class TrainConfig:
     world: WorldRef = field(default_factory=WorldRef)
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     actors: ActorsConfig = field(default_factory=ActorsConfig)
+    autoscale: AutoscaleConfig = field(default_factory=AutoscaleConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     probe: EvalProbeConfig = field(default_factory=EvalProbeConfig)
@@ -280,6 +293,11 @@ def validate_train(cfg) -> None:
     check(a.temperature > 0, "algo.temperature", a.temperature, "must be > 0")
     check(cfg.world.size in ("tiny", "small"), "world.size", cfg.world.size, "must be tiny or small")
     check(cfg.actors.count >= 1, "actors.count", cfg.actors.count, "must be >= 1")
+    check(cfg.autoscale.min >= 0, "autoscale.min", cfg.autoscale.min, "must be >= 0")
+    check(cfg.autoscale.max >= 0, "autoscale.max", cfg.autoscale.max, "must be >= 0 (0 turns autoscaling off)")
+    if cfg.autoscale.max:
+        check(cfg.autoscale.min <= cfg.autoscale.max, "autoscale.min", cfg.autoscale.min,
+              f"must be <= autoscale.max={cfg.autoscale.max}")
     check(cfg.actors.num_gpus >= 0, "actors.num_gpus", cfg.actors.num_gpus, "must be >= 0")
     check(cfg.reward.count >= 1, "reward.count", cfg.reward.count, "must be >= 1")
     check(cfg.reward.embedder in ("reward", "eval"), "reward.embedder", cfg.reward.embedder, "must be reward or eval")

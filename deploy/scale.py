@@ -32,6 +32,45 @@ class PoolControl:
         return self.target
 
 
+class AutoscaleRequest:
+    """Turns the pool's target into a resource request for Ray's autoscaler.
+
+    ``__call__(target)`` clamps the target to ``[lo, hi]`` and, when the clamped value changed, asks
+    ``request_fn`` (``ray.autoscaler.sdk.request_resources``) for one ``actor_bundle`` per actor plus the
+    ``fixed_bundles`` (reward workers), so the autoscaler adds nodes as soon as the target grows instead of waiting
+    for pending actors to show up in its demand. The request replaces the previous one, so a smaller target lets
+    idle nodes go. ``on_event`` hears about each request and each clamp.
+    """
+
+    def __init__(self, lo: int, hi: int, actor_bundle: dict, fixed_bundles: list[dict], request_fn=None,
+                 on_event=None):
+        if not 0 <= lo <= hi or hi < 1:
+            raise ValueError(f"autoscale needs 0 <= min <= max and max >= 1, got min={lo} max={hi}")
+        if request_fn is None:
+            from ray.autoscaler.sdk import request_resources as request_fn
+        self.lo, self.hi, self.actor_bundle, self.fixed = lo, hi, _bundle(actor_bundle), [_bundle(b) for b in fixed_bundles]
+        self.request_fn, self.on_event = request_fn, on_event or (lambda text: None)
+        self.requested: int | None = None
+        self._last_target: int | None = None
+
+    def __call__(self, target: int) -> int:
+        clamped = min(max(target, self.lo), self.hi)
+        if clamped != target and target != self._last_target:
+            self.on_event(f"target {target} actors is outside autoscale [{self.lo}, {self.hi}]: using {clamped}")
+        self._last_target = target
+        if clamped != self.requested:
+            self.request_fn(bundles=[dict(self.actor_bundle) for _ in range(clamped)] + [dict(b) for b in self.fixed])
+            self.on_event(f"autoscaler asked for {clamped} rollout actor bundles {self.actor_bundle}"
+                          + (f" plus {len(self.fixed)} reward worker bundles" if self.fixed else ""))
+            self.requested = clamped
+        return clamped
+
+
+def _bundle(resources: dict) -> dict:
+    """A resource bundle without zero entries (the autoscaler rejects nothing, but ``GPU: 0`` reads as a request)."""
+    return {k: v for k, v in resources.items() if v}
+
+
 def control_name(run_name: str) -> str:
     return PREFIX + run_name
 

@@ -270,9 +270,18 @@ def _train(cfg) -> dict:
             scaling_step["step"] = start_step + i
             on_step(i, batch, metrics, acct)
 
+        def target() -> int:
+            n = ray.get(control.get_target.remote())
+            return autoscale(n) if autoscale else n
+
+        autoscale = None
+        if cfg.autoscale.max:
+            from divcfg.deploy.scale import AutoscaleRequest
+            autoscale = AutoscaleRequest(
+                cfg.autoscale.min, cfg.autoscale.max, {"CPU": cfg.actors.num_cpus, "GPU": cfg.actors.num_gpus},
+                [{"CPU": cfg.reward.num_cpus, "GPU": cfg.reward.num_gpus}] * cfg.reward.count, on_event=on_event)
         acct = run_ray(learner, topo, stream, mode=cfg.learner.mode, queue_groups=cfg.learner.queue_groups,
-                       resume_prompts=resume_prompts,
-                       target=lambda: ray.get(control.get_target.remote()), on_event=on_event,
+                       resume_prompts=resume_prompts, target=target, on_event=on_event,
                        max_role_failures=cfg.learner.max_role_failures, reward_batch=cfg.reward.batch_groups, **{**common, "on_step": track})
         actors_final = len(topo.actors)
     wall = time.perf_counter() - t_start

@@ -24,10 +24,16 @@ def test_defaults_validate():
     ("model.family", "jax", "model.family='jax': must be divcfg or musicgen"),
     ("model.family", "musicgen", "model.musicgen=None: model.family=musicgen needs a Hub id"),
     ("model.train_layers", -1, "model.train_layers=-1: must be >= 0"),
+    ("autoscale.max", -1, "autoscale.max=-1: must be >= 0 (0 turns autoscaling off)"),
 ])
 def test_bad_values_name_the_field(key, value, message):
     with pytest.raises(ConfigError, match=message.replace("(", "\\(").replace(")", "\\)")):
         validate_train(cfg(**{key: value}))
+
+
+def test_autoscale_min_above_max():
+    with pytest.raises(ConfigError, match="autoscale.min=3: must be <= autoscale.max=2"):
+        validate_train(cfg(**{"autoscale.min": 3, "autoscale.max": 2}))
 
 
 def test_group_of_one_with_beta():

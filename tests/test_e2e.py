@@ -74,11 +74,14 @@ def _has_custom_scalars_layout(run_dir: Path) -> bool:
 
 
 @pytest.mark.ray
-def test_train_on_ray_async(tiny_world, tmp_path):
+def test_train_on_ray_async(tiny_world, tmp_path, capsys):
     from divcfg.cli import main
     run = tmp_path / "run"
     assert main(["train", "world.size=tiny", f"world.dir={tiny_world}", f"run.dir={run}", "learner.steps=3",
-                 "algo.beta=5", "actors.count=2", "reward.count=1", "logging.progress=false"]) == 0
+                 "algo.beta=5", "actors.count=2", "reward.count=1", "logging.progress=false",
+                 "autoscale.min=1", "autoscale.max=4"]) == 0
+    # The target (2) went to the autoscaler: two actor bundles and one reward-worker bundle.
+    assert "autoscaler asked for 2 rollout actor bundles {'CPU': 1.0} plus 1 reward worker bundles" in capsys.readouterr().out
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps"] == 3 and summary["samples"] == 3 * 4 * 4
     assert summary["groups_generated"] == summary["groups_used"] + summary["groups_stale"] + summary["groups_dropped"]
