@@ -44,6 +44,16 @@ class ModelConfig:
 
 
 @dataclass
+class CodecConfig:
+    """The codec rollouts and rewards decode with (``codec=world`` or ``codec=musicgen``; unset: the policy's own)."""
+
+    source: str = "auto"
+    """auto: the policy's own codec (the world's offline codec for divcfg policies, MusicGen's 32 kHz EnCodec for
+    MusicGen); world: the world's codec; musicgen: the EnCodec inside ``model.musicgen``. A codec whose codes the
+    policy was not trained on (sample rate, frame rate, codebooks, cardinality) is refused before any work."""
+
+
+@dataclass
 class WorldRef:
     """Which offline world (codec, base model, embedders, scorer, prompts) a job uses."""
 
@@ -204,6 +214,7 @@ class TrainConfig:
     """`divcfg train`: every component's config."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
+    codec: CodecConfig = field(default_factory=CodecConfig)
     world: WorldRef = field(default_factory=WorldRef)
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     actors: ActorsConfig = field(default_factory=ActorsConfig)
@@ -279,6 +290,11 @@ def validate_model(m) -> None:
 def validate_train(cfg) -> None:
     """Value checks that a schema can't express. ``cfg`` is the composed DictConfig or a TrainConfig."""
     validate_model(cfg.model)
+    check(cfg.codec.source in ("auto", "world", "musicgen"), "codec.source", cfg.codec.source,
+          "must be auto, world or musicgen")
+    check(cfg.codec.source != "musicgen" or cfg.model.family == "musicgen", "codec.source", cfg.codec.source,
+          f"MusicGen's EnCodec makes the codes of a MusicGen policy, and model.family={cfg.model.family}: use "
+          f"model=musicgen_small (or _medium, _large, _tiny), or codec=world")
     a = cfg.algo
     check(a.beta >= 0, "algo.beta", a.beta, "must be >= 0")
     check(a.guidance_scale >= 1, "algo.guidance_scale", a.guidance_scale, "the CFG teacher needs γ >= 1")

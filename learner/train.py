@@ -150,14 +150,18 @@ def _train(cfg) -> dict:
     # The policy family decides where the base model and the codec come from; nothing downstream asks which it is.
     if cfg.model.family == "musicgen":
         # Every process builds the same model from the same source (the tiny random one from the run's seed).
+        from divcfg.common.codec import load_codec
         from divcfg.common.musicgen import MusicGenLoadError, MusicGenSpec, check_codec_matches
         spec = MusicGenSpec.from_model_config(cfg.model, seed=cfg.run.seed)
         try:
             base_policy, codec = spec.build()
         except (MusicGenLoadError, ImportError) as e:  # the job's one-line error path takes ValueErrors
             raise ValueError(f"model.musicgen={spec.musicgen}: {e}") from None
+        codec_factory = spec.codec
+        if cfg.codec.source == "world":  # refused below unless it makes MusicGen's codes (it never does: 16 kHz)
+            codec, codec_factory = load_codec(world.path("codec")), _WorldCodec(str(world.path("codec").resolve()))
         check_codec_matches(codec, base_policy.model_config, spec.musicgen)  # the codec reward workers decode with
-        policy_factory, codec_factory, codec_meta = spec, spec.codec, None
+        policy_factory, codec_meta = spec, None
         # The world's clip length in seconds, at the model's own frame rate (MusicGen: 50 frames/s).
         clip_s = heldout.codes.shape[2] / float(heldout.meta["frame_rate"])
         n_frames = cfg.algo.n_frames or round(clip_s * codec.frame_rate)
@@ -329,6 +333,17 @@ class _PolicyFactory:
     def __call__(self):
         from divcfg.common.checkpoint import load_policy
         return load_policy(self.path)
+
+
+class _WorldCodec:
+    """Picklable: loads the world's codec inside a reward worker."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __call__(self):
+        from divcfg.common.codec import load_codec
+        return load_codec(self.path)
 
 
 class _JudgesFactory:

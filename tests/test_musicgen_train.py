@@ -144,13 +144,14 @@ def test_pretrain_refuses_musicgen(tmp_path, capsys):
     assert "model.family='musicgen': divcfg pretrain trains divcfg's own policy" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("overrides,family,musicgen,preset", [
-    ([], "divcfg", None, "small"),
-    (["model=tiny"], "divcfg", None, "tiny"),
-    (["model=musicgen_tiny"], "musicgen", TINY, "small"),
-    (["model=musicgen_small", "model.train_layers=4"], "musicgen", "facebook/musicgen-small", "small"),
+@pytest.mark.parametrize("overrides,family,musicgen,preset,codec", [
+    ([], "divcfg", None, "small", "auto"),
+    (["model=tiny", "codec=world"], "divcfg", None, "tiny", "world"),
+    (["model=musicgen_tiny"], "musicgen", TINY, "small", "auto"),
+    (["model=musicgen_small", "codec=musicgen", "model.train_layers=4"], "musicgen", "facebook/musicgen-small", "small",
+     "musicgen"),
 ])
-def test_train_model_overrides_compose(overrides, family, musicgen, preset):
+def test_train_model_overrides_compose(overrides, family, musicgen, preset, codec):
     from hydra import compose, initialize_config_dir
 
     from divcfg.common.config import CONF_DIR, register_configs, validate_train
@@ -158,7 +159,19 @@ def test_train_model_overrides_compose(overrides, family, musicgen, preset):
     with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
         cfg = compose("train", overrides=overrides)
     validate_train(cfg)
-    assert (cfg.model.family, cfg.model.musicgen, cfg.model.preset) == (family, musicgen, preset)
+    assert (cfg.model.family, cfg.model.musicgen, cfg.model.preset, cfg.codec.source) == (family, musicgen, preset, codec)
+
+
+def test_musicgen_codec_with_the_divcfg_policy_is_refused():
+    from hydra import compose, initialize_config_dir
+
+    from divcfg.common.config import CONF_DIR, ConfigError, register_configs, validate_train
+    register_configs()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
+        cfg = compose("train", overrides=["codec=musicgen"])
+    with pytest.raises(ConfigError, match="codec.source='musicgen': MusicGen's EnCodec makes the codes of a MusicGen "
+                                          "policy, and model.family=divcfg"):
+        validate_train(cfg)
 
 
 # ---- the real entry point on the tiny world -------------------------------------------------------------------------
@@ -200,6 +213,10 @@ def test_train_musicgen_tiny_local_resume_and_codec_check(tiny_world, tmp_path, 
     # Too many frames for the model's positions, and a codec that isn't the model's own.
     assert main(args + [f"run.dir={tmp_path / 'd'}", "algo.n_frames=1000"]) == 2
     assert "algo.n_frames=1000" in capsys.readouterr().err
+    # codec=world with a MusicGen policy: the sample rates differ, and the error says both.
+    assert main(args + [f"run.dir={tmp_path / 'e'}", "codec=world"]) == 2
+    err = capsys.readouterr().err
+    assert "sample_rate=16000" in err and "trained on sample_rate=" in err
     assert main(["sample", str(tmp_path / "b" / "student"), "--codec", str(tiny_world / "codec"), "--frames", "4",
                  "--out", str(tmp_path / "w")]) == 2
     assert "decode and encode with the model's own EnCodec" in capsys.readouterr().err
