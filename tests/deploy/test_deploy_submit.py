@@ -453,3 +453,28 @@ def test_cli_parses_intermixed_overrides(monkeypatch):
     assert seen["env_vars"] == {"A": "1"} and seen["pip"] == ["einops"]
     assert seen["working_dir"] is None and seen["job_id"] == "j" and seen["max_retries"] == 2
     assert sub.main(["--env", "NOEQUALS", "a=1"]) == 2
+
+
+def test_learner_placement_reaches_the_job_request(token_file, capsys):
+    """--learner-gpus / --learner-resource become the job's entrypoint resources: the driver (which runs the learner)
+    is placed on a GPU node with that resource instead of the CPU head."""
+    tok, f = token_file
+    with FakeDashboard(tok) as dash:
+        rc = sub.main(["world.size=small", "--address", dash.address, "--token-file", str(f), "--no-working-dir",
+                       "--job-id", "placed", "--learner-gpus", "1", "--learner-resource", "learner_node=1"])
+        assert rc == 0, capsys.readouterr().err
+        req = dash.jobs["placed"]
+    assert req["entrypoint_num_gpus"] == 1 and req["entrypoint_resources"] == {"learner_node": 1.0}
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--learner-gpus", "-1"], "--learner-gpus must be >= 0, got -1.0"),
+    (["--learner-resource", "learner_node"], "bad --learner-resource 'learner_node': expected NAME=AMOUNT"),
+    (["--learner-resource", "learner_node=x"], "bad --learner-resource 'learner_node=x': expected NAME=AMOUNT"),
+    (["--learner-resource", "learner_node=0"], "--learner-resource learner_node=0.0: the amount must be > 0"),
+])
+def test_bad_learner_placement_is_named(token_file, capsys, args, message):
+    tok, f = token_file
+    with FakeDashboard(tok) as dash:
+        assert sub.main(["--address", dash.address, "--token-file", str(f), "--no-working-dir", *args]) == 2
+    assert message in capsys.readouterr().err
