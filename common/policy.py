@@ -52,6 +52,10 @@ class PolicyConfig:
     text_word_buckets: int = 4096
     """Hash buckets for whole-word features added to every byte of a word (0: bytes only). Words let a small encoder
     see "fast" as one symbol instead of composing it from bytes; hashing keeps any text usable, with no vocabulary."""
+    freeze_text: bool = False
+    """Keep the text encoder fixed during training (as MusicGen keeps its T5): set for a text encoder trained
+    beforehand (``learner/pretrain.py: pretrain_text``). Trained jointly from scratch, the decoder's gradient reaches
+    it as mostly noise: the prompt is worth a few nats of a clip's hundreds."""
     dropout: float = 0.0
     """Dropout in attention and feed-forward blocks (training only)."""
 
@@ -256,7 +260,7 @@ class AudioTokenPolicy(CachedSampler, nn.Module):
         self.code_emb = nn.Embedding(k * (v + 1), d)
         self.register_buffer("code_offsets", torch.arange(k).view(1, k, 1) * (v + 1), persistent=False)
         self.pos = nn.Parameter(torch.randn(delayed_length(cfg.max_frames, k), d) * 0.02)
-        self.text = TextEncoder(cfg)
+        self.text = TextEncoder(cfg).requires_grad_(not cfg.freeze_text)
         # The learned null condition: the unconditional branch of CFG.
         self.null_cond = nn.Parameter(torch.randn(1, 1, d) * 0.02)
         self.cond_pool = nn.Linear(d, d) if cfg.cond_pool else None

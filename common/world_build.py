@@ -5,7 +5,8 @@ Stages, each cached in ``DIR`` and skipped on a re-run with the same seed and ve
   corpus     procedural clips with attribute prompts (regenerated from the seed; prompts in corpus.parquet)
   codec      offline EnCodec: k-means codebooks on encoder latents, then a briefly trained decoder   -> codec/
   tokens     the corpus encoded by the codec                                           -> tokens.parquet, heldout.parquet
-  base       the base policy, pretrained with condition dropout                        -> base/
+  base       the base policy: its text encoder first learns to read captions (then frozen, as MusicGen's T5),
+             then next-token pretraining with condition dropout                        -> base/
   embedders  two contrastive music embedders, different seeds and data halves          -> embedder_reward/, embedder_eval/
   scorer     the prompt-adherence scorer (attribute classifier)                        -> scorer/
   measure    CFG gain, diversity collapse, embedder recall, scorer accuracy            -> world.json
@@ -27,7 +28,8 @@ import torch
 
 # 2: the offline codec encodes log-mel frames; 3: judges use the common checkpoint layout;
 # 4: several captions per training clip, word features in the text encoder (the base model now follows its prompt)
-WORLD_VERSION = 4
+# 5: the text encoder is trained to read captions first, then frozen while the base model pretrains
+WORLD_VERSION = 5
 STAGES = ("corpus", "codec", "tokens", "base", "embedders", "scorer", "measure")
 _NEEDS_AUDIO = ("corpus", "codec", "tokens", "embedders", "scorer")  # a resumed build skips synthesis otherwise
 
@@ -35,15 +37,15 @@ _NEEDS_AUDIO = ("corpus", "codec", "tokens", "embedders", "scorer")  # a resumed
 SIZES: dict[str, dict] = {
     "tiny": dict(n_clips=260, n_heldout=40, duration_s=2.0, card=64, fit_vectors=4000, kmeans_iters=8,
                  decoder_steps=0, captions_per_clip=2, model="tiny", pretrain_steps=150, pretrain_batch=16,
-                 pretrain_lr=3e-3,
+                 pretrain_lr=3e-3, text_steps=40, model_overrides=dict(freeze_text=True),
                  embedder="tiny", embedder_steps=60, embedder_clips=200, scorer="tiny", scorer_steps=60,
                  measure_prompts=6, measure_samples=4),
     # small: 9600 clips so that pretraining sees each about 8 times; with 3200 it memorised them (train loss 1.6,
     # held-out 3.0) and ignored the prompt.
     "small": dict(n_clips=9600, n_heldout=200, duration_s=3.0, card=256, fit_vectors=20000, kmeans_iters=15,
                   decoder_steps=0, captions_per_clip=3, model="small",
-                  model_overrides=dict(dim=128, n_layers=4, n_heads=4, text_layers=2),
-                  pretrain_steps=3000, pretrain_batch=32, pretrain_lr=2e-3,
+                  model_overrides=dict(dim=128, n_layers=4, n_heads=4, text_layers=2, freeze_text=True),
+                  text_steps=200, pretrain_steps=3000, pretrain_batch=32, pretrain_lr=2e-3,
                   embedder="small", embedder_steps=250, embedder_clips=1200, scorer="small", scorer_steps=200,
                   measure_prompts=48, measure_samples=4),
 }
@@ -113,7 +115,7 @@ def build_world(out: str | os.PathLike, size: str = "small", seed: int = 0, prog
     from divcfg.common.policy import build_policy, policy_config
     from divcfg.common.tokens import read_tokens, write_tokens
     from divcfg.common.world import ATTRIBUTES, WorldConfig, attribute_labels, recaption, write_corpus
-    from divcfg.learner.pretrain import pretrain
+    from divcfg.learner.pretrain import pretrain, pretrain_text
     from divcfg.reward.embedder import embedder_config, load_embedder, recall_at_1, save_embedder, train_embedder
     from divcfg.reward.judges import Judges, measure_policy
     from divcfg.reward.scorer import load_scorer, save_scorer, scorer_accuracy, scorer_config, train_scorer
@@ -190,12 +192,19 @@ def build_world(out: str | os.PathLike, size: str = "small", seed: int = 0, prog
             pcfg = policy_config(p["model"], n_codebooks=k, card=int(data.meta["card"]), max_frames=t,
                                  **p.get("model_overrides", {}))
             policy = build_policy(pcfg, seed=seed)
+            # The world's stand-in for a pretrained text encoder: read the described attributes from the captions.
+            labels = np.array([[ATTRIBUTES[a].index(data.columns[f"attr_{a}"][i]) if a in data.columns["described"][i]
+                                else len(ATTRIBUTES[a]) for a in ATTRIBUTES] for i in range(len(data.prompts))])
+            text = pretrain_text(policy, data.prompts, labels, [len(v) for v in ATTRIBUTES.values()],
+                                 steps=p["text_steps"], seed=seed)
             tcfg = PretrainConfig(steps=p["pretrain_steps"], batch_size=p["pretrain_batch"], lr=p["pretrain_lr"],
                                   warmup=min(50, p["pretrain_steps"] // 10), seed=seed,
                                   ckpt_every=max(50, p["pretrain_steps"] // 4))
             result = pretrain(policy, data.prompts, data.codes, tcfg, str(world.path("pretrain")), progress=progress)
             save_policy(policy, world.path("base"), meta={"codec": "../codec", "pretrain": result, "world": identity})
-            finish(stage, time.perf_counter() - t0, pretrain_seconds=result.pop("seconds"), **result)
+            finish(stage, time.perf_counter() - t0, pretrain_seconds=result.pop("seconds"),
+                   text_seconds=round(text["seconds"], 2),
+                   text_accuracy=dict(zip(ATTRIBUTES, (round(a, 3) for a in text["accuracy"]))), **result)
         elif stage in ("embedders", "scorer"):
             codec = load_codec(world.path("codec"))
             train_decoded, heldout_decoded = decoded(codec)
@@ -283,6 +292,15 @@ def _prompt_use(base, judges, heldout, n: int = 64) -> dict:
             "adherence_real": float(np.nanmean(real))}
 
 
+def _paired_se(a: list | None, b: list | None) -> float | None:
+    """Standard error of the mean per-prompt difference ``b - a`` (the same prompts, so the pairing removes the
+    prompt-to-prompt spread that dominates each arm's own error); None for worlds measured before it was recorded."""
+    if not a or not b:
+        return None
+    d = np.array([y - x for x, y in zip(a, b) if x is not None and y is not None])
+    return float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else None
+
+
 def _report(world: World, state: dict) -> dict:
     done = state["done"]
     m = done["measure"]
@@ -290,6 +308,7 @@ def _report(world: World, state: dict) -> dict:
         "identity": state["identity"],
         "adherence_cfg1": m["cfg1"]["adherence"], "adherence_cfg3": m["cfg3"]["adherence"],
         "adherence_gap": m["cfg3"]["adherence"] - m["cfg1"]["adherence"],
+        "adherence_gap_se": _paired_se(m["cfg1"].get("adherence_by_prompt"), m["cfg3"].get("adherence_by_prompt")),
         "diversity_cfg1": m["cfg1"]["diversity"], "diversity_cfg3": m["cfg3"]["diversity"],
         "teacher_loglik_cfg1": m["cfg1"].get("teacher_loglik"), "teacher_loglik_cfg3": m["cfg3"].get("teacher_loglik"),
         "adherence_real": m.get("adherence_real"),
@@ -298,6 +317,7 @@ def _report(world: World, state: dict) -> dict:
         "embedder_recall_at_1": done["embedders"]["recall_at_1"],
         "scorer_accuracy": done["scorer"]["accuracy"],
         "codec_distinct_codes": done["tokens"]["distinct_codes"],
+        "text_encoder_accuracy": done["base"].get("text_accuracy"),
         "codec_reconstruction": done["tokens"]["reconstruction"],
         "pretrain_loss": {"first": done["base"]["loss_first"], "last": done["base"]["loss_last"]},
         "measured_on": {"prompts": m["prompts"], "samples_per_prompt": m["samples_per_prompt"]},

@@ -70,7 +70,7 @@ def measure_policy(policy, judges: Judges, prompts: list[str], samples: int, gui
 
     Returns ``adherence`` (scorer), ``diversity`` (held-out embedder, 1 − mean pairwise cosine per prompt, averaged),
     ``diversity_reward_embedder`` (the same with the reward embedder), ``teacher_loglik`` (when a teacher is given),
-    ``frames_per_s`` and ``forward_passes_per_token``.
+    ``frames_per_s``, ``forward_passes_per_token`` and ``adherence_by_prompt`` (a list, one mean per prompt).
     """
     gen = torch.Generator().manual_seed(seed)
     all_prompts = [p for p in prompts for _ in range(samples)]
@@ -82,10 +82,14 @@ def measure_policy(policy, judges: Judges, prompts: list[str], samples: int, gui
     div_eval = diversity_reward(judges.embed(wav, "eval").view(*groups, -1)).mean(-1)
     div_reward = diversity_reward(judges.embed(wav, "reward").view(*groups, -1)).mean(-1)
     adh = judges.adherence(wav, all_prompts)
+    by_prompt = np.nanmean(adh.numpy().reshape(groups), axis=1)
     result = {"adherence": float(np.nanmean(adh.numpy())), "diversity": float(div_eval.mean()),
               "diversity_reward_embedder": float(div_reward.mean()),
               "frames_per_s": len(all_prompts) * n_frames / seconds,
               "forward_passes_per_token": 2 if guidance_scale != 1.0 else 1}
     if teacher is not None:
         result["teacher_loglik"] = float(teacher_loglik(teacher, out.codes, all_prompts, teacher_scale).mean())
-    return {k: (v if not (isinstance(v, float) and math.isnan(v)) else None) for k, v in result.items()}
+    result = {k: (v if not (isinstance(v, float) and math.isnan(v)) else None) for k, v in result.items()}
+    # Per prompt, for paired comparisons between policies measured on the same prompts (None: nothing requested).
+    result["adherence_by_prompt"] = [None if math.isnan(a) else float(a) for a in by_prompt]
+    return result

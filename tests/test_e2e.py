@@ -19,6 +19,7 @@ def test_world_build_is_complete_and_cached(tiny_world):
     assert set(info["heldout_nll"]) == {"cond", "null"} and 0 < info["adherence_real"] <= 1
     nll = info["heldout_nll"]
     assert info["prompt_nats_per_clip"] == pytest.approx((nll["null"] - nll["cond"]) * 4 * 50, rel=1e-4)
+    assert info["adherence_gap_se"] > 0  # paired over the measured prompts
     from divcfg.common.world import ATTRIBUTES
     chance = np.mean([1 / len(ATTRIBUTES[a]) for a in ATTRIBUTES])
     assert np.mean(list(info["scorer_accuracy"].values())) > chance
