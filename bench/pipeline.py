@@ -18,11 +18,12 @@ audio, no progress line); the start and end probes sit outside the loop.
 Learner busy fraction: the step's ``time/teacher + time/forward_backward + time/update + time/publish`` summed over
 the window, divided by the window's wall time (the rest is ``time/wait_rollouts`` and logging).
 
-Actor busy fraction: not measurable from what a run writes today (see :data:`ACTOR_BUSY_MISSING`); the entry is
-written with ``value: null`` and the reason, so the gap shows in the results.
+Actor busy fraction: ``rollout/actor_generate_s`` (the actor seconds behind each step's groups) summed over the
+window, divided by the window's wall time times ``actors.count``. Groups dropped as stale are not counted, so it is
+a slight underestimate in async mode.
 
 Entries: ``pipeline/<size>/samples_per_s`` (async, baseline sync, target async/sync >= 1.3),
-``pipeline/<size>/learner_busy`` (async, baseline sync), ``pipeline/<size>/actor_busy`` (null) and
+``pipeline/<size>/learner_busy`` (async, baseline sync), ``pipeline/<size>/actor_busy`` (async, baseline sync) and
 ``pipeline/<size>/<mode>/policy_lag`` (max lag over the run, target <= ``algo.max_policy_lag``).
 
 Run: ``divcfg bench pipeline --world-size small --steps 30 --json /tmp/bench_pipeline.json``.
@@ -44,9 +45,6 @@ TARGET_SPEEDUP = 1.3
 LEARNER_PHASES = ("teacher", "forward_backward", "update", "publish")
 # Written at the end of every step by train.py's on_step; its event times mark the step boundaries.
 STEP_MARK = "throughput/samples_per_s"
-ACTOR_BUSY_MISSING = (
-    "needs the rollout actors' generation seconds: neither summary.json nor TensorBoard has them in Ray modes "
-    "(each group's generate_s reaches on_step but is not logged, and RolloutWorker.busy_s is never collected)")
 
 
 def train_args(mode: str, run_dir: Path, world_size: str, world_dir: str, steps: int, actors: int, reward: int,
@@ -95,10 +93,12 @@ def read_run(run_dir: str | Path, warmup_steps: int = 1) -> dict:
     learner_s = sum(total(f"time/{k}", window) for k in LEARNER_PHASES)
     learner_all_s = sum(total(f"time/{k}", steps) for k in LEARNER_PHASES)
     lag_max = max((v for _, v in scalars.get("rollout/policy_lag_max", {}).values()), default=0.0)
+    # Generation seconds of the groups trained on in the window (stale groups' time is left out).
+    actor_busy = total("rollout/actor_generate_s", window) / (window_s * cfg.actors.count)
     return {
         "run_dir": str(run_dir), "mode": summary["mode"], "steps": summary["steps"], "window_steps": len(window),
         "window_s": window_s, "samples_per_s": len(window) * per_step / window_s,
-        "learner_busy": learner_s / window_s, "wait_fraction": total("time/wait_rollouts", window) / window_s,
+        "learner_busy": learner_s / window_s, "actor_busy": actor_busy, "wait_fraction": total("time/wait_rollouts", window) / window_s,
         # samples_per_s at a step is samples so far / seconds since the loop began, so this is step 0's duration
         "first_step_s": per_step / marks[steps[0]][1],
         "mean_window_step_s": window_s / len(window),
@@ -133,8 +133,9 @@ def compare(runs: dict[str, list[dict]], world_size: str) -> list[dict]:
              wait_fraction_baseline=_median(s, "wait_fraction"),
              whole_run_value=_median(a, "whole_run_learner_busy"),
              whole_run_baseline=_median(s, "whole_run_learner_busy"), **shared),
-        dict(name=f"{prefix}/actor_busy", value=None, unit="fraction", baseline_value=None, ratio=None, target=None,
-             met=None, missing=ACTOR_BUSY_MISSING, **shared),
+        dict(name=f"{prefix}/actor_busy", value=_median(a, "actor_busy"), unit="fraction",
+             baseline_value=_median(s, "actor_busy"), ratio=_median(a, "actor_busy") / _median(s, "actor_busy"),
+             target=None, met=None, **shared),
     ]
     for mode in MODES:
         lag = max(r["policy_lag_max"] for r in runs[mode])

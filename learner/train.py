@@ -208,6 +208,10 @@ def _train(cfg) -> dict:
             metrics["rewards/diversity_mean"] = float(np.mean(batch.diversity_reward))
             metrics["rewards/diversity_std"] = float(np.std(batch.diversity_reward))
             metrics["rewards/quality"] = float(np.nanmean(batch.quality)) if np.isfinite(batch.quality).any() else 0.0
+            # Actor seconds spent generating this step's groups (each row carries its group's time): summed over a
+            # window and divided by window × actors, it is the actors' busy fraction (bench/pipeline.py).
+            _, first_rows = np.unique(batch.group_id, return_index=True)
+            metrics["rollout/actor_generate_s"] = float(np.sum(batch.generate_s[first_rows]))
             if "rollout/policy_lag_mean" in metrics:
                 totals["lag_sum"] += metrics["rollout/policy_lag_mean"] * len(batch)
             totals["last_step_at"] = elapsed

@@ -9,7 +9,8 @@ from divcfg.bench.pipeline import LEARNER_PHASES, MODES, compare, read_run, trai
 B, G = 2, 3  # algo.batch_prompts, algo.group_size of the hand-made runs
 
 
-def _fake_run(root, mode: str, step_ends: list[float], phase_s: float, wait_s: list[float], lag_max: list[float]):
+def _fake_run(root, mode: str, step_ends: list[float], phase_s: float, wait_s: list[float], lag_max: list[float],
+              generate_s: float = 0.5):
     """A run directory as train.py leaves it: saved config, summary.json and per-step scalars at given wall times."""
     from torch.utils.tensorboard import SummaryWriter
     run = root / mode
@@ -24,6 +25,7 @@ def _fake_run(root, mode: str, step_ends: list[float], phase_s: float, wait_s: l
         writer.add_scalar("throughput/samples_per_s", (k + 1) * B * G / end, k, walltime=wall)
         writer.add_scalar("time/wait_rollouts", wait_s[k], k, walltime=wall)
         writer.add_scalar("rollout/policy_lag_max", lag_max[k], k, walltime=wall)
+        writer.add_scalar("rollout/actor_generate_s", generate_s, k, walltime=wall)
         for phase in LEARNER_PHASES:
             writer.add_scalar(f"time/{phase}", phase_s, k, walltime=wall)
     writer.close()
@@ -43,6 +45,7 @@ def test_read_run_measures_the_window_after_warmup(tmp_path):
     assert r["samples_per_s"] == pytest.approx(3 * B * G / 3.0)
     assert r["learner_busy"] == pytest.approx(3 * 4 * 0.1 / 3.0)
     assert r["wait_fraction"] == pytest.approx(0.6 / 3.0)
+    assert r["actor_busy"] == pytest.approx(3 * 0.5 / (3.0 * 2))  # 0.5 actor-seconds per step, 2 actors
     assert r["first_step_s"] == pytest.approx(6.0, rel=1e-5)  # float32 scalars
     assert r["whole_run_samples_per_s"] == pytest.approx(4 * B * G / 9.5)
     assert r["whole_run_learner_busy"] == pytest.approx(4 * 4 * 0.1 / 9.5)
@@ -60,7 +63,8 @@ def test_compare_ratios_come_from_the_measured_values(tmp_path):
     assert sps["ratio"] == pytest.approx(sps["value"] / sps["baseline_value"]) and sps["met"] is True
     busy = results["pipeline/tiny/learner_busy"]
     assert busy["ratio"] == pytest.approx(busy["value"] / busy["baseline_value"])
-    assert results["pipeline/tiny/actor_busy"]["value"] is None and results["pipeline/tiny/actor_busy"]["missing"]
+    actor = results["pipeline/tiny/actor_busy"]
+    assert actor["value"] == pytest.approx(2 * 0.5 / (2.0 * 2)) and actor["baseline_value"] == pytest.approx(2 * 0.5 / (4.0 * 2))
     assert results["pipeline/tiny/sync/policy_lag"]["met"] is True
     lag = results["pipeline/tiny/async/policy_lag"]
     assert lag["value"] == 3 and lag["target"] == 2 and lag["met"] is False
@@ -93,3 +97,4 @@ def test_pipeline_on_the_tiny_world(tiny_world, tmp_path):
     assert sps["value"] > 0 and sps["ratio"] == pytest.approx(sps["value"] / sps["baseline_value"])
     assert results["pipeline/tiny/sync/policy_lag"]["value"] == 0
     assert 0 < results["pipeline/tiny/learner_busy"]["value"] <= 1
+    assert 0 < results["pipeline/tiny/actor_busy"]["value"] <= 1
