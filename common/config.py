@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from omegaconf import MISSING
+from omegaconf.errors import InterpolationResolutionError
 
 
 @dataclass
@@ -290,6 +291,14 @@ def validate_model(m) -> None:
 def validate_train(cfg) -> None:
     """Value checks that a schema can't express. ``cfg`` is the composed DictConfig or a TrainConfig."""
     validate_model(cfg.model)
+    for key in ("dir", "resume"):
+        try:
+            value = getattr(cfg.run, key)
+        except InterpolationResolutionError:  # ${now:...}, which only Hydra resolves: not a URI
+            continue
+        check(value is None or "://" not in str(value), f"run.{key}", value,
+              "object-storage URIs are not supported for run directories (checkpoints need local atomic renames); "
+              "mount the bucket on every node and give the mount path")
     check(cfg.codec.source in ("auto", "world", "musicgen"), "codec.source", cfg.codec.source,
           "must be auto, world or musicgen")
     check(cfg.codec.source != "musicgen" or cfg.model.family == "musicgen", "codec.source", cfg.codec.source,

@@ -149,6 +149,12 @@ def build_entrypoint(overrides: Sequence[str]) -> str:
     return shlex.join(["divcfg", "train", *overrides])
 
 
+# Checkpoints are written with local file operations (atomic rename, completion marker), which object stores lack.
+URI_UNSUPPORTED = ("object-storage URIs are not supported for run directories; mount the bucket on every node "
+                   "(Mountpoint for Amazon S3, gcsfuse, or a ReadWriteMany volume) and give the mount path, e.g. "
+                   "/mnt/shared/runs/NAME")
+
+
 def check_run_paths(overrides: Sequence[str]) -> list[str]:
     """Refuse a relative ``run.resume`` and warn about a relative ``run.dir``; returns the warnings.
 
@@ -160,13 +166,16 @@ def check_run_paths(overrides: Sequence[str]) -> list[str]:
         key, sep, value = o.lstrip("+").partition("=")
         if sep:
             values[key] = value
+    for key in ("run.dir", "run.resume"):
+        if "://" in values.get(key, ""):
+            raise SubmitError(f"{key}={values[key]}: {URI_UNSUPPORTED}", exit_code=2)
     resume = values.get("run.resume")
-    if resume and resume != "null" and "://" not in resume and not Path(resume).is_absolute():
+    if resume and resume != "null" and not Path(resume).is_absolute():
         raise SubmitError(f"run.resume={resume} is a relative path, which the job resolves inside its own copy of "
                           "the working dir on the cluster; give the run's absolute path on storage every node "
-                          "mounts (e.g. /mnt/shared/runs/NAME) or a URI", exit_code=2)
+                          "mounts (e.g. /mnt/shared/runs/NAME)", exit_code=2)
     run_dir = values.get("run.dir")
-    if run_dir is None or ("://" not in run_dir and not Path(run_dir).is_absolute()):
+    if run_dir is None or not Path(run_dir).is_absolute():
         shown = f"run.dir={run_dir}" if run_dir is not None else "the default run.dir (runs/<time>)"
         return [f"{shown} is relative: the job writes it inside its temporary working dir on the cluster, which "
                 "is deleted later; pass run.dir=/mnt/shared/runs/NAME (shared storage) to keep checkpoints and "

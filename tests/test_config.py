@@ -25,6 +25,8 @@ def test_defaults_validate():
     ("model.family", "musicgen", "model.musicgen=None: model.family=musicgen needs a Hub id"),
     ("model.train_layers", -1, "model.train_layers=-1: must be >= 0"),
     ("autoscale.max", -1, "autoscale.max=-1: must be >= 0 (0 turns autoscaling off)"),
+    ("run.dir", "s3://bucket/runs/a", "run.dir='s3://bucket/runs/a': object-storage URIs are not supported"),
+    ("run.resume", "gs://bucket/runs/a", "run.resume='gs://bucket/runs/a': object-storage URIs are not supported"),
 ])
 def test_bad_values_name_the_field(key, value, message):
     with pytest.raises(ConfigError, match=message.replace("(", "\\(").replace(")", "\\)")):

@@ -66,7 +66,9 @@ def test_submit_refuses_a_relative_resume_path_and_warns_about_a_relative_run_di
                         "--no-working-dir"]) == 2
     assert "run.resume=runs/exp1 is a relative path" in capsys.readouterr().err
     assert submit.check_run_paths(["run.dir=/mnt/shared/runs/a", "run.resume=/mnt/shared/runs/b"]) == []
-    assert submit.check_run_paths(["run.dir=s3://bucket/runs/a"]) == []
+    for key in ("run.dir", "run.resume"):
+        with pytest.raises(submit.SubmitError, match=f"{key}=s3://bucket/runs/a: object-storage URIs are not supported"):
+            submit.check_run_paths([f"{key}=s3://bucket/runs/a"])
     (warning,) = submit.check_run_paths(["run.dir=runs/a"])
     assert warning.startswith("run.dir=runs/a is relative")
     (warning,) = submit.check_run_paths(["world.size=tiny"])
