@@ -67,7 +67,7 @@ class AutoscaleRequest:
 
 
 def _bundle(resources: dict) -> dict:
-    """A resource bundle without zero entries (the autoscaler rejects nothing, but ``GPU: 0`` reads as a request)."""
+    """A resource bundle without zero entries: a CPU-only actor asks for no ``GPU`` key at all."""
     return {k: v for k, v in resources.items() if v}
 
 

@@ -200,11 +200,12 @@ def parse_resource_pairs(items: Sequence[str] | None) -> dict[str, float]:
     for item in items or ():
         key, sep, value = item.partition("=")
         try:
-            out[key] = float(value)
+            amount = float(value)
         except ValueError:
-            sep = ""
-        if not sep or not key:
+            amount = None
+        if not sep or not key or amount is None:
             raise SubmitError(f"bad --learner-resource {item!r}: expected NAME=AMOUNT", exit_code=2)
+        out[key] = amount
     return out
 
 

@@ -157,11 +157,10 @@ def _train(cfg) -> dict:
             base_policy, codec = spec.build()
         except (MusicGenLoadError, ImportError) as e:  # the job's one-line error path takes ValueErrors
             raise ValueError(f"model.musicgen={spec.musicgen}: {e}") from None
-        codec_factory = spec.codec
-        if cfg.codec.source == "world":  # refused below unless it makes MusicGen's codes (it never does: 16 kHz)
-            codec, codec_factory = load_codec(world.path("codec")), _WorldCodec(str(world.path("codec").resolve()))
+        if cfg.codec.source == "world":  # checked below like the model's own: the world's 16 kHz codes never match
+            codec = load_codec(world.path("codec"))
         check_codec_matches(codec, base_policy.model_config, spec.musicgen)  # the codec reward workers decode with
-        policy_factory, codec_meta = spec, None
+        policy_factory, codec_factory, codec_meta = spec, spec.codec, None
         # The world's clip length in seconds, at the model's own frame rate (MusicGen: 50 frames/s).
         clip_s = heldout.codes.shape[2] / float(heldout.meta["frame_rate"])
         n_frames = cfg.algo.n_frames or round(clip_s * codec.frame_rate)
@@ -278,16 +277,17 @@ def _train(cfg) -> dict:
             scaling_step["step"] = start_step + i
             on_step(i, batch, metrics, acct)
 
-        def target() -> int:
-            n = ray.get(control.get_target.remote())
-            return autoscale(n) if autoscale else n
-
         autoscale = None
         if cfg.autoscale.max:
             from divcfg.deploy.scale import AutoscaleRequest
             autoscale = AutoscaleRequest(
                 cfg.autoscale.min, cfg.autoscale.max, {"CPU": cfg.actors.num_cpus, "GPU": cfg.actors.num_gpus},
                 [{"CPU": cfg.reward.num_cpus, "GPU": cfg.reward.num_gpus}] * cfg.reward.count, on_event=on_event)
+
+        def target() -> int:
+            n = ray.get(control.get_target.remote())
+            return autoscale(n) if autoscale else n
+
         acct = run_ray(learner, topo, stream, mode=cfg.learner.mode, queue_groups=cfg.learner.queue_groups,
                        resume_prompts=resume_prompts, target=target, on_event=on_event,
                        max_role_failures=cfg.learner.max_role_failures, reward_batch=cfg.reward.batch_groups, **{**common, "on_step": track})
@@ -337,17 +337,6 @@ class _PolicyFactory:
     def __call__(self):
         from divcfg.common.checkpoint import load_policy
         return load_policy(self.path)
-
-
-class _WorldCodec:
-    """Picklable: loads the world's codec inside a reward worker."""
-
-    def __init__(self, path: str):
-        self.path = path
-
-    def __call__(self):
-        from divcfg.common.codec import load_codec
-        return load_codec(self.path)
 
 
 class _JudgesFactory:
