@@ -104,6 +104,11 @@ class ActorsConfig:
     """CPUs Ray reserves per actor."""
     threads: int = 1
     """torch threads per actor."""
+    dtype: str = "fp32"
+    """Precision of the actors' copy of the student: fp32, or bf16 (weights cast on load; sampling, log-probs and the
+    KV cache follow). bf16 halves the weight bytes each decoding step reads and uses bf16 matmul units (GPUs, CPUs
+    with AMX/avx512_bf16). The learner stays fp32: the stored bf16 log-probs only enter its truncated importance
+    weights, which correct the small precision mismatch like any other behaviour-policy difference."""
 
 
 @dataclass
@@ -205,7 +210,8 @@ class RunConfig:
     seed: int = 0
     """Seed of the run."""
     resume: Optional[str] = None
-    """A run directory to continue from its last complete checkpoint."""
+    """A run directory to continue from its last complete checkpoint; ``auto`` continues run.dir's own when it has
+    one and starts fresh otherwise (what `divcfg submit --max-retries` passes to a retried job)."""
     ray_address: Optional[str] = None
     """Ray cluster address; unset = RAY_ADDRESS, the enclosing Ray job, or a new local instance."""
 
@@ -270,6 +276,9 @@ class PretrainJobConfig:
     """Continue from out/checkpoints/latest when it exists."""
 
 
+ROLLOUT_DTYPES = ("fp32", "bf16")
+
+
 class ConfigError(ValueError):
     """A config value that can't be used; the message names the field."""
 
@@ -324,6 +333,7 @@ def validate_train(cfg) -> None:
         check(cfg.autoscale.min <= cfg.autoscale.max, "autoscale.min", cfg.autoscale.min,
               f"must be <= autoscale.max={cfg.autoscale.max}")
     check(cfg.actors.num_gpus >= 0, "actors.num_gpus", cfg.actors.num_gpus, "must be >= 0")
+    check(cfg.actors.dtype in ROLLOUT_DTYPES, "actors.dtype", cfg.actors.dtype, f"must be one of {ROLLOUT_DTYPES}")
     check(cfg.reward.count >= 1, "reward.count", cfg.reward.count, "must be >= 1")
     check(cfg.reward.embedder in ("reward", "eval"), "reward.embedder", cfg.reward.embedder, "must be reward or eval")
     check(cfg.learner.steps >= 0, "learner.steps", cfg.learner.steps, "must be >= 0 (0 = the world's default)")

@@ -449,8 +449,8 @@ def submit(
     """Submit ``divcfg train <overrides>`` and return the submission id.
 
     With ``wait`` (implied by ``max_retries > 0``) follow the job until it ends; a FAILED
-    job is resubmitted up to ``max_retries`` times as ``<job_id>-retry<N>``, so point
-    ``run.dir`` at shared storage and the new attempt resumes from the last checkpoint.
+    job is resubmitted up to ``max_retries`` times as ``<job_id>-retry<N>`` with ``run.resume=auto`` (unless
+    ``run.resume`` is given), so with ``run.dir`` on shared storage the new attempt resumes from the last checkpoint.
     ``timeout_s`` bounds each attempt's wait.  Returns the id of the last attempt.
 
     The driver runs the learner, so ``learner_gpus`` and ``learner_resources`` (Ray's entrypoint resources) place it:
@@ -473,6 +473,10 @@ def submit(
 
     address = validate_address(address)
     entrypoint = build_entrypoint(list(overrides))
+    # A retried attempt continues the failed one's newest checkpoint in run.dir (a fresh start would be refused
+    # there, since the failed attempt's checkpoints would be overwritten); an explicit run.resume is kept as given.
+    given_resume = any(o.split("=", 1)[0].lstrip("+") == "run.resume" for o in overrides)
+    retry_entrypoint = entrypoint if given_resume else build_entrypoint([*overrides, "run.resume=auto"])
     for warning in check_run_paths(list(overrides)):
         print(f"divcfg submit: warning: {warning}", file=sys.stderr)
     runtime_env = build_runtime_env(working_dir, env_vars or {}, pip)
@@ -497,7 +501,7 @@ def submit(
                     client.submit_job,
                     address,
                     source,
-                    entrypoint=entrypoint,
+                    entrypoint=entrypoint if attempt == 0 else retry_entrypoint,
                     runtime_env=runtime_env,
                     submission_id=wanted,
                     metadata={"divcfg.attempt": str(attempt), "divcfg.submitted_by": "divcfg submit"},
@@ -519,7 +523,7 @@ def submit(
                         f"job id {wanted!r} is already used on the cluster at {address}; pick another --job-id"
                     ) from None
                 raise SubmitError(f"job submission to {address} failed: {msg}") from None
-        print(f"submitted job {sid}: {entrypoint}", file=out)
+        print(f"submitted job {sid}: {entrypoint if attempt == 0 else retry_entrypoint}", file=out)
         print(f"follow its logs: ray job logs --follow {sid} --address {address}", file=out)
         print("  (the ray CLI needs RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH=<token file>)", file=out, flush=True)
         if not follow:

@@ -74,12 +74,50 @@ def _save_checkpoint(run_dir: Path, learner, step: int, stream, acct, keep: int)
         shutil.rmtree(old, ignore_errors=True)
 
 
+def _complete_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
+    return sorted(p for p in (Path(run_dir) / "checkpoints").glob("step_*") if (p / "COMPLETE").is_file())
+
+
+def _job_run_dir(cfg) -> Path:
+    """``run.dir``; under ``--multirun`` each job gets its own ``run.dir/<job number>`` (Hydra's job directory), so
+    the runs of a sweep never share checkpoints, TensorBoard files or summary.json."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import open_dict
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        with open_dict(cfg):
+            cfg.run.dir = HydraConfig.get().runtime.output_dir
+    return Path(cfg.run.dir)
+
+
+def resolve_resume(run_dir: Path, resume: str | None) -> Path | None:
+    """The checkpoint to continue from, or None for a fresh start.
+
+    ``run.resume=DIR`` continues DIR's newest complete checkpoint (an error when it has none). ``run.resume=auto``
+    continues ``run.dir``'s own when it has one and starts fresh when it has none: what a retried or preempted job
+    passes. A run never starts over a ``run.dir`` that already holds another run's checkpoints, since its own would
+    replace them step by step.
+    """
+    resume_from = None
+    if resume == "auto":
+        mine = _complete_checkpoints(run_dir)
+        resume_from = mine[-1] if mine else None
+    elif resume:
+        resume_from = latest_checkpoint(resume)
+    holds = _complete_checkpoints(run_dir)
+    if holds and (resume_from is None or resume_from.parent.parent.resolve() != run_dir.resolve()):
+        raise ValueError(f"run.dir={run_dir} already holds a run (checkpoint {holds[-1].name}); writing to it would "
+                         f"replace those checkpoints. Continue it with run.resume={run_dir} (or run.resume=auto), "
+                         f"or pick a new run.dir")
+    return resume_from
+
+
 def latest_checkpoint(run_dir: str | os.PathLike) -> Path:
     """The newest complete checkpoint of a run; a clear error when there is none."""
     ckdir = Path(run_dir) / "checkpoints"
     if not Path(run_dir).is_dir():
         raise FileNotFoundError(f"run.resume={run_dir}: no such run directory (is it reachable from this node?)")
-    complete = sorted(p for p in ckdir.glob("step_*") if (p / "COMPLETE").is_file())
+    complete = _complete_checkpoints(run_dir)
     if not complete:
         raise FileNotFoundError(f"run.resume={run_dir}: no complete checkpoint under {ckdir}")
     return complete[-1]
@@ -131,11 +169,11 @@ def _train(cfg) -> dict:
     from divcfg.reward.worker import RewardWorker, remote_reward_worker
 
     validate_train(cfg)
-    run_dir = Path(cfg.run.dir)
-    resume_from, resume_prompts = None, []
-    if cfg.run.resume:
-        resume_from = latest_checkpoint(cfg.run.resume)
-        _check_resume_config(Path(cfg.run.resume), cfg)
+    run_dir = _job_run_dir(cfg)
+    resume_prompts = []
+    resume_from = resolve_resume(run_dir, cfg.run.resume)
+    if resume_from is not None:
+        _check_resume_config(resume_from.parent.parent, cfg)
     if cfg.learner.mode != "local":
         _init_ray(cfg)  # joins or starts the cluster first: a resource request it can't meet fails before any work
     torch.set_num_threads(cfg.learner.threads)
@@ -251,7 +289,7 @@ def _train(cfg) -> dict:
     judges_factory = _JudgesFactory(world_dir, codec_factory)
     if cfg.learner.mode == "local":
         rollout = RolloutWorker(policy_factory, n_frames, cfg.algo.group_size, cfg.algo.temperature,
-                                threads=cfg.actors.threads, seed=cfg.run.seed)
+                                threads=cfg.actors.threads, seed=cfg.run.seed, dtype=cfg.actors.dtype)
         reward = RewardWorker(judges_factory, cfg.reward.embedder, threads=cfg.reward.threads)
         acct = run_local(learner, rollout, reward, stream, **common)
     else:
@@ -270,7 +308,7 @@ def _train(cfg) -> dict:
             remote_rollout_worker(cfg.actors.num_cpus, cfg.actors.num_gpus),
             remote_reward_worker(cfg.reward.num_cpus, cfg.reward.num_gpus), cfg.actors.count, cfg.reward.count,
             dict(policy_factory=policy_factory, n_frames=n_frames, group_size=cfg.algo.group_size,
-                 temperature=cfg.algo.temperature, threads=cfg.actors.threads,
+                 temperature=cfg.algo.temperature, threads=cfg.actors.threads, dtype=cfg.actors.dtype,
                  device="cuda" if cfg.actors.num_gpus > 0 else "cpu"),
             dict(judges_factory=judges_factory, embedder=cfg.reward.embedder, threads=cfg.reward.threads))
         def track(i, batch, metrics, acct):

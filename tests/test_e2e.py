@@ -112,6 +112,31 @@ def test_train_local_and_resume(tiny_world, tmp_path):
     assert state["version"] == 4 and state["stream_position"] == 4 * 4
 
 
+def test_train_never_starts_over_a_run_and_auto_resume_continues_it(tiny_world, tmp_path, capsys):
+    from divcfg.cli import main
+    run = tmp_path / "run"
+    args = ["train", "world.size=tiny", f"world.dir={tiny_world}", "learner.mode=local", "logging.progress=false",
+            "checkpoint.every=1", f"run.dir={run}"]
+    assert main(args + ["run.resume=auto", "learner.steps=2"]) == 0  # nothing to continue yet: a fresh start
+    saved = (run / "checkpoints" / "step_000002" / "train_state.pt").read_bytes()
+    assert main(args + ["learner.steps=3"]) == 2  # a fresh start here would overwrite step_000002
+    assert f"run.dir={run} already holds a run (checkpoint step_000002)" in capsys.readouterr().err
+    assert (run / "checkpoints" / "step_000002" / "train_state.pt").read_bytes() == saved
+    assert main(args + ["run.resume=auto", "learner.steps=3"]) == 0
+    assert json.loads((run / "summary.json").read_text())["steps"] == 3
+
+
+def test_train_multirun_gives_each_job_its_own_run_dir(tiny_world, tmp_path):
+    from divcfg.cli import main
+    sweep = tmp_path / "sweep"
+    assert main(["train", "--multirun", "world.size=tiny", f"world.dir={tiny_world}", "learner.mode=local",
+                 "logging.progress=false", f"run.dir={sweep}", "learner.steps=1", "probe.prompts=2",
+                 "algo.beta=0,5"]) == 0
+    betas = [json.loads((sweep / str(i) / "summary.json").read_text())["beta"] for i in (0, 1)]
+    assert betas == [0.0, 5.0]
+    assert not (sweep / "checkpoints").exists() and not (sweep / "summary.json").exists()
+
+
 def test_train_bad_inputs(tiny_world, tmp_path, capsys):
     from divcfg.cli import main
     base = ["train", "world.size=tiny", f"world.dir={tiny_world}", f"run.dir={tmp_path / 'r'}", "learner.mode=local"]

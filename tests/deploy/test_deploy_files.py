@@ -207,6 +207,7 @@ def test_rayjob_structure():
     assert entry[:2] == ["divcfg", "train"]
     assert "world.size=small" in entry
     assert any(a.startswith("run.dir=/mnt/shared/runs/") for a in entry)
+    assert "run.resume=auto" in entry  # a whole-job retry continues the run instead of being refused
     assert spec["shutdownAfterJobFinishes"] is True
     assert isinstance(spec["backoffLimit"], int) and spec["backoffLimit"] >= 1
     yaml.safe_load(spec.get("runtimeEnvYAML", "{}"))  # must itself be YAML

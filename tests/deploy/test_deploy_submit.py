@@ -414,7 +414,20 @@ def test_retry_after_failure(token_file, capsys):
                          job_id="run7", max_retries=2)
         assert sid == "run7-retry1"
         assert list(dash.jobs) == ["run7", "run7-retry1"]
+        # The retry continues the failed attempt's checkpoints; the first attempt starts as given.
+        assert "run.resume" not in dash.jobs["run7"]["entrypoint"]
+        assert dash.jobs["run7-retry1"]["entrypoint"].endswith("run.resume=auto")
     assert "retrying (1/2)" in capsys.readouterr().out
+
+
+def test_retry_keeps_an_explicit_resume(token_file):
+    tok, f = token_file
+    with FakeDashboard(tok) as dash:
+        dash.script = [["FAILED"], ["SUCCEEDED"]]
+        sub.submit(["run.resume=/mnt/shared/runs/a"], dash.address, working_dir=None, token_file=str(f),
+                   job_id="r", max_retries=1)
+        assert dash.jobs["r-retry1"]["entrypoint"] == dash.jobs["r"]["entrypoint"]
+        assert dash.jobs["r-retry1"]["entrypoint"].count("run.resume") == 1
 
 
 def test_failure_without_retries_raises(token_file, capsys):
