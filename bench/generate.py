@@ -219,28 +219,33 @@ def _entry(name, value, unit, baseline, target, **extra) -> dict:
 
 def run(presets=("tiny", "small"), batches=(8,), frames: int = 150, threads: int = 1, repeats: int = 3,
         json_out: str | None = None, include_peer: bool = True, warmup: int = 1, top_k: int = 250,
-        verbose: bool = True, device: str = "cpu", dtype: str = "fp32") -> list[dict]:
+        verbose: bool = True, device: str = "cpu", dtype: str = "fp32", weights: str = "fp32") -> list[dict]:
     """Measure frames/s (batch × frames / seconds) with and without CFG, for divcfg and optionally the peer.
 
-    ``dtype`` bf16 runs both sides under autocast (GPU path); the matmul peak is measured in the same dtype.
+    ``dtype`` bf16 runs both sides under autocast (fp32 weights, bf16 matmuls: the GPU path). ``weights`` bf16 casts
+    both sides' weights to bf16 instead, as rollout actors with ``actors.dtype=bf16`` hold them: every decoding step
+    then reads half the weight bytes. The matmul peak is measured in bf16 when either is bf16.
     """
     dev = torch.device(device)
-    torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    torch_dtype, weight_dtype = dtypes[dtype], dtypes[weights]
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     results: list[dict] = []
     try:
-        peak = matmul_flops_per_s(dev, torch_dtype)
+        peak_dtype = torch.bfloat16 if torch.bfloat16 in (torch_dtype, weight_dtype) else torch.float32
+        peak = matmul_flops_per_s(dev, peak_dtype)
         if verbose:
-            print(f"[{dev} {dtype}] measured matmul peak: {peak / 1e9:.1f} GFLOP/s", flush=True)
+            print(f"[{dev} {dtype} weights {weights}] measured matmul peak ({peak_dtype}): {peak / 1e9:.1f} GFLOP/s",
+                  flush=True)
         for preset in presets:
-            policy = build_divcfg(preset, frames, device=device)
+            policy = build_divcfg(preset, frames, device=device).to(weight_dtype)
             k = min(top_k, policy.cfg.card)
             steps = frames + policy.cfg.n_codebooks - 1
             peer = None
             params = {"divcfg_decoder_params": divcfg_decoder_params(policy)}
             if include_peer:
-                peer = build_peer(policy.cfg).to(dev)
+                peer = build_peer(policy.cfg).to(dev, weight_dtype)
                 ours, theirs = _check_params(preset, policy, peer)
                 params["peer_decoder_params"] = theirs
             for batch in batches:
@@ -266,7 +271,8 @@ def run(presets=("tiny", "small"), batches=(8,), frames: int = 150, threads: int
                                    peer_all_s=timed[("peer", mode)][1] if peer_seconds else None,
                                    guidance_scale=scale, top_k=k, frames=frames, steps=steps, batch=batch,
                                    flops_per_s=flops / seconds[mode], peak_matmul_flops_per_s=peak,
-                                   fraction_of_peak=flops / seconds[mode] / peak, dtype=dtype, **params)
+                                   fraction_of_peak=flops / seconds[mode] / peak, dtype=dtype, weights=weights,
+                                   **params)
                     results.append(entry)
                     if verbose:
                         peer_txt = f"  peer {peer_fps:8.1f} frames/s ({peer_seconds[mode]:.3f} s)" if peer_fps else ""
@@ -275,7 +281,7 @@ def run(presets=("tiny", "small"), batches=(8,), frames: int = 150, threads: int
                 cost = seconds["nocfg"] / seconds["cfg"]
                 peer_cost = peer_seconds["nocfg"] / peer_seconds["cfg"] if peer_seconds else None
                 results.append(_entry(f"cfg_cost/{preset}/b{batch}", cost, "x", peer_cost, CFG_COST_TARGET,
-                                      batch=batch, frames=frames, dtype=dtype))
+                                      batch=batch, frames=frames, dtype=dtype, weights=weights))
     finally:
         torch.set_num_threads(previous_threads)
     for r in results:
@@ -308,10 +314,12 @@ def main(argv=None) -> int:
     ap.add_argument("--no-peer", dest="include_peer", action="store_false", help="skip the HF MusicGen baseline")
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"), help="bf16: autocast on both sides (GPU)")
+    ap.add_argument("--weights", default="fp32", choices=("fp32", "bf16"),
+                    help="bf16: both sides' weights cast to bf16, as actors.dtype=bf16 holds them")
     args = ap.parse_args(argv)
     results = run(presets=_split(args.presets, str), batches=_split(args.batches, int), frames=args.frames,
                   threads=args.threads, repeats=args.repeats, json_out=args.json_out, include_peer=args.include_peer,
-                  device=args.device, dtype=args.dtype)
+                  device=args.device, dtype=args.dtype, weights=args.weights)
     print()
     print_table(results)
     if args.json_out:

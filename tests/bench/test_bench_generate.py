@@ -65,3 +65,9 @@ def test_entries_report_the_fraction_of_measured_matmul_peak():
     gen = results[0]
     assert gen["peak_matmul_flops_per_s"] > 0
     assert gen["fraction_of_peak"] == gen["flops_per_s"] / gen["peak_matmul_flops_per_s"] > 0
+
+
+def test_bf16_weights_cast_divcfg_and_are_recorded():
+    results = run(presets=("tiny",), batches=(1,), frames=4, repeats=1, include_peer=False, weights="bf16")
+    assert [r["weights"] for r in results] == ["bf16"] * 3
+    assert all(math.isfinite(r["value"]) and r["value"] > 0 for r in results)

@@ -93,3 +93,38 @@ def test_pg_step_raises_the_likelihood_of_the_more_diverse_sample():
     before = gap()
     learner.step(batch, 2)
     assert gap() > before
+
+
+def test_bf16_rollout_actor_logprobs_match_the_fp32_learner_and_its_is_weights_stay_near_one():
+    """actors.dtype=bf16: the actor keeps a bf16 copy loaded from the learner's fp32 snapshot. The log-probs it stores
+    must be the fp32 student's to bf16 precision, so the truncated importance weights it feeds stay close to 1."""
+    from divcfg.actors.rollout import RolloutWorker
+    from divcfg.learner.losses import sequence_logprob, truncated_importance_weights
+
+    learner = Learner(build_policy(seed=0), beta=1.0, guidance_scale=3.0, lr=1e-3, baseline="loo", is_clip=2.0,
+                      grad_clip=1.0)
+    actor = RolloutWorker(lambda: build_policy(seed=1), n_frames=8, group_size=4, seed=0, dtype="bf16")
+    actor.set_weights(0, learner.weights())  # the fp32 snapshot, cast on load
+    assert all(p.dtype == torch.bfloat16 for p in actor.policy.parameters())
+    assert torch.equal(actor.policy.null_cond.float(), learner.student.null_cond.to(torch.bfloat16).float())
+    group = actor.generate_group(0, "a slow melody in a minor key", 0)
+    assert group.logprobs.dtype == np.float32 and np.isfinite(group.logprobs).all()
+
+    codes = torch.as_tensor(group.codes, dtype=torch.long)
+    with torch.no_grad():
+        lp32 = torch.log_softmax(learner.student.logits(codes, learner.student.encode_condition(group.prompt)), -1)
+    per_token32 = lp32.gather(-1, codes[..., None]).squeeze(-1)
+    per_token16 = torch.as_tensor(group.logprobs)
+    # bf16 keeps 8 mantissa bits: per-token log-probs agree to a few hundredths of a nat, not exactly.
+    assert 0 < (per_token16 - per_token32).abs().mean() < 0.05
+    seq32 = sequence_logprob(learner.student.logits(codes, learner.student.encode_condition(group.prompt)), codes)
+    w = truncated_importance_weights(seq32, per_token16.sum(dim=(1, 2)), clip=2.0)
+    assert torch.all((w - 1).abs() < 0.5), w
+    # fp32 actors reproduce the learner's log-probs to float rounding: the bf16 gap above is precision, not a bug.
+    actor32 = RolloutWorker(lambda: build_policy(seed=1), n_frames=8, group_size=4, seed=0)
+    actor32.set_weights(0, learner.weights())
+    g32 = actor32.generate_group(0, "a slow melody in a minor key", 0)
+    c32 = torch.as_tensor(g32.codes, dtype=torch.long)
+    with torch.no_grad():
+        ref = torch.log_softmax(learner.student.logits(c32, learner.student.encode_condition(g32.prompt)), -1)
+    assert torch.allclose(torch.as_tensor(g32.logprobs), ref.gather(-1, c32[..., None]).squeeze(-1), atol=1e-4)
