@@ -312,6 +312,9 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     ap.add_argument("--json", dest="json_out", metavar="OUT", default=None, help="write results JSON here")
     ap.add_argument("--no-peer", dest="include_peer", action="store_false", help="skip the HF MusicGen baseline")
+    ap.add_argument("--top-k", dest="top_k", type=int, default=250,
+                    help="top-k filter of both sides (250: MusicGen's default; 0: the full distribution, as the "
+                         "rollout actors sample)")
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"), help="bf16: autocast on both sides (GPU)")
     ap.add_argument("--weights", default="fp32", choices=("fp32", "bf16"),
@@ -319,7 +322,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     results = run(presets=_split(args.presets, str), batches=_split(args.batches, int), frames=args.frames,
                   threads=args.threads, repeats=args.repeats, json_out=args.json_out, include_peer=args.include_peer,
-                  device=args.device, dtype=args.dtype, weights=args.weights)
+                  device=args.device, dtype=args.dtype, weights=args.weights, top_k=args.top_k)
     print()
     print_table(results)
     if args.json_out:

@@ -36,6 +36,13 @@ def test_cfg_mix_hand_computed():
     assert torch.equal(cfg_mix(cond, uncond, 0.0), uncond)
 
 
+@pytest.mark.parametrize("gamma", [0.0, 0.5, 1.5, 3.0, 7.0])
+def test_cfg_mix_matches_the_written_out_formula(gamma):
+    """cfg_mix is one fused lerp; the reference is METHOD.md's uncond + γ · (cond − uncond), to float rounding."""
+    cond, uncond = torch.randn(3, 4, 9, 64) * 4, torch.randn(3, 4, 9, 64) * 4
+    assert torch.allclose(cfg_mix(cond, uncond, gamma), uncond + gamma * (cond - uncond), atol=1e-5, rtol=1e-6)
+
+
 def test_cfg_mix_gamma_one_is_exactly_conditional():
     cond, uncond = torch.randn(2, 4, 7, 11), torch.randn(2, 4, 7, 11)
     assert cfg_mix(cond, uncond, 1.0) is cond
@@ -86,3 +93,12 @@ def test_fast_sampler_validates():
         sample_tokens(torch.zeros(1, 3), top_p=2)
     with pytest.raises(ValueError, match="temperature must be > 0"):
         sample_tokens(torch.zeros(1, 3), temperature=0)
+
+
+@pytest.mark.parametrize("top_k,temperature", [(0, 1.0), (0, 0.7), (4, 1.0)])
+def test_fast_sampler_leaves_its_input_alone(top_k, temperature):
+    """It builds its CDF in place, in its own buffer: the caller's logits (which it may receive uncopied) stay."""
+    logits = torch.randn(4, 16)
+    before = logits.clone()
+    sample_tokens(logits, temperature, top_k, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(logits, before)
