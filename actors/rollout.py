@@ -39,17 +39,28 @@ class RolloutWorker:
         self.version = version
         return version
 
-    def generate_group(self, prompt_id: int, prompt: str, group_id: int) -> RolloutBatch:
+    def generate_groups(self, items: list[tuple[int, str, int]]) -> list[RolloutBatch]:
+        """``(prompt_id, prompt, group_id)`` items -> one group of G samples each, generated as one batch of
+        ``len(items) · G`` rows under the current version. A KV-cached decoding step costs about as much for 8 rows
+        as for 4 on a CPU (the weights are read once per step either way), so two groups per call nearly double an
+        actor's rate (``actors.groups_per_call``)."""
         if self.version < 0:
             raise RuntimeError("rollout worker has no weights yet: call set_weights first")
         start = time.perf_counter()
-        cond = self.policy.encode_condition([prompt] * self.group_size)
+        g = self.group_size
+        cond = self.policy.encode_condition([prompt for _, prompt, _ in items for _ in range(g)])
         out = self.policy.generate(cond, self.n_frames, temperature=self.temperature, generator=self.generator)
+        codes, logprobs = out.codes.cpu().numpy(), out.logprobs.cpu().numpy()
         seconds = time.perf_counter() - start
-        self.groups_done += 1
+        self.groups_done += len(items)
         self.busy_s += seconds
-        return new_group(prompt_id=prompt_id, prompt=prompt, group_id=group_id, codes=out.codes.cpu().numpy(),
-                         logprobs=out.logprobs.cpu().numpy(), policy_version=self.version, generate_s=seconds)
+        share = seconds / len(items)  # each group's part of the call: a step's sum counts the call once
+        return [new_group(prompt_id=pid, prompt=prompt, group_id=gid, codes=codes[i * g:(i + 1) * g],
+                          logprobs=logprobs[i * g:(i + 1) * g], policy_version=self.version, generate_s=share)
+                for i, (pid, prompt, gid) in enumerate(items)]
+
+    def generate_group(self, prompt_id: int, prompt: str, group_id: int) -> RolloutBatch:
+        return self.generate_groups([(prompt_id, prompt, group_id)])[0]
 
     def stats(self) -> dict:
         return {"groups": self.groups_done, "busy_s": self.busy_s, "version": self.version}

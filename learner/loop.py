@@ -80,14 +80,15 @@ def _take(ready: deque, n: int, version: int, acct: Accounting) -> list[RolloutB
 
 
 def run_local(learner, rollout, reward, stream: PromptStream, steps: int, batch_prompts: int, group_size: int,
-              max_lag: int, on_step) -> Accounting:
+              max_lag: int, on_step, groups_per_call: int = 1) -> Accounting:
     """Synchronous loop in one process: the reference that the Ray modes must match."""
     acct = Accounting()
     rollout.set_weights(learner.version, learner.weights())
     for step in range(steps):
         t0 = time.perf_counter()
-        groups = [rollout.generate_group(pid, prompt, pid) for pid, prompt in
-                  (stream.next() for _ in range(batch_prompts))]
+        items = [(pid, prompt, pid) for pid, prompt in (stream.next() for _ in range(batch_prompts))]
+        groups = [g for i in range(0, len(items), groups_per_call)
+                  for g in rollout.generate_groups(items[i:i + groups_per_call])]
         acct.generated += len(groups)
         t_gen = time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -186,12 +187,14 @@ DRAIN_TIMEOUT_S = 30.0
 
 def run_ray(learner, topo: RayTopology, stream: PromptStream, steps: int, batch_prompts: int, group_size: int,
             max_lag: int, mode: str, queue_groups: int, on_step, target=None, on_event=None,
-            max_role_failures: int = 5, reward_batch: int = 8, resume_prompts=()) -> Accounting:
+            max_role_failures: int = 5, reward_batch: int = 8, resume_prompts=(),
+            groups_per_call: int = 1) -> Accounting:
     """Sync or async training over a :class:`RayTopology`.
 
     ``target()`` (optional) returns the wanted actor count; the pool follows it between waits. A group whose actor
     dies goes back to the queue (``requeued``) and is generated again; a group is never half-used. ``on_step``
-    may return True to end the run after that step (the books still balance).
+    may return True to end the run after that step (the books still balance). Each generation call asks an actor
+    for up to ``groups_per_call`` groups, generated as one batch; admission counts groups, not calls.
     """
     import ray
     from ray.exceptions import RayError
@@ -202,7 +205,7 @@ def run_ray(learner, topo: RayTopology, stream: PromptStream, steps: int, batch_
     retiring: set = set()
     # Prompts a crashed run had drawn but not used go first (run.resume), then the stream continues.
     requeue: deque[tuple[int, str]] = deque((pid, stream.at(pid)) for pid in resume_prompts)
-    gen_inflight: dict = {}  # generation ref -> (actor, prompt_id, prompt)
+    gen_inflight: dict = {}  # generation ref -> (actor, [(prompt_id, prompt), ...])
     rew_inflight: dict = {}  # reward ref -> (worker, groups)
     ready: deque[RolloutBatch] = deque()
     pending: deque[RolloutBatch] = deque()  # generated groups waiting for a free reward worker
@@ -251,14 +254,14 @@ def run_ray(learner, topo: RayTopology, stream: PromptStream, steps: int, batch_
             if idle:
                 topo.remove_actor(idle.pop())
             else:
-                busy = [(ref, a) for ref, (a, _, _) in gen_inflight.items() if a not in retiring]
+                busy = [(ref, a) for ref, (a, _) in gen_inflight.items() if a not in retiring]
                 ref, actor = min(busy, key=lambda item: item[1] in topo.ready_at)
                 if actor in topo.ready_at:
                     retiring.add(actor)  # finishes its current group, which is used, then leaves
                 else:
                     # Not started yet (e.g. waiting for a node): its group may never come, so abandon it to the queue.
-                    _, pid, prompt = gen_inflight.pop(ref)
-                    requeue_prompt(pid, prompt)
+                    for pid, prompt in gen_inflight.pop(ref)[1]:
+                        requeue_prompt(pid, prompt)
                     topo.remove_actor(actor)
             have -= 1
 
@@ -270,21 +273,28 @@ def run_ray(learner, topo: RayTopology, stream: PromptStream, steps: int, batch_
                   "after the change")
             scaling_since = None
 
+    def groups_generating() -> int:
+        return sum(len(items) for _, items in gen_inflight.values())
+
     def launch() -> None:
         nonlocal launched
         while idle:
-            if mode == "sync" and launched >= (learner.version + 1) * batch_prompts:
-                return
-            # Async admission (after AReaL's staleness rule): never have more groups launched than the learner can
-            # consume within max_lag versions, and never more waiting than the ready queue holds.
-            if mode == "async" and (launched >= (learner.version + max_lag + 1) * batch_prompts
-                                    or len(ready) + len(gen_inflight) + len(pending) + scoring()
-                                    >= capacity + len(topo.actors)):
+            if mode == "sync":
+                room = (learner.version + 1) * batch_prompts - launched
+            else:
+                # Async admission (after AReaL's staleness rule): never have more groups launched than the learner
+                # can consume within max_lag versions, and never more waiting than the ready queue holds.
+                room = min((learner.version + max_lag + 1) * batch_prompts - launched,
+                           capacity + len(topo.actors) * groups_per_call
+                           - (len(ready) + groups_generating() + len(pending) + scoring()))
+            n = min(groups_per_call, room)
+            if n <= 0:
                 return
             actor = idle.popleft()
-            pid, prompt = requeue.popleft() if requeue else stream.next()
-            gen_inflight[actor.generate_group.remote(pid, prompt, pid)] = (actor, pid, prompt)
-            launched += 1
+            items = [requeue.popleft() if requeue else stream.next() for _ in range(n)]
+            ref = actor.generate_groups.remote([(pid, prompt, pid) for pid, prompt in items])
+            gen_inflight[ref] = (actor, items)
+            launched += n
 
     def scoring() -> int:
         return sum(len(groups) for _, groups in rew_inflight.values())
@@ -308,11 +318,12 @@ def run_ray(learner, topo: RayTopology, stream: PromptStream, steps: int, batch_
     def settle(ref) -> None:
         """Handle one finished generation or scoring call."""
         if ref in gen_inflight:
-            actor, pid, prompt = gen_inflight.pop(ref)
+            actor, items = gen_inflight.pop(ref)
             try:
-                group = ray.get(ref)
+                groups = ray.get(ref)
             except RayError as err:
-                requeue_prompt(pid, prompt)
+                for pid, prompt in items:
+                    requeue_prompt(pid, prompt)
                 if actor in retiring:
                     retiring.discard(actor)
                     topo.remove_actor(actor)
@@ -321,14 +332,14 @@ def run_ray(learner, topo: RayTopology, stream: PromptStream, steps: int, batch_
                 fail("rollout", err)
                 return
             failures["rollout"] = 0
-            acct.generated += 1
+            acct.generated += len(groups)
             topo.mark_ready(actor)
             if actor in retiring:
                 retiring.discard(actor)
                 topo.remove_actor(actor)
             else:
                 idle.append(actor)
-            score([group])
+            score(groups)
         else:
             worker, groups = rew_inflight.pop(ref)
             try:
@@ -379,7 +390,8 @@ def run_ray(learner, topo: RayTopology, stream: PromptStream, steps: int, batch_
                         "rollout/actors": float(members), "rollout/actors_generating": float(generating),
                         "rollout/actors_retiring": float(len(retiring)),
                         "rollout/groups_requeued": float(acct.requeued)})
-        acct.outstanding = sorted([pid for _, pid, _ in gen_inflight.values()] + [pid for pid, _ in requeue]
+        acct.outstanding = sorted([pid for _, items in gen_inflight.values() for pid, _ in items]
+                                  + [pid for pid, _ in requeue]
                                   + [int(g.prompt_id[0]) for g in (*pending, *ready)]
                                   + [int(g.prompt_id[0]) for _, groups in rew_inflight.values() for g in groups])
         if on_step(step, RolloutBatch.concat(batch), metrics, acct):
@@ -394,17 +406,18 @@ def run_ray(learner, topo: RayTopology, stream: PromptStream, steps: int, batch_
             break
         ref = done[0]
         if ref in gen_inflight:
-            _, pid, prompt = gen_inflight.pop(ref)
+            _, items = gen_inflight.pop(ref)
             try:
                 ray.get(ref)
             except RayError:
-                requeue_prompt(pid, prompt)
+                for pid, prompt in items:
+                    requeue_prompt(pid, prompt)
                 continue
-            acct.generated += 1
-            acct.stale += 1
+            acct.generated += len(items)
+            acct.stale += len(items)
         else:
             _, groups = rew_inflight.pop(ref)
             acct.stale += len(groups)
     acct.stale += len(ready) + len(pending) + scoring()
-    acct.unfinished = len(requeue) + len(gen_inflight)
+    acct.unfinished = len(requeue) + groups_generating()
     return acct

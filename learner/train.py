@@ -285,7 +285,7 @@ def _train(cfg) -> dict:
 
     actors_final = 1
     common = dict(steps=remaining, batch_prompts=cfg.algo.batch_prompts, group_size=cfg.algo.group_size,
-                  max_lag=cfg.algo.max_policy_lag, on_step=on_step)
+                  max_lag=cfg.algo.max_policy_lag, on_step=on_step, groups_per_call=cfg.actors.groups_per_call)
     judges_factory = _JudgesFactory(world_dir, codec_factory)
     if cfg.learner.mode == "local":
         rollout = RolloutWorker(policy_factory, n_frames, cfg.algo.group_size, cfg.algo.temperature,
@@ -328,7 +328,8 @@ def _train(cfg) -> dict:
 
         acct = run_ray(learner, topo, stream, mode=cfg.learner.mode, queue_groups=cfg.learner.queue_groups,
                        resume_prompts=resume_prompts, target=target, on_event=on_event,
-                       max_role_failures=cfg.learner.max_role_failures, reward_batch=cfg.reward.batch_groups, **{**common, "on_step": track})
+                       max_role_failures=cfg.learner.max_role_failures, reward_batch=cfg.reward.batch_groups,
+                       **{**common, "on_step": track})
         actors_final = len(topo.actors)
     wall = time.perf_counter() - t_start
     steady_s = (totals["last_step_at"] or 0.0) - (totals["first_step_at"] or 0.0)

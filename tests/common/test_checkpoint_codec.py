@@ -133,3 +133,32 @@ def test_decoded_audio_keeps_each_clip_recognisable(codec):
 def test_seanet_offline_codec_still_builds():
     c = fit_offline_codec(tones(24), OfflineCodecConfig(card=16, encoder="seanet"), n_vectors=500, kmeans_iters=3)
     assert c.decode(c.encode(tones(2))).shape == (2, 16000)
+
+
+@pytest.mark.parametrize("hop", [160, 320])
+@pytest.mark.parametrize("n_iter", [1, 16])
+def test_fast_griffin_lim_matches_torchaudio(hop, n_iter):
+    """The decoder's Griffin-Lim against torchaudio's (the slow reference), same fixed initial phase and momentum.
+    One iteration agrees to float rounding; over 16, rounding differences grow where a bin's magnitude is near zero
+    (its phase is a/|a| of almost nothing), so the bound there is looser."""
+    import torchaudio.transforms as AT
+
+    from divcfg.common.codec import griffin_lim
+    mag = torch.rand(3, hop + 1, 40, generator=torch.Generator().manual_seed(hop)) * 3
+    ref = AT.GriffinLim(n_fft=2 * hop, hop_length=hop, power=1.0, n_iter=n_iter, rand_init=False)(mag)
+    fast = griffin_lim(mag, torch.hann_window(2 * hop), hop, n_iter)
+    assert fast.shape == ref.shape == (3, 39 * hop)
+    assert (fast - ref).norm() / ref.norm() < (1e-5 if n_iter == 1 else 1e-3)
+
+
+def test_mel_decoder_uses_the_fast_griffin_lim(codec):
+    decoder = codec.model.decoder
+    emb = torch.randn(2, decoder.fb_pinv.shape[1], 12, generator=torch.Generator().manual_seed(0))
+    power = (decoder.fb_pinv @ emb.exp()).clamp(min=0.0)
+    mag = torch.cat([power, power[:, :, -1:]], dim=2).sqrt()
+    ref = decoder.griffin_lim(mag)[:, None, : 12 * decoder.hop]  # torchaudio's module
+    out = decoder(emb)
+    assert out.shape == ref.shape and (out - ref).norm() / ref.norm() < 1e-3  # 16 iterations: see above
+    with pytest.raises(ValueError, match="n_fft = 2 \\* hop"):
+        from divcfg.common.codec import griffin_lim
+        griffin_lim(mag, torch.hann_window(100), 40, 1)

@@ -128,3 +128,28 @@ def test_bf16_rollout_actor_logprobs_match_the_fp32_learner_and_its_is_weights_s
     with torch.no_grad():
         ref = torch.log_softmax(learner.student.logits(c32, learner.student.encode_condition(g32.prompt)), -1)
     assert torch.allclose(torch.as_tensor(g32.logprobs), ref.gather(-1, c32[..., None]).squeeze(-1), atol=1e-4)
+
+
+def test_generate_groups_keeps_each_group_with_its_own_prompt():
+    """Two groups in one batch: each group's codes and stored log-probs are its own prompt's (recomputed by the
+    learner from that prompt), and the call's time is shared between them."""
+    from divcfg.actors.rollout import RolloutWorker
+
+    learner = Learner(build_policy(seed=0), beta=1.0, guidance_scale=3.0, lr=1e-3, baseline="loo", is_clip=2.0,
+                      grad_clip=1.0)
+    actor = RolloutWorker(lambda: build_policy(seed=0), n_frames=6, group_size=3, seed=0)
+    actor.set_weights(4, learner.weights())
+    groups = actor.generate_groups([(7, "a slow melody in a minor key", 70), (9, "loud fast drums", 90)])
+    assert [int(g.prompt_id[0]) for g in groups] == [7, 9] and [int(g.group_id[0]) for g in groups] == [70, 90]
+    assert all(g.codes.shape == (3, 4, 6) and int(g.policy_version[0]) == 4 for g in groups)
+    for g in groups:
+        codes = torch.as_tensor(g.codes, dtype=torch.long)
+        with torch.no_grad():
+            own = torch.log_softmax(learner.student.logits(codes, learner.student.encode_condition(g.prompt)), -1)
+            other = torch.log_softmax(learner.student.logits(
+                codes, learner.student.encode_condition([groups[0].prompt[0] if g is groups[1] else
+                                                         groups[1].prompt[0]] * 3)), -1)
+        lp = torch.as_tensor(g.logprobs)
+        assert torch.allclose(lp, own.gather(-1, codes[..., None]).squeeze(-1), atol=1e-4)
+        assert not torch.allclose(lp, other.gather(-1, codes[..., None]).squeeze(-1), atol=1e-4)
+    assert groups[0].generate_s[0] == groups[1].generate_s[0] and actor.groups_done == 2

@@ -71,6 +71,33 @@ def test_async_at_lag_zero_equals_sync_and_local(ray_local):
         assert max(acct.lags) == 0
 
 
+def test_two_groups_per_call_sync_equals_local_and_async_keeps_the_books(ray_local):
+    """actors.groups_per_call=2: one actor call generates two groups as one batch. Sync over Ray still computes the
+    local reference's losses (same grouping, same random stream); async keeps its lag bound and balances its books."""
+    common = dict(steps=3, batch_prompts=2, group_size=3, max_lag=0, groups_per_call=2)
+    local_losses, _ = collect(run_local, make_learner(), RolloutWorker(TinyPolicy(), 6, 3, seed=0),
+                              RewardWorker(CodeHistogramJudges), PromptStream(PROMPTS, 0), **common)
+    topo = RayTopology(remote_rollout_worker(0.5, 0), remote_reward_worker(0.5, 0), 1, 1,
+                       dict(policy_factory=TinyPolicy(), n_frames=6, group_size=3),
+                       dict(judges_factory=CodeHistogramJudges))
+    sync_losses, acct = collect(run_ray, make_learner(), topo, PromptStream(PROMPTS, 0), mode="sync",
+                                queue_groups=0, **common)
+    assert sync_losses == pytest.approx(local_losses, rel=1e-5)
+    assert acct.generated == acct.used == 6
+    # One group per call draws a different random stream: the grouping is real, not ignored.
+    single, _ = collect(run_local, make_learner(), RolloutWorker(TinyPolicy(), 6, 3, seed=0),
+                        RewardWorker(CodeHistogramJudges), PromptStream(PROMPTS, 0),
+                        **{**common, "groups_per_call": 1})
+    assert single != pytest.approx(local_losses, rel=1e-5)
+    topo = RayTopology(remote_rollout_worker(0.5, 0), remote_reward_worker(0.5, 0), 2, 1,
+                       dict(policy_factory=TinyPolicy(), n_frames=6, group_size=2),
+                       dict(judges_factory=CodeHistogramJudges))
+    losses, acct = collect(run_ray, make_learner(), topo, PromptStream(PROMPTS, 0), steps=5, batch_prompts=3,
+                           group_size=2, max_lag=1, mode="async", queue_groups=0, groups_per_call=2)
+    assert len(losses) == 5 and max(acct.lags) <= 1
+    assert acct.used == 15 and acct.generated == acct.used + acct.stale + acct.dropped
+
+
 def test_async_keeps_lag_bounded_with_more_actors(ray_local):
     topo = RayTopology(remote_rollout_worker(0.5, 0), remote_reward_worker(0.5, 0), 3, 1,
                        dict(policy_factory=TinyPolicy(), n_frames=6, group_size=2),
