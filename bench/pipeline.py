@@ -19,8 +19,10 @@ Learner busy fraction: the step's ``time/teacher + time/forward_backward + time/
 the window, divided by the window's wall time (the rest is ``time/wait_rollouts`` and logging).
 
 Actor busy fraction: ``rollout/actor_generate_s`` (the actor seconds behind each step's groups) summed over the
-window, divided by the window's wall time times ``actors.count``. Groups dropped as stale are not counted, so it is
-a slight underestimate in async mode.
+window, divided by the window's wall time times ``actors.count``. Groups dropped as stale are not counted (an
+underestimate), and in async mode the groups trained in a window may have been generated up to ``max_policy_lag``
+updates before it (an overestimate over short windows, where it can exceed 1); over the benchmark's 40-60 steps
+both edges are small.
 
 Entries: ``pipeline/<size>/samples_per_s`` (async, baseline sync, target async/sync >= 1.3),
 ``pipeline/<size>/learner_busy`` (async, baseline sync), ``pipeline/<size>/actor_busy`` (async, baseline sync) and
