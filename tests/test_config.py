@@ -25,6 +25,8 @@ def test_defaults_validate():
     ("model.family", "musicgen", "model.musicgen=None: model.family=musicgen needs a Hub id"),
     ("model.train_layers", -1, "model.train_layers=-1: must be >= 0"),
     ("autoscale.max", -1, "autoscale.max=-1: must be >= 0 (0 turns autoscaling off)"),
+    ("actors.groups_per_call", 0, "actors.groups_per_call=0: must be >= 1"),
+    ("actors.dtype", "fp16", "actors.dtype='fp16': must be one of ('fp32', 'bf16')"),
     ("run.dir", "s3://bucket/runs/a", "run.dir='s3://bucket/runs/a': object-storage URIs are not supported"),
     ("run.resume", "gs://bucket/runs/a", "run.resume='gs://bucket/runs/a': object-storage URIs are not supported"),
 ])
