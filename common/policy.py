@@ -153,6 +153,30 @@ class TextEncoder(nn.Module):
         return self.norm(x)
 
 
+class Linear(nn.Linear):
+    """``nn.Linear`` whose CPU inference forward multiplies by a cached contiguous copy of ``Wᵀ``.
+
+    MKL's GEMM for few rows (a decoding step: batch × 1 rows) is 1.3–2.2× faster with the weight in that layout
+    than with ``nn.Linear``'s ``[out, in]`` (the output heads at 8 rows: 428 against 944 µs; equal at 256 rows).
+    The copy is rebuilt whenever the weight changes (an optimizer step or a snapshot load bumps its version), so
+    rollout actors rebuild it once per policy version. Training (grad enabled) and other devices use ``F.linear``;
+    the state dict is ``nn.Linear``'s.
+    """
+
+    _transposed: torch.Tensor | None = None
+    _transposed_key: tuple | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() or x.device.type != "cpu" or self.bias is None:
+            return F.linear(x, self.weight, self.bias)
+        w = self.weight
+        key = (w.data_ptr(), w._version, w.dtype)
+        if self._transposed_key != key:
+            self._transposed, self._transposed_key = w.detach().t().contiguous(), key
+        out = torch.addmm(self.bias, x.reshape(-1, x.shape[-1]), self._transposed)
+        return out.view(*x.shape[:-1], out.shape[-1])
+
+
 class Attention(nn.Module):
     """Multi-head attention with an optional preallocated KV cache (self) or precomputed keys (cross)."""
 
@@ -160,11 +184,11 @@ class Attention(nn.Module):
         super().__init__()
         self.h, self.dh, self.cross, self.dropout = n_heads, dim // n_heads, cross, dropout
         if cross:
-            self.q = nn.Linear(dim, dim)
-            self.kv = nn.Linear(dim, 2 * dim)
+            self.q = Linear(dim, dim)
+            self.kv = Linear(dim, 2 * dim)
         else:
-            self.qkv = nn.Linear(dim, 3 * dim)
-        self.out = nn.Linear(dim, dim)
+            self.qkv = Linear(dim, 3 * dim)
+        self.out = Linear(dim, dim)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:  # [B, N, D] -> [B, H, N, Dh]
         return x.view(x.shape[0], x.shape[1], self.h, self.dh).transpose(1, 2)
@@ -200,8 +224,8 @@ class DecoderLayer(nn.Module):
         self.norm1, self.norm2, self.norm3 = nn.LayerNorm(cfg.dim), nn.LayerNorm(cfg.dim), nn.LayerNorm(cfg.dim)
         self.self_attn = Attention(cfg.dim, cfg.n_heads, cfg.dropout, cross=False)
         self.cross_attn = Attention(cfg.dim, cfg.n_heads, cfg.dropout, cross=True)
-        self.ffn = nn.Sequential(nn.Linear(cfg.dim, cfg.ffn_mult * cfg.dim), nn.GELU(),
-                                 nn.Linear(cfg.ffn_mult * cfg.dim, cfg.dim), nn.Dropout(cfg.dropout))
+        self.ffn = nn.Sequential(Linear(cfg.dim, cfg.ffn_mult * cfg.dim), nn.GELU(),
+                                 Linear(cfg.ffn_mult * cfg.dim, cfg.dim), nn.Dropout(cfg.dropout))
 
     def forward(self, x, cross_kv, cross_mask, cache=None, pos=0):
         x = x + self.self_attn(self.norm1(x), cache=cache, pos=pos)
@@ -267,7 +291,7 @@ class AudioTokenPolicy(CachedSampler, nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.n_layers))
         self.norm = nn.LayerNorm(d)
         # One output head per codebook, stacked into one matmul: rows [k*V:(k+1)*V] are codebook k's head.
-        self.heads = nn.Linear(d, k * v)
+        self.heads = Linear(d, k * v)
         self.apply(self._init)
 
     @staticmethod
@@ -327,23 +351,32 @@ class AudioTokenPolicy(CachedSampler, nn.Module):
         m = cond.mask[..., None].to(cond.states.dtype)
         return self.cond_pool((cond.states * m).sum(1, keepdim=True) / m.sum(1, keepdim=True).clamp(min=1))
 
-    def _heads(self, h: torch.Tensor) -> torch.Tensor:
-        """``[B, N, D]`` -> logits ``[B, K, N, V]``."""
+    def _heads(self, h: torch.Tensor, guidance_scale: float = 1.0) -> torch.Tensor:
+        """``[B, N, D]`` -> logits ``[B, K, N, V]``. With ``guidance_scale != 1`` the rows are cond then null and the
+        result is the guided logits of the first half: the heads are affine with one bias, so mixing the normed
+        states before them equals :func:`cfg_mix` on their logits (to rounding) and runs the largest matmul of a
+        decoding step on half the rows."""
+        h = self.norm(h)
+        if guidance_scale != 1.0:
+            half = h.shape[0] // 2
+            h = cfg_mix(h[:half], h[half:], guidance_scale)
         b, n, _ = h.shape
-        return self.heads(self.norm(h)).view(b, n, self.cfg.n_codebooks, self.cfg.card).transpose(1, 2)
+        return self.heads(h).view(b, n, self.cfg.n_codebooks, self.cfg.card).transpose(1, 2)
 
-    def forward_delayed(self, columns: torch.Tensor, cond: Condition) -> torch.Tensor:
-        """Teacher-forced forward on delayed input columns ``[B, K, S]`` -> per-column logits ``[B, K, S, V]``."""
+    def forward_delayed(self, columns: torch.Tensor, cond: Condition, guidance_scale: float = 1.0) -> torch.Tensor:
+        """Teacher-forced forward on delayed input columns ``[B, K, S]`` -> per-column logits ``[B, K, S, V]``
+        (guided logits of the first half of the rows when ``guidance_scale != 1``: see :meth:`_heads`)."""
         x = self._embed(columns, 0) + self._pooled(cond)
         kv, mask = self._cross(cond)
         for layer, lkv in zip(self.layers, kv):
             x = layer(x, lkv, mask)
-        return self._heads(x)
+        return self._heads(x, guidance_scale)
 
-    def logits(self, codes: torch.Tensor, cond: Condition) -> torch.Tensor:
+    def logits(self, codes: torch.Tensor, cond: Condition, guidance_scale: float = 1.0) -> torch.Tensor:
         """Logits of every code given the codes before it: ``codes [B, K, T]`` -> ``[B, K, T, V]``.
 
-        ``out[b, k, t]`` is the distribution that predicts ``codes[b, k, t]`` (aligned with the targets).
+        ``out[b, k, t]`` is the distribution that predicts ``codes[b, k, t]`` (aligned with the targets). With
+        ``guidance_scale != 1`` the rows are cond then null and the output is the first half's guided logits.
         """
         b, k, t = codes.shape
         assert k == self.cfg.n_codebooks, f"codes have {k} codebooks, model has {self.cfg.n_codebooks}"
@@ -352,15 +385,14 @@ class AudioTokenPolicy(CachedSampler, nn.Module):
         seq = delay(codes, self.special)  # [B, K, S]
         bos = torch.full_like(seq[:, :, :1], self.special)
         columns = torch.cat([bos, seq[:, :, :-1]], dim=2)  # input at column s is the target at column s-1
-        return undelay(self.forward_delayed(columns, cond), t)
+        return undelay(self.forward_delayed(columns, cond, guidance_scale), t)
 
     def guided_logits(self, codes: torch.Tensor, cond: Condition, guidance_scale: float) -> torch.Tensor:
-        """CFG logits ``[B, K, T, V]``: cond and uncond in one batched forward of size 2B, mixed per token."""
+        """CFG logits ``[B, K, T, V]``: cond and uncond in one batched forward of size 2B, mixed per token (before
+        the output heads, which equals mixing their logits: :meth:`_heads`)."""
         if guidance_scale == 1.0:
             return self.logits(codes, cond)
-        both = self.logits(torch.cat([codes, codes]), self.with_null(cond))
-        cond_logits, uncond_logits = both.chunk(2)
-        return cfg_mix(cond_logits, uncond_logits, guidance_scale)
+        return self.logits(torch.cat([codes, codes]), self.with_null(cond), guidance_scale)
 
     # ---- KV-cached sampling: generate() comes from CachedSampler --------------------------------------------------
     def _generate(self, cond, n_frames, guidance_scale, temperature, top_k, top_p, generator, return_logits):
@@ -387,9 +419,7 @@ class AudioTokenPolicy(CachedSampler, nn.Module):
             x = self._embed(column, s) + pooled
             for layer, lkv, cache in zip(self.layers, kv, caches):
                 x = layer(x, lkv, cross_mask, cache=cache, pos=s)
-            logits = self._heads(x)[:, :, 0]  # [rows, K, V]
-            if use_cfg:
-                logits = cfg_mix(logits[:b], logits[b:], guidance_scale)
+            logits = self._heads(x, guidance_scale)[:, :, 0]  # [B, K, V], guided when use_cfg
             if return_logits:
                 step_logits[:, :, s] = logits
             tokens, logprobs = sample_tokens(logits, temperature, top_k, top_p, generator)

@@ -150,3 +150,27 @@ def test_word_features_name_whole_words_wherever_they_stand():
     assert (words[mask] >= 0).all() and words.max() <= 4096
     _, no_words, _ = tokenize_prompts(["a fast tune"], 32, word_buckets=0)
     assert not no_words.any()
+
+
+def test_inference_linear_matches_nn_linear_and_follows_weight_updates():
+    """The cached-Wᵀ fast path (CPU, grad off) against F.linear, including after an in-place update and a
+    state-dict load, which must rebuild the cached copy; training keeps F.linear and its gradients."""
+    import torch.nn.functional as F
+
+    from divcfg.common.policy import Linear
+    lin = Linear(16, 24)
+    x = torch.randn(2, 3, 16)
+    with torch.no_grad():
+        assert torch.allclose(lin(x), F.linear(x, lin.weight, lin.bias), atol=1e-6)
+        lin.weight.mul_(2.0)  # an optimizer step is in place too
+        assert torch.allclose(lin(x), F.linear(x, lin.weight, lin.bias), atol=1e-6)
+    other = Linear(16, 24)
+    other.load_state_dict(lin.state_dict())
+    lin.load_state_dict({k: torch.randn_like(v) for k, v in lin.state_dict().items()})
+    with torch.inference_mode():
+        assert torch.allclose(lin(x), F.linear(x, lin.weight, lin.bias), atol=1e-6)
+        assert not torch.allclose(lin(x), other(x))
+    assert set(lin.state_dict()) == {"weight", "bias"}
+    y = lin(x).sum()  # grad enabled: the ordinary path, differentiable
+    y.backward()
+    assert lin.weight.grad is not None
