@@ -65,7 +65,8 @@ def test_scale_up_and_down_mid_run(ray_local):
 
 
 @pytest.mark.slow
-def test_chaos_kills_never_lose_or_duplicate_groups(ray_local):
+@pytest.mark.parametrize("groups_per_call", [1, 2])  # 2: a killed actor takes two groups with it, both re-queued
+def test_chaos_kills_never_lose_or_duplicate_groups(ray_local, groups_per_call):
     topo = topology(3)
     stream = PromptStream(PROMPTS * 5, 0)
     rng = random.Random(0)
@@ -80,7 +81,8 @@ def test_chaos_kills_never_lose_or_duplicate_groups(ray_local):
             kills.append(victim)
 
     acct = run_ray(make_learner(), topo, stream, steps=22, batch_prompts=2, group_size=2,
-                   max_lag=2, mode="async", queue_groups=0, on_step=on_step, max_role_failures=50)
+                   max_lag=2, mode="async", queue_groups=0, on_step=on_step, max_role_failures=50,
+                   groups_per_call=groups_per_call)
     assert len(kills) >= 10
     assert len(used_ids) == len(set(used_ids)) == acct.used
     assert acct.generated == acct.used + acct.stale + acct.dropped
