@@ -59,9 +59,6 @@ class RolloutWorker:
                           logprobs=logprobs[i * g:(i + 1) * g], policy_version=self.version, generate_s=share)
                 for i, (pid, prompt, gid) in enumerate(items)]
 
-    def generate_group(self, prompt_id: int, prompt: str, group_id: int) -> RolloutBatch:
-        return self.generate_groups([(prompt_id, prompt, group_id)])[0]
-
     def stats(self) -> dict:
         return {"groups": self.groups_done, "busy_s": self.busy_s, "version": self.version}
 

@@ -77,8 +77,8 @@ def sample_tokens(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0
     if 0 < top_k < flat.shape[-1]:
         flat, index = torch.topk(flat, top_k, dim=-1, sorted=False)
     # An unnormalised CDF built in one buffer: (x - max) / T, exponentiated and summed in place. The log-prob of the
-    # drawn entry is (x - max) / T - log(total). Each [rows, V] temporary that log_softmax + exp + cumsum would
-    # allocate is a fresh mmap on CPU at large batch (page faults on every step): this is 4× faster at 512 × 2048.
+    # drawn entry is (x - max) / T - log(total). log_softmax + exp + cumsum would make three [rows, V] temporaries
+    # and more passes over them; measured 4.4× faster at 512 × 2048 on CPU (about 1% slower per group at 16 rows).
     top = flat.amax(-1, keepdim=True)
     cdf = torch.sub(flat, top)
     if temperature != 1.0:

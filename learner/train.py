@@ -98,13 +98,11 @@ def resolve_resume(run_dir: Path, resume: str | None) -> Path | None:
     passes. A run never starts over a ``run.dir`` that already holds another run's checkpoints, since its own would
     replace them step by step.
     """
-    resume_from = None
-    if resume == "auto":
-        mine = _complete_checkpoints(run_dir)
-        resume_from = mine[-1] if mine else None
-    elif resume:
-        resume_from = latest_checkpoint(resume)
     holds = _complete_checkpoints(run_dir)
+    if resume == "auto":
+        resume_from = holds[-1] if holds else None
+    else:
+        resume_from = latest_checkpoint(resume) if resume else None
     if holds and (resume_from is None or resume_from.parent.parent.resolve() != run_dir.resolve()):
         raise ValueError(f"run.dir={run_dir} already holds a run (checkpoint {holds[-1].name}); writing to it would "
                          f"replace those checkpoints. Continue it with run.resume={run_dir} (or run.resume=auto), "

@@ -107,7 +107,7 @@ def test_bf16_rollout_actor_logprobs_match_the_fp32_learner_and_its_is_weights_s
     actor.set_weights(0, learner.weights())  # the fp32 snapshot, cast on load
     assert all(p.dtype == torch.bfloat16 for p in actor.policy.parameters())
     assert torch.equal(actor.policy.null_cond.float(), learner.student.null_cond.to(torch.bfloat16).float())
-    group = actor.generate_group(0, "a slow melody in a minor key", 0)
+    [group] = actor.generate_groups([(0, "a slow melody in a minor key", 0)])
     assert group.logprobs.dtype == np.float32 and np.isfinite(group.logprobs).all()
 
     codes = torch.as_tensor(group.codes, dtype=torch.long)
@@ -123,7 +123,7 @@ def test_bf16_rollout_actor_logprobs_match_the_fp32_learner_and_its_is_weights_s
     # fp32 actors reproduce the learner's log-probs to float rounding: the bf16 gap above is precision, not a bug.
     actor32 = RolloutWorker(lambda: build_policy(seed=1), n_frames=8, group_size=4, seed=0)
     actor32.set_weights(0, learner.weights())
-    g32 = actor32.generate_group(0, "a slow melody in a minor key", 0)
+    [g32] = actor32.generate_groups([(0, "a slow melody in a minor key", 0)])
     c32 = torch.as_tensor(g32.codes, dtype=torch.long)
     with torch.no_grad():
         ref = torch.log_softmax(learner.student.logits(c32, learner.student.encode_condition(g32.prompt)), -1)
