@@ -1,6 +1,7 @@
 """Classifier-free guidance and token sampling, as pure functions over logits."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 
@@ -55,6 +56,19 @@ def sample_from_logits(logits: torch.Tensor, generator: torch.Generator | None =
     return tokens.view(shape), token_logprobs.view(shape)
 
 
+def top_k_indices(flat: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of each row's ``k`` largest entries of ``flat [rows, V]``, in no particular order (ties broken
+    arbitrarily, as ``torch.topk`` does).
+
+    On CPU NumPy's introselect (``argpartition``) is about 5× faster than ``torch.topk`` (98 against 502 µs at
+    32 × 2048, k = 250: a tenth of the small model's CFG decoding step); elsewhere ``torch.topk``.
+    """
+    if flat.device.type == "cpu" and flat.dtype == torch.float32:
+        idx = np.argpartition(flat.detach().numpy(), -k, axis=-1)[:, -k:]
+        return torch.from_numpy(np.ascontiguousarray(idx, dtype=np.int64))
+    return torch.topk(flat, k, dim=-1, sorted=False).indices
+
+
 def sample_tokens(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
                   generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The sampler's fast path: same distribution and log-probs as ``filter_logits`` + ``sample_from_logits``.
@@ -75,7 +89,8 @@ def sample_tokens(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0
     flat = logits.reshape(-1, logits.shape[-1]).float()  # may be the caller's tensor: only read below
     index = None
     if 0 < top_k < flat.shape[-1]:
-        flat, index = torch.topk(flat, top_k, dim=-1, sorted=False)
+        index = top_k_indices(flat, top_k)
+        flat = flat.gather(-1, index)
     # An unnormalised CDF built in one buffer: (x - max) / T, exponentiated and summed in place. The log-prob of the
     # drawn entry is (x - max) / T - log(total). log_softmax + exp + cumsum would make three [rows, V] temporaries
     # and more passes over them; measured 4.4× faster at 512 × 2048 on CPU (about 1% slower per group at 16 rows).

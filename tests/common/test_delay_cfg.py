@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from divcfg.common.cfg import cfg_mix, filter_logits, sample_from_logits, sample_tokens
+from divcfg.common.cfg import cfg_mix, filter_logits, sample_from_logits, sample_tokens, top_k_indices
 from divcfg.common.delay import delay, delay_valid_mask, undelay
 
 
@@ -86,6 +86,16 @@ def test_fast_sampler_matches_reference_distribution(top_k, temperature):
         assert torch.allclose(logprobs[r::2], reference[r].log()[tokens[r::2]], atol=1e-5)
     if top_k:
         assert all(reference[r, tokens[r::2]].min() > 0 for r in range(2))  # never a filtered token
+
+
+@pytest.mark.parametrize("rows,vocab,k", [(1, 8, 1), (32, 2048, 250), (5, 300, 299)])
+def test_top_k_indices_match_torch_topk(rows, vocab, k):
+    """The CPU fast path (NumPy's argpartition) selects the same set as torch.topk, also on a strided view."""
+    logits = torch.randn(rows, 2 * vocab)[:, ::2]
+    with torch.inference_mode():  # as in the sampler
+        fast = top_k_indices(logits, k)
+    assert fast.dtype == torch.long and fast.shape == (rows, k)
+    assert torch.equal(fast.sort(-1).values, torch.topk(logits, k, dim=-1).indices.sort(-1).values)
 
 
 def test_fast_sampler_validates():
