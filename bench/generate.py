@@ -219,12 +219,14 @@ def _entry(name, value, unit, baseline, target, **extra) -> dict:
 
 def run(presets=("tiny", "small"), batches=(8,), frames: int = 150, threads: int = 1, repeats: int = 3,
         json_out: str | None = None, include_peer: bool = True, warmup: int = 1, top_k: int = 250,
-        verbose: bool = True, device: str = "cpu", dtype: str = "fp32", weights: str = "fp32") -> list[dict]:
+        verbose: bool = True, device: str = "cpu", dtype: str = "fp32", weights: str = "fp32",
+        cuda_graphs: bool = True) -> list[dict]:
     """Measure frames/s (batch × frames / seconds) with and without CFG, for divcfg and optionally the peer.
 
     ``dtype`` bf16 runs both sides under autocast (fp32 weights, bf16 matmuls: the GPU path). ``weights`` bf16 casts
     both sides' weights to bf16 instead, as rollout actors with ``actors.dtype=bf16`` hold them: every decoding step
-    then reads half the weight bytes. The matmul peak is measured in bf16 when either is bf16.
+    then reads half the weight bytes. The matmul peak is measured in bf16 when either is bf16. ``cuda_graphs``
+    False decodes with the eager step on a GPU too (the graph is captured in the untimed warm-up call).
     """
     dev = torch.device(device)
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -240,6 +242,7 @@ def run(presets=("tiny", "small"), batches=(8,), frames: int = 150, threads: int
                   flush=True)
         for preset in presets:
             policy = build_divcfg(preset, frames, device=device).to(weight_dtype)
+            policy.cuda_graphs = cuda_graphs
             k = min(top_k, policy.cfg.card)
             steps = frames + policy.cfg.n_codebooks - 1
             peer = None
@@ -272,6 +275,7 @@ def run(presets=("tiny", "small"), batches=(8,), frames: int = 150, threads: int
                                    guidance_scale=scale, top_k=k, frames=frames, steps=steps, batch=batch,
                                    flops_per_s=flops / seconds[mode], peak_matmul_flops_per_s=peak,
                                    fraction_of_peak=flops / seconds[mode] / peak, dtype=dtype, weights=weights,
+                                   cuda_graphs=cuda_graphs and dev.type == "cuda",
                                    **params)
                     results.append(entry)
                     if verbose:
@@ -281,7 +285,8 @@ def run(presets=("tiny", "small"), batches=(8,), frames: int = 150, threads: int
                 cost = seconds["nocfg"] / seconds["cfg"]
                 peer_cost = peer_seconds["nocfg"] / peer_seconds["cfg"] if peer_seconds else None
                 results.append(_entry(f"cfg_cost/{preset}/b{batch}", cost, "x", peer_cost, CFG_COST_TARGET,
-                                      batch=batch, frames=frames, dtype=dtype, weights=weights))
+                                      batch=batch, frames=frames, dtype=dtype, weights=weights,
+                                      cuda_graphs=cuda_graphs and dev.type == "cuda"))
     finally:
         torch.set_num_threads(previous_threads)
     for r in results:
@@ -319,10 +324,13 @@ def main(argv=None) -> int:
     ap.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"), help="bf16: autocast on both sides (GPU)")
     ap.add_argument("--weights", default="fp32", choices=("fp32", "bf16"),
                     help="bf16: both sides' weights cast to bf16, as actors.dtype=bf16 holds them")
+    ap.add_argument("--cuda-graphs", default="on", choices=("on", "off"),
+                    help="off: divcfg decodes with the eager step on a GPU too (on: one CUDA graph per step)")
     args = ap.parse_args(argv)
     results = run(presets=_split(args.presets, str), batches=_split(args.batches, int), frames=args.frames,
                   threads=args.threads, repeats=args.repeats, json_out=args.json_out, include_peer=args.include_peer,
-                  device=args.device, dtype=args.dtype, weights=args.weights, top_k=args.top_k)
+                  device=args.device, dtype=args.dtype, weights=args.weights, top_k=args.top_k,
+                  cuda_graphs=args.cuda_graphs == "on")
     print()
     print_table(results)
     if args.json_out:

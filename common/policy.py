@@ -8,7 +8,6 @@ trained by condition dropout), which is what classifier-free guidance mixes.
 """
 from __future__ import annotations
 
-import math
 import re
 import zlib
 from dataclasses import dataclass
@@ -206,6 +205,14 @@ class Attention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p)
         else:
             q, k, v = (self._heads(t) for t in self.qkv(x).chunk(3, dim=-1))
+            if isinstance(pos, torch.Tensor):
+                # The static-shape step of common/decode_graph.py (pos is a [1] device tensor): write at pos and
+                # attend to the whole cache with the later keys masked, so no shape depends on pos.
+                cache[0].index_copy_(2, pos, k.to(cache[0].dtype))  # autocast: bf16 k into the cache's dtype
+                cache[1].index_copy_(2, pos, v.to(cache[1].dtype))
+                seen = (torch.arange(cache[0].shape[2], device=pos.device) <= pos)[None, :]  # [1, S]: every query row
+                y = F.scaled_dot_product_attention(q, cache[0], cache[1], attn_mask=seen)
+                return self.out(y.transpose(1, 2).reshape(b, n, d))
             if cache is not None:
                 cache[0][:, :, pos: pos + n] = k
                 cache[1][:, :, pos: pos + n] = v
@@ -274,6 +281,9 @@ class AudioTokenPolicy(CachedSampler, nn.Module):
     ``encode_condition``, ``null_condition``, ``logits``, ``guided_logits``, ``generate``.
     """
 
+    cuda_graphs: bool = True
+    """Decode with CUDA graphs on a GPU (common/decode_graph.py); False for the eager step everywhere."""
+
     def __init__(self, cfg: PolicyConfig):
         super().__init__()
         cfg.validate()
@@ -335,9 +345,12 @@ class AudioTokenPolicy(CachedSampler, nn.Module):
         return Condition(torch.cat([cond.states, null.states]), torch.cat([cond.mask, null.mask]))
 
     # ---- whole-sequence scoring ---------------------------------------------------------------------------------
-    def _embed(self, columns: torch.Tensor, pos: int) -> torch.Tensor:
-        """``columns [B, K, N]`` (codes or special) -> ``[B, N, D]``: codebook embeddings summed, plus positions."""
+    def _embed(self, columns: torch.Tensor, pos: int | torch.Tensor) -> torch.Tensor:
+        """``columns [B, K, N]`` (codes or special) -> ``[B, N, D]``: codebook embeddings summed, plus positions
+        (``pos`` a ``[1]`` tensor: one column at a device-side position)."""
         x = self.code_emb(columns + self.code_offsets).sum(1)
+        if isinstance(pos, torch.Tensor):
+            return x + self.pos.index_select(0, pos)
         return x + self.pos[pos: pos + columns.shape[2]]
 
     def _cross(self, cond: Condition):
@@ -404,22 +417,13 @@ class AudioTokenPolicy(CachedSampler, nn.Module):
         rows = cond.states.shape[0]
         s_len = delayed_length(n_frames, k)
         valid = delay_valid_mask(k, n_frames, self.device)  # [K, S]
-        kv, cross_mask = self._cross(cond)
-        pooled = self._pooled(cond)
-        dh = self.cfg.dim // self.cfg.n_heads
-        dtype = self.null_cond.dtype
-        caches = [(torch.empty(rows, self.cfg.n_heads, s_len, dh, device=self.device, dtype=dtype),
-                   torch.empty(rows, self.cfg.n_heads, s_len, dh, device=self.device, dtype=dtype))
-                  for _ in self.layers]
+        step = self._decode_step(cond, rows, s_len, guidance_scale)
         seq = torch.full((b, k, s_len), self.special, dtype=torch.long, device=self.device)
         seq_logprobs = torch.zeros(b, k, s_len, dtype=torch.float32, device=self.device)
         step_logits = torch.empty(b, k, s_len, v, device=self.device) if return_logits else None
         column = torch.full((rows, k, 1), self.special, dtype=torch.long, device=self.device)
         for s in range(s_len):
-            x = self._embed(column, s) + pooled
-            for layer, lkv, cache in zip(self.layers, kv, caches):
-                x = layer(x, lkv, cross_mask, cache=cache, pos=s)
-            logits = self._heads(x, guidance_scale)[:, :, 0]  # [B, K, V], guided when use_cfg
+            logits = step(column, s)  # [B, K, V], guided when use_cfg
             if return_logits:
                 step_logits[:, :, s] = logits
             tokens, logprobs = sample_tokens(logits, temperature, top_k, top_p, generator)
@@ -428,6 +432,28 @@ class AudioTokenPolicy(CachedSampler, nn.Module):
             seq_logprobs[:, :, s] = torch.where(valid[:, s], logprobs, 0.0)
             column = (torch.cat([tokens, tokens]) if use_cfg else tokens)[:, :, None]
         return GenerationOutput(undelay(seq, n_frames), undelay(seq_logprobs, n_frames), step_logits)
+
+    def _decode_step(self, cond: Condition, rows: int, s_len: int, guidance_scale: float):
+        """``step(column [rows, K, 1], s) -> logits [B, K, V]`` for one ``generate`` call: a CUDA graph on the GPU
+        (common/decode_graph.py), else the eager step over a KV cache sliced to the position."""
+        if self.device.type == "cuda" and self.cuda_graphs:
+            from divcfg.common.decode_graph import decode_graph
+            graph = decode_graph(self, rows, s_len, guidance_scale)
+            graph.load(cond)
+            return graph.step
+        kv, cross_mask = self._cross(cond)
+        pooled = self._pooled(cond)
+        dh, dtype = self.cfg.dim // self.cfg.n_heads, self.null_cond.dtype
+        caches = [(torch.empty(rows, self.cfg.n_heads, s_len, dh, device=self.device, dtype=dtype),
+                   torch.empty(rows, self.cfg.n_heads, s_len, dh, device=self.device, dtype=dtype))
+                  for _ in self.layers]
+
+        def step(column: torch.Tensor, s: int) -> torch.Tensor:
+            x = self._embed(column, s) + pooled
+            for layer, lkv, cache in zip(self.layers, kv, caches):
+                x = layer(x, lkv, cross_mask, cache=cache, pos=s)
+            return self._heads(x, guidance_scale)[:, :, 0]
+        return step
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
