@@ -82,6 +82,11 @@ class AlgoConfig:
     """Adam learning rate of the student."""
     baseline: str = "loo"
     """REINFORCE baseline inside a group: none, mean or loo (leave-one-out)."""
+    kl_reduction: str = "mean"
+    """How L_distill reduces a sample's per-code KLs: mean (METHOD.md) or sum, the per-sequence KL on the scale of
+    L_pg, which sums log-probs over the same codes. With mean, β weighs each code's policy gradient K·T times more
+    than its KL (300× on the small world), so the paper's β = 15 is REINFORCE alone here (RESULTS.md, "Why β = 15
+    loses adherence"); with sum, β = 15 weighs them as the formula's two terms are written per sequence."""
     max_policy_lag: int = 2
     """Groups generated more than this many versions behind the learner are dropped as stale."""
     is_clip: float = 2.0
@@ -328,6 +333,7 @@ def validate_train(cfg) -> None:
     check(a.batch_prompts >= 1, "algo.batch_prompts", a.batch_prompts, "must be >= 1")
     check(a.lr > 0, "algo.lr", a.lr, "must be > 0")
     check(a.baseline in ("none", "mean", "loo"), "algo.baseline", a.baseline, "must be none, mean or loo")
+    check(a.kl_reduction in ("mean", "sum"), "algo.kl_reduction", a.kl_reduction, "must be mean or sum")
     check(a.max_policy_lag >= 0, "algo.max_policy_lag", a.max_policy_lag, "must be >= 0")
     check(a.is_clip >= 1, "algo.is_clip", a.is_clip, "must be >= 1")
     check(a.temperature > 0, "algo.temperature", a.temperature, "must be > 0")

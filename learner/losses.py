@@ -8,21 +8,29 @@ from __future__ import annotations
 import torch
 
 BASELINES = ("none", "mean", "loo")
+KL_REDUCTIONS = ("mean", "sum")
 
 
 def reverse_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
-               weights: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+               weights: torch.Tensor | None = None, reduction: str = "mean") -> tuple[torch.Tensor, dict[str, float]]:
     """Exact token-level ``KL(π_student ‖ π_teacher)`` over the full vocabulary, averaged over samples, positions
-    and codebooks. ``*_logits [N, K, T, V]``; optional per-sample ``weights [N]`` (importance weights).
+    and codebooks (METHOD.md). ``*_logits [N, K, T, V]``; optional per-sample ``weights [N]`` (importance weights).
 
-    Returns ``(loss, {"kl": unweighted mean KL})``. Gradients flow into the student only.
+    ``reduction="sum"`` sums over each sample's positions and codebooks instead (then averages over samples): the
+    per-sequence KL, on the same scale as ``L_pg``'s sequence log-prob (``algo.kl_reduction``).
+
+    Returns ``(loss, {"kl": unweighted per-code mean KL, whatever the reduction})``. Gradients flow into the
+    student only.
     """
     assert student_logits.shape == teacher_logits.shape, (student_logits.shape, teacher_logits.shape)
     log_s = torch.log_softmax(student_logits.float(), -1)
     log_t = torch.log_softmax(teacher_logits.detach().float(), -1)
     kl = (log_s.exp() * (log_s - log_t)).sum(-1)  # [N, K, T]
+    if reduction not in KL_REDUCTIONS:
+        raise ValueError(f"unknown KL reduction {reduction!r}; choose one of {KL_REDUCTIONS}")
     per_sample = kl.mean(dim=(1, 2))
-    loss = per_sample.mean() if weights is None else (weights * per_sample).mean()
+    scaled = per_sample if reduction == "mean" else per_sample * (kl.shape[1] * kl.shape[2])
+    loss = scaled.mean() if weights is None else (weights * scaled).mean()
     return loss, {"kl": per_sample.mean().item()}
 
 

@@ -128,13 +128,13 @@ def _check_resume_config(resume_dir: Path, cfg) -> None:
     if not saved.is_file():
         return
     old = OmegaConf.load(saved)
-    keys = ["algo.beta", "algo.guidance_scale", "algo.group_size", "algo.baseline", "world.size", "world.seed",
-            "model.family"]
+    keys = ["algo.beta", "algo.guidance_scale", "algo.group_size", "algo.baseline", "algo.kl_reduction",
+            "world.size", "world.seed", "model.family"]
     if cfg.model.family == "musicgen":
         keys += ["model.musicgen", "model.train_layers"]
     for key in keys:
-        # Runs saved before model.family existed were divcfg runs.
-        a = OmegaConf.select(old, key, default="divcfg" if key == "model.family" else None)
+        # Runs saved before model.family or algo.kl_reduction existed were divcfg runs with the mean KL.
+        a = OmegaConf.select(old, key, default={"model.family": "divcfg", "algo.kl_reduction": "mean"}.get(key))
         b = OmegaConf.select(cfg, key)
         if a != b:
             raise ValueError(f"run.resume={resume_dir}: {key}={b!r} conflicts with the resumed run's {key}={a!r}")
@@ -210,7 +210,8 @@ def _train(cfg) -> dict:
                          f"takes ({base_policy.cfg.max_frames}); set algo.n_frames lower")
     learner = Learner(base_policy, beta=cfg.algo.beta, guidance_scale=cfg.algo.guidance_scale,
                       lr=cfg.algo.lr, baseline=cfg.algo.baseline, is_clip=cfg.algo.is_clip,
-                      grad_clip=cfg.learner.grad_clip, device=device, amp=cfg.learner.amp)
+                      grad_clip=cfg.learner.grad_clip, device=device, amp=cfg.learner.amp,
+                      kl_reduction=cfg.algo.kl_reduction)
     stream = PromptStream(train_prompts, cfg.run.seed)
     start_step = 0
     if resume_from is not None:

@@ -19,6 +19,7 @@ def test_defaults_validate():
     ("algo.beta", -1.0, "algo.beta=-1.0: must be >= 0"),
     ("algo.guidance_scale", 0.5, "algo.guidance_scale=0.5: the CFG teacher needs γ >= 1"),
     ("algo.baseline", "median", "algo.baseline='median': must be none, mean or loo"),
+    ("algo.kl_reduction", "max", "algo.kl_reduction='max': must be mean or sum"),
     ("world.size", "huge", "world.size='huge': must be tiny or small"),
     ("learner.mode", "fast", "learner.mode='fast'"),
     ("model.family", "jax", "model.family='jax': must be divcfg or musicgen"),

@@ -37,6 +37,21 @@ def test_learner_step_reduces_kl_on_a_fixed_batch():
     assert all(not p.requires_grad for p in learner.teacher.parameters())
 
 
+def test_kl_reduction_sum_scales_the_distill_term_by_the_codes_per_sample():
+    """algo.kl_reduction=sum: at β = 0 the loss is K·T times the per-code mean KL (the logged KL stays per code)."""
+    frames = 6
+    batch = None
+    losses = {}
+    for reduction in ("mean", "sum"):
+        learner = Learner(build_policy(seed=0), beta=0.0, guidance_scale=3.0, lr=1e-3, baseline="loo", is_clip=2.0,
+                          grad_clip=1.0, kl_reduction=reduction)
+        batch = batch or make_groups(learner.student, ["a slow melody"], g=2, frames=frames)
+        losses[reduction] = learner.step(batch, 2)
+    codes_per_sample = learner.student.cfg.n_codebooks * frames
+    assert losses["sum"]["losses/distill_kl"] == pytest.approx(losses["mean"]["losses/distill_kl"], rel=1e-5)
+    assert losses["sum"]["losses/total"] == pytest.approx(codes_per_sample * losses["mean"]["losses/total"], rel=1e-4)
+
+
 def test_nonfinite_loss_skips_update():
     learner = Learner(build_policy(seed=0), beta=1.0, guidance_scale=3.0, lr=1e-3, baseline="loo", is_clip=2.0,
                       grad_clip=1.0)

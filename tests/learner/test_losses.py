@@ -27,6 +27,23 @@ def test_reverse_kl_is_zero_iff_equal_and_weights_apply():
     assert full.item() == pytest.approx(sum(per) / 3, rel=1e-5)
 
 
+def test_reverse_kl_sum_is_the_per_sequence_kl():
+    # Two samples, K=1, T=2, V=2. Sample 0: KLs a (p=(.5,.5) vs q=(.8,.2)) and 0; sample 1: 0 and 0.
+    half, skew = torch.log(torch.tensor([0.5, 0.5])), torch.log(torch.tensor([0.8, 0.2]))
+    s = torch.stack([half, half, half, half]).view(2, 1, 2, 2)
+    t = torch.stack([skew, half, half, half]).view(2, 1, 2, 2)
+    a = 0.5 * math.log(0.5 / 0.8) + 0.5 * math.log(0.5 / 0.2)
+    mean, m_mean = reverse_kl(s, t)
+    total, m_sum = reverse_kl(s, t, reduction="sum")
+    assert mean.item() == pytest.approx(a / 4, rel=1e-6)  # mean over 2 samples x 2 codes
+    assert total.item() == pytest.approx(a / 2, rel=1e-6)  # per-sequence sums (a, 0), mean over samples
+    assert m_mean["kl"] == pytest.approx(a / 4, rel=1e-6) and m_sum["kl"] == m_mean["kl"]  # the logged KL is per code
+    w = torch.tensor([2.0, 1.0])
+    assert reverse_kl(s, t, w, "sum")[0].item() == pytest.approx(2 * a / 2, rel=1e-6)
+    with pytest.raises(ValueError, match="unknown KL reduction 'max'"):
+        reverse_kl(s, t, reduction="max")
+
+
 def test_reverse_kl_gradient_reaches_student_only():
     s = torch.randn(1, 1, 2, 3, requires_grad=True)
     t = torch.randn(1, 1, 2, 3, requires_grad=True)
