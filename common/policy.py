@@ -234,9 +234,16 @@ class DecoderLayer(nn.Module):
         self.ffn = nn.Sequential(Linear(cfg.dim, cfg.ffn_mult * cfg.dim), nn.GELU(),
                                  Linear(cfg.ffn_mult * cfg.dim, cfg.dim), nn.Dropout(cfg.dropout))
 
-    def forward(self, x, cross_kv, cross_mask, cache=None, pos=0):
+    def forward(self, x, cross_kv, cross_mask, cache=None, pos=0, null_cross=None):
         x = x + self.self_attn(self.norm1(x), cache=cache, pos=pos)
-        x = x + self.cross_attn(self.norm2(x), kv=cross_kv, attn_mask=cross_mask)
+        if null_cross is None:
+            x = x + self.cross_attn(self.norm2(x), kv=cross_kv, attn_mask=cross_mask)
+        else:
+            # CFG decoding: the rows after the cond rows carry the null condition, whose only key is the learned null
+            # state, so their cross-attention output is this layer's constant ``null_cross [1, 1, D]``.
+            b = cross_kv[0].shape[0]
+            cond = x[:b] + self.cross_attn(self.norm2(x[:b]), kv=cross_kv, attn_mask=cross_mask)
+            x = torch.cat([cond, x[b:] + null_cross])
         return x + self.ffn(self.norm3(x))
 
 
@@ -357,6 +364,22 @@ class AudioTokenPolicy(CachedSampler, nn.Module):
         kv = [layer.cross_attn.cross_kv(cond.states) for layer in self.layers]
         return kv, cond.mask[:, None, None, :]
 
+    def _cross_rows(self, cond: Condition, guidance_scale: float):
+        """Cross-attention inputs for the decoder layers: ``(keys/values per layer, mask, null_cross per layer)``.
+
+        With ``guidance_scale != 1`` the rows are cond then :meth:`with_null`'s null rows. A null row's only real key
+        is the learned null state, so its cross-attention output is that key's value through the output projection
+        whatever the query: one constant ``[1, 1, D]`` per layer (``null_cross``), and only the cond rows attend.
+        """
+        if guidance_scale == 1.0:
+            return (*self._cross(cond), [None] * len(self.layers))
+        half = cond.states.shape[0] // 2
+        null_cross = []
+        for layer in self.layers:
+            _, v = layer.cross_attn.kv(self.null_cond).chunk(2, dim=-1)
+            null_cross.append(layer.cross_attn.out(v))
+        return (*self._cross(Condition(cond.states[:half], cond.mask[:half])), null_cross)
+
     def _pooled(self, cond: Condition) -> torch.Tensor | float:
         """``[B, 1, D]`` added to every decoder input (0 without ``cond_pool``): the masked mean text state."""
         if self.cond_pool is None:
@@ -380,9 +403,9 @@ class AudioTokenPolicy(CachedSampler, nn.Module):
         """Teacher-forced forward on delayed input columns ``[B, K, S]`` -> per-column logits ``[B, K, S, V]``
         (guided logits of the first half of the rows when ``guidance_scale != 1``: see :meth:`_heads`)."""
         x = self._embed(columns, 0) + self._pooled(cond)
-        kv, mask = self._cross(cond)
-        for layer, lkv in zip(self.layers, kv):
-            x = layer(x, lkv, mask)
+        kv, mask, null_cross = self._cross_rows(cond, guidance_scale)
+        for layer, lkv, nc in zip(self.layers, kv, null_cross):
+            x = layer(x, lkv, mask, null_cross=nc)
         return self._heads(x, guidance_scale)
 
     def logits(self, codes: torch.Tensor, cond: Condition, guidance_scale: float = 1.0) -> torch.Tensor:
@@ -441,8 +464,8 @@ class AudioTokenPolicy(CachedSampler, nn.Module):
             graph = decode_graph(self, rows, s_len, guidance_scale)
             graph.load(cond)
             return graph.step
-        kv, cross_mask = self._cross(cond)
         pooled = self._pooled(cond)
+        kv, cross_mask, null_cross = self._cross_rows(cond, guidance_scale)
         dh, dtype = self.cfg.dim // self.cfg.n_heads, self.null_cond.dtype
         caches = [(torch.empty(rows, self.cfg.n_heads, s_len, dh, device=self.device, dtype=dtype),
                    torch.empty(rows, self.cfg.n_heads, s_len, dh, device=self.device, dtype=dtype))
@@ -450,8 +473,8 @@ class AudioTokenPolicy(CachedSampler, nn.Module):
 
         def step(column: torch.Tensor, s: int) -> torch.Tensor:
             x = self._embed(column, s) + pooled
-            for layer, lkv, cache in zip(self.layers, kv, caches):
-                x = layer(x, lkv, cross_mask, cache=cache, pos=s)
+            for layer, lkv, cache, nc in zip(self.layers, kv, caches, null_cross):
+                x = layer(x, lkv, cross_mask, cache=cache, pos=s, null_cross=nc)
             return self._heads(x, guidance_scale)[:, :, 0]
         return step
 
