@@ -84,18 +84,22 @@ def matmul_flops_per_s(device: torch.device, dtype: torch.dtype, n: int | None =
 
 
 def generation_flops(cfg, batch: int, frames: int, text_len: int, use_cfg: bool) -> float:
-    """Matmul FLOPs of one ``generate`` call: every decoder step, every row (2B rows with CFG).
+    """Matmul FLOPs of one ``generate`` call as divcfg's CPU path runs it: every decoder step, every row.
 
-    Per row and step: the projections (self-attention q, k, v, o; cross-attention q, o; the feed-forward) and the
-    output heads, 2 FLOPs per weight; attention scores and mixing over the cached steps and the text, 4 · D per
-    position. Text keys and values are computed once per call and left out, as are embeddings (lookups) and sampling.
+    Per cond row and step: the projections (self-attention q, k, v, o; cross-attention q, o; the feed-forward) and
+    the output heads, 2 FLOPs per weight; attention scores and mixing over the cached steps and the text, 4 · D per
+    position. With CFG the B null rows add the self-attention and feed-forward only: their cross-attention output is a
+    per-layer constant and the guided mix comes before the heads (``AudioTokenPolicy._cross_rows``, ``_heads``), so
+    CFG does less than twice the work. Text keys and values are computed once per call and left out, as are
+    embeddings (lookups) and sampling. (The GPU's CUDA-graph step runs the null rows' cross-attention too.)
     """
     d, layers = cfg.dim, cfg.n_layers
     steps = frames + cfg.n_codebooks - 1
-    weights = layers * (6 * d * d + 2 * cfg.ffn_mult * d * d) + d * cfg.n_codebooks * cfg.card
-    attention = sum(4 * layers * d * (t + 1 + text_len) for t in range(steps))
-    rows = batch * (2 if use_cfg else 1)
-    return rows * (2 * weights * steps + attention)
+    trunk = layers * (4 * d * d + 2 * cfg.ffn_mult * d * d)  # self-attention projections and feed-forward
+    cond_weights = trunk + layers * 2 * d * d + d * cfg.n_codebooks * cfg.card  # + cross q, o and the heads
+    cond = 2 * cond_weights * steps + sum(4 * layers * d * (t + 1 + text_len) for t in range(steps))
+    null = 2 * trunk * steps + sum(4 * layers * d * (t + 1) for t in range(steps))
+    return batch * (cond + (null if use_cfg else 0))
 
 
 def _sync(device: torch.device) -> None:
@@ -284,8 +288,14 @@ def run(presets=("tiny", "small"), batches=(8,), frames: int = 150, threads: int
                               f"{entry['fraction_of_peak']:.1%} of matmul peak){peer_txt}", flush=True)
                 cost = seconds["nocfg"] / seconds["cfg"]
                 peer_cost = peer_seconds["nocfg"] / peer_seconds["cfg"] if peer_seconds else None
+                # The share if every FLOP cost the same: no-CFG FLOPs over CFG FLOPs as divcfg runs them.
+                work = (generation_flops(policy.cfg, batch, frames, cond.mask.shape[1], False)
+                        / generation_flops(policy.cfg, batch, frames, cond.mask.shape[1], True))
+                if verbose:
+                    print(f"[{preset} b{batch}] cfg_cost {cost:.3f} (FLOP ratio no-CFG / CFG: {work:.3f})",
+                          flush=True)
                 results.append(_entry(f"cfg_cost/{preset}/b{batch}", cost, "x", peer_cost, CFG_COST_TARGET,
-                                      batch=batch, frames=frames, dtype=dtype, weights=weights,
+                                      work_ratio=work, batch=batch, frames=frames, dtype=dtype, weights=weights,
                                       cuda_graphs=cuda_graphs and dev.type == "cuda"))
     finally:
         torch.set_num_threads(previous_threads)
