@@ -51,3 +51,25 @@ def test_resume_from_a_dir_without_a_checkpoint_names_it(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
         resolve_resume(tmp_path / "r", str(tmp_path / "empty"))
+
+
+def test_resume_config_check_on_kl_reduction(tmp_path):
+    """algo.kl_reduction is one of the method's settings; a run saved before it existed used the mean."""
+    from omegaconf import OmegaConf
+
+    from divcfg.learner.train import _check_resume_config
+
+    def saved(algo):
+        (tmp_path / ".hydra").mkdir(exist_ok=True)
+        cfg = {"algo": {"beta": 15.0, "guidance_scale": 3.0, "group_size": 4, "baseline": "loo", **algo},
+               "world": {"size": "small", "seed": 0}, "model": {"family": "divcfg"}}
+        OmegaConf.save(OmegaConf.create(cfg), tmp_path / ".hydra" / "config.yaml")
+        return OmegaConf.create(cfg)
+
+    old = saved({})  # no kl_reduction key: an older run
+    _check_resume_config(tmp_path, OmegaConf.merge(old, {"algo": {"kl_reduction": "mean"}}))
+    with pytest.raises(ValueError, match="algo.kl_reduction='sum' conflicts with the resumed run's "
+                                         "algo.kl_reduction='mean'"):
+        _check_resume_config(tmp_path, OmegaConf.merge(old, {"algo": {"kl_reduction": "sum"}}))
+    new = saved({"kl_reduction": "sum"})
+    _check_resume_config(tmp_path, new)
