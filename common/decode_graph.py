@@ -52,7 +52,9 @@ class DecodeGraph:
 
     def __init__(self, policy: AudioTokenPolicy, rows: int, s_len: int, guidance_scale: float, capture: bool):
         cfg, dev, dtype = policy.cfg, policy.device, policy.null_cond.dtype
-        self.policy, self.guidance_scale = policy, guidance_scale
+        # A weak reference: the cache's entry for a policy holds this graph, and a strong one would keep the policy
+        # (and its GPU memory) alive for ever.
+        self._policy, self.guidance_scale = weakref.ref(policy), guidance_scale
         length, dh = cfg.text_max_len, cfg.dim // cfg.n_heads
         self.cross = [(torch.zeros(rows, cfg.n_heads, length, dh, device=dev, dtype=dtype),
                        torch.zeros(rows, cfg.n_heads, length, dh, device=dev, dtype=dtype)) for _ in policy.layers]
@@ -66,6 +68,10 @@ class DecodeGraph:
         self.graph = None
         if capture:
             self._capture()
+
+    @property
+    def policy(self) -> AudioTokenPolicy:
+        return self._policy()
 
     def _forward(self) -> torch.Tensor:
         p = self.policy

@@ -3,7 +3,9 @@
 On CPU the static step runs uncaptured, which checks everything the graph bakes in except the capture itself; the
 GPU tests (skipped without CUDA; run on the device machine) check the captured graph against the eager step.
 """
+import gc
 import pickle
+import weakref
 
 import pytest
 import torch
@@ -66,6 +68,16 @@ def test_pad_condition_and_policy_still_pickles(policy):
         pad_condition(cond, 1)
     decode_graph(policy, 2, 5, 1.0, capture=False)
     pickle.loads(pickle.dumps(policy))  # the graph cache lives outside the module
+
+
+def test_graph_cache_lets_a_policy_go():
+    policy = build_policy(seed=0).eval()
+    decode_graph(policy, 2, 5, 1.0, capture=False)
+    assert len(_GRAPHS) >= 1
+    ref = weakref.ref(policy)
+    del policy
+    gc.collect()
+    assert ref() is None  # its graphs, and their buffers, went with it
 
 
 @cuda
