@@ -23,11 +23,11 @@ def reverse_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
     student only.
     """
     assert student_logits.shape == teacher_logits.shape, (student_logits.shape, teacher_logits.shape)
+    if reduction not in KL_REDUCTIONS:
+        raise ValueError(f"unknown KL reduction {reduction!r}; choose one of {KL_REDUCTIONS}")
     log_s = torch.log_softmax(student_logits.float(), -1)
     log_t = torch.log_softmax(teacher_logits.detach().float(), -1)
     kl = (log_s.exp() * (log_s - log_t)).sum(-1)  # [N, K, T]
-    if reduction not in KL_REDUCTIONS:
-        raise ValueError(f"unknown KL reduction {reduction!r}; choose one of {KL_REDUCTIONS}")
     per_sample = kl.mean(dim=(1, 2))
     scaled = per_sample if reduction == "mean" else per_sample * (kl.shape[1] * kl.shape[2])
     loss = scaled.mean() if weights is None else (weights * scaled).mean()
