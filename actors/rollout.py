@@ -20,9 +20,9 @@ ROLLOUT_TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 class RolloutWorker:
     def __init__(self, policy_factory, n_frames: int, group_size: int, temperature: float = 1.0, threads: int = 1,
                  seed: int = 0, device: str = "cpu", transport=None, dtype: str = "fp32"):
-        from divcfg.learner.transport import ObjectStoreTransport
+        from divcfg.common.transport import ObjectStoreTransport
         torch.set_num_threads(threads)
-        self.transport = transport or ObjectStoreTransport()  # must match the learner side's (learner/transport.py)
+        self.transport = transport or ObjectStoreTransport()  # must match the learner side's (common/transport.py)
         # bf16 (actors.dtype): only the actors' copy; set_weights casts each fp32 snapshot as it loads it.
         self.policy = policy_factory().to(device=device, dtype=ROLLOUT_TORCH_DTYPES[dtype]).eval()
         self.n_frames, self.group_size, self.temperature = n_frames, group_size, temperature

@@ -1,6 +1,6 @@
 """Benchmark ``chaos``: kill a random rollout actor or reward worker every few seconds of a tiny-world run on Ray.
 
-The run is the training loop of ``divcfg train`` (:func:`divcfg.learner.loop.run_ray` with the world's base policy,
+The run is the training loop of ``divcfg train`` (:func:`divcfg.job.loop.run_ray` with the world's base policy,
 codec and reward embedder) on a local Ray instance, in three phases: ``--steps-before`` steps with no kills, then one
 kill every ``--kill-every`` seconds until ``--kills`` kills were made and every killed member has a replacement that
 has returned a result, then ``--steps-after`` steps with no kills.
@@ -75,9 +75,9 @@ def run(world: str, actors: int = 2, reward_workers: int = 1, kills: int = 10, k
     from divcfg.common.checkpoint import load_policy
     from divcfg.common.config import AlgoConfig, LearnerConfig
     from divcfg.common.tokens import read_tokens
-    from divcfg.common.world_build import ensure_world
+    from divcfg.world.build import ensure_world
     from divcfg.learner.learner import Learner
-    from divcfg.learner.loop import PromptStream, RayTopology, run_ray
+    from divcfg.job.loop import PromptStream, RayTopology, run_ray
     from divcfg.reward.judges import Judges
     from divcfg.reward.worker import remote_reward_worker
 

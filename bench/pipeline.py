@@ -168,7 +168,7 @@ def run(world_size: str = "small", world_dir: str | None = None, steps: int = 30
 
     from divcfg.cli import main as divcfg_main
     from divcfg.common.config import ActorsConfig, RewardConfig
-    from divcfg.common.world_build import World, WorldError
+    from divcfg.common.world_dir import World, WorldError
 
     world_dir = world_dir or f"worlds/{world_size}"
     if not World(world_dir).is_built():  # train would build it first, which takes minutes for small

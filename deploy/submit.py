@@ -27,12 +27,13 @@ import contextlib
 import os
 import re
 import shlex
-import stat
 import sys
 import time
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 from urllib.parse import urlsplit
+
+from divcfg.common import cluster
 
 __all__ = [
     "SubmitError",
@@ -250,65 +251,16 @@ def build_runtime_env(
     return runtime_env
 
 
-def _read_token_file(path: str, what: str) -> str:
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise SubmitError(f"token file {p} ({what}) does not exist", exit_code=2)
-    if p.is_dir():
-        raise SubmitError(f"token file {p} ({what}) is a directory", exit_code=2)
-    try:
-        mode = p.stat().st_mode
-        # Pipes such as --token-file <(kubectl get secret ...) are fine; only warn for
-        # regular files that others can read.
-        if stat.S_ISREG(mode) and mode & (stat.S_IRWXG | stat.S_IRWXO):
-            print(
-                f"divcfg submit: warning: token file {p} is readable by group/others; "
-                f"run `chmod 600 {p}`",
-                file=sys.stderr,
-            )
-        text = p.read_text(encoding="utf-8")
-    except OSError as e:
-        raise SubmitError(f"cannot read token file {p} ({what}): {e.strerror}", exit_code=2) from None
-    except UnicodeDecodeError:
-        raise SubmitError(f"token file {p} ({what}) is not UTF-8 text", exit_code=2) from None
-    token = text.strip()
-    if not token:
-        raise SubmitError(f"token file {p} ({what}) is empty", exit_code=2)
-    if any(c.isspace() for c in token):
-        raise SubmitError(f"token file {p} ({what}) must hold a single token on one line", exit_code=2)
-    return token
-
-
 def load_token(
     token: str | None = None,
     token_file: str | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> tuple[str | None, str]:
-    """Return ``(token, where it came from)``; the second item is safe to print.
-
-    Order: explicit ``token`` argument, ``token_file``, ``$RAY_AUTH_TOKEN``,
-    ``$RAY_AUTH_TOKEN_PATH``, ``~/.ray/auth_token``.  ``(None, "no token")`` when none.
-    """
-    env = os.environ if environ is None else environ
-    if token is not None:
-        t = token.strip()
-        if not t or any(c.isspace() for c in t):
-            raise SubmitError("the token argument is empty or contains whitespace", exit_code=2)
-        return t, "the token argument"
-    if token_file:
-        return _read_token_file(token_file, "--token-file"), f"--token-file {Path(token_file).expanduser()}"
-    env_token = env.get("RAY_AUTH_TOKEN", "").strip()
-    if env_token:
-        if any(c.isspace() for c in env_token):
-            raise SubmitError("$RAY_AUTH_TOKEN contains whitespace", exit_code=2)
-        return env_token, "$RAY_AUTH_TOKEN"
-    env_path = env.get("RAY_AUTH_TOKEN_PATH", "").strip()
-    if env_path:
-        return _read_token_file(env_path, "$RAY_AUTH_TOKEN_PATH"), f"$RAY_AUTH_TOKEN_PATH={Path(env_path).expanduser()}"
-    default = Path("~/.ray/auth_token").expanduser()
-    if default.is_file():
-        return _read_token_file(str(default), "default path"), str(default)
-    return None, "no token"
+    """Return ``(token, where it came from)`` (:func:`divcfg.common.cluster.load_token`), as a SubmitError."""
+    try:
+        return cluster.load_token(token, token_file, environ)
+    except cluster.TokenError as e:
+        raise SubmitError(str(e), exit_code=2) from None
 
 
 # ---------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """divcfg: diversity-rewarded CFG distillation of text-to-music models, on Ray.
 
-The code lives in rooms at the repository root (``actors/ learner/ reward/ common/ deploy/ bench/ conf/``) and is
+The code lives in rooms at the repository root (``common/ actors/ learner/ reward/ world/ job/ deploy/ bench/ conf/``) and is
 imported as ``divcfg.<room>``. An installed copy maps the rooms through setuptools' ``package-dir``. A plain source
 tree (a Ray Jobs ``working_dir``, or ``python -m divcfg`` from a checkout) has no such mapping, so the repository
 root is added to this package's search path when the rooms sit beside it.

@@ -11,13 +11,13 @@ import sys
 
 # name -> (module with main(argv), one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("divcfg.learner.train", "diversity-rewarded CFG distillation on Ray (Hydra app; the main job)"),
+    "train": ("divcfg.job.train", "diversity-rewarded CFG distillation on Ray (Hydra app; the main job)"),
     "pretrain": ("divcfg.learner.pretrain", "supervised pretraining of the base policy on a token dataset (Hydra app)"),
-    "world": ("divcfg.common.world_build", "build the offline music world: corpus, codec, base model, embedders, scorer"),
+    "world": ("divcfg.world.build", "build the offline music world: corpus, codec, base model, embedders, scorer"),
     "tokenize": ("divcfg.common.tokenize", "tokenise a folder of WAV files plus a captions file into a token dataset"),
     "embedder": ("divcfg.reward.embedder_cli", "train a contrastive music embedder"),
     "sample": ("divcfg.actors.sample", "sample audio from a policy checkpoint (or a tiny demo model) to WAV files"),
-    "merge": ("divcfg.learner.merge", "interpolate the weights of two checkpoints"),
+    "merge": ("divcfg.common.merge", "interpolate the weights of two checkpoints"),
     "eval": ("divcfg.reward.evaluate", "evaluate models on quality and diversity; Pareto plot"),
     "submit": ("divcfg.deploy.submit", "submit `divcfg train` as a Ray job to a cluster"),
     "scale": ("divcfg.deploy.scale", "change the rollout-actor count of a running job"),

@@ -1,6 +1,6 @@
 """The learner: the student, its optimizer, and the frozen CFG teacher. One update = ``L_distill + β · L_pg``.
 
-A plain class; the training loop (``learner/loop.py``) hosts it in the driver process.
+A plain class; the training loop (``job/loop.py``) hosts it in the driver process.
 """
 from __future__ import annotations
 

@@ -26,8 +26,8 @@ def evaluate(world_dir: str, models: list[str], gammas: list[float], merge: tupl
     from divcfg.common.checkpoint import load_policy, load_weights, policy_family
     from divcfg.common.policy import AudioTokenPolicy, PolicyConfig
     from divcfg.common.tokens import read_tokens
-    from divcfg.common.world_build import World
-    from divcfg.learner.merge import merge_state_dicts
+    from divcfg.common.world_dir import World
+    from divcfg.common.merge import merge_state_dicts
     from divcfg.reward.judges import Judges, measure_policy
 
     if samples < 2:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from divcfg.common.codec import Codec, load_codec
-from divcfg.common.world import ATTRIBUTES, parse_prompt
+from divcfg.common.captions import ATTRIBUTES, parse_prompt
 from divcfg.reward.diversity import diversity_reward
 from divcfg.reward.embedder import MusicEmbedder, load_embedder
 from divcfg.reward.scorer import AttributeScorer, adherence, load_scorer

@@ -9,8 +9,9 @@ pytestmark = pytest.mark.slow
 
 
 def test_world_build_is_complete_and_cached(tiny_world):
-    from divcfg.common.world import ATTRIBUTES
-    from divcfg.common.world_build import WorldError, build_world
+    from divcfg.common.captions import ATTRIBUTES
+    from divcfg.common.world_dir import WorldError
+    from divcfg.world.build import build_world
     info = json.loads((tiny_world / "world.json").read_text())
     for key in ("adherence_cfg1", "adherence_cfg3", "diversity_cfg1", "diversity_cfg3", "embedder_recall_at_1",
                 "scorer_accuracy", "codec_distinct_codes", "stage_seconds"):

@@ -5,7 +5,7 @@ import torch
 from divcfg.common.policy import build_policy
 from divcfg.common.record import RolloutBatch, new_group
 from divcfg.learner.learner import Learner
-from divcfg.learner.loop import Accounting, PromptStream, _admit
+from divcfg.job.loop import Accounting, PromptStream, _admit
 
 
 def make_groups(policy, prompts, g, frames, version=0, seed=0):
@@ -74,7 +74,7 @@ def test_stale_groups_are_dropped_and_counted():
 def test_waiting_groups_that_an_update_made_too_old_are_dropped_and_lags_are_taken_at_training_time():
     from collections import deque
 
-    from divcfg.learner.loop import _expire, _take
+    from divcfg.job.loop import _expire, _take
     policy = build_policy(seed=0)
     ready = deque(make_groups(policy, ["a"], 2, 3, version=v) for v in (4, 3, 5))  # admitted at version 5, lag <= 2
     acct = Accounting()

@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from divcfg.common.world_build import _paired_se
+from divcfg.world.build import _paired_se
 
 
 def test_paired_se_by_hand():

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from divcfg.deploy import scale, submit
-from divcfg.deploy.connect import ClusterError, check_reachable, gcs_endpoint
+from divcfg.common.cluster import ClusterError, check_reachable, gcs_endpoint
 
 
 def closed_port() -> int:

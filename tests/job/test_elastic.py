@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from divcfg.actors.rollout import remote_rollout_worker
-from divcfg.deploy.scale import running_jobs, set_target, start_control
-from divcfg.learner.loop import PromptStream, RayTopology, RoleFailures, run_ray
+from divcfg.job.control import running_jobs, set_target, start_control
+from divcfg.job.loop import PromptStream, RayTopology, RoleFailures, run_ray
 from divcfg.reward.worker import remote_reward_worker
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])

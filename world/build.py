@@ -26,80 +26,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-# 2: the offline codec encodes log-mel frames; 3: judges use the common checkpoint layout;
-# 4: several captions per training clip, word features in the text encoder (the base model now follows its prompt)
-# 5: the text encoder is trained to read captions first, then frozen while the base model pretrains
-WORLD_VERSION = 5
-STAGES = ("corpus", "codec", "tokens", "base", "embedders", "scorer", "measure")
-_NEEDS_AUDIO = ("corpus", "codec", "tokens", "embedders", "scorer")  # a resumed build skips synthesis otherwise
-
-# Everything that differs between sizes. tiny: < 2 min on 2 cores (tests); small: < 20 min (quickstart, acceptance).
-SIZES: dict[str, dict] = {
-    "tiny": dict(n_clips=260, n_heldout=40, duration_s=2.0, card=64, fit_vectors=4000, kmeans_iters=8,
-                 decoder_steps=0, captions_per_clip=2, model="tiny", pretrain_steps=150, pretrain_batch=16,
-                 pretrain_lr=3e-3, text_steps=40, model_overrides=dict(freeze_text=True),
-                 embedder="tiny", embedder_steps=60, embedder_clips=200, scorer="tiny", scorer_steps=60,
-                 measure_prompts=6, measure_samples=4),
-    # small: 9600 clips so that pretraining sees each about 8 times; with 3200 it memorised them (train loss 1.6,
-    # held-out 3.0) and ignored the prompt.
-    "small": dict(n_clips=9600, n_heldout=200, duration_s=3.0, card=256, fit_vectors=20000, kmeans_iters=15,
-                  decoder_steps=0, captions_per_clip=3, model="small",
-                  model_overrides=dict(dim=128, n_layers=4, n_heads=4, text_layers=2, freeze_text=True),
-                  text_steps=200, pretrain_steps=3000, pretrain_batch=32, pretrain_lr=2e-3,
-                  embedder="small", embedder_steps=250, embedder_clips=1200, scorer="small", scorer_steps=200,
-                  measure_prompts=48, measure_samples=4),
-}
-
-
-class WorldError(ValueError):
-    """A world directory or request that can't be used; the message names it."""
-
-
-def size_params(size: str) -> dict:
-    if size not in SIZES:
-        raise WorldError(f"unknown world size {size!r}; known sizes: {', '.join(SIZES)}")
-    return SIZES[size]
-
-
-class World:
-    """Paths and cached state of one world directory."""
-
-    def __init__(self, root: str | os.PathLike):
-        self.root = Path(root)
-
-    def path(self, name: str) -> Path:
-        return self.root / name
-
-    @property
-    def state_file(self) -> Path:
-        return self.root / "state.json"
-
-    def state(self) -> dict:
-        if not self.state_file.is_file():
-            return {}
-        try:
-            return json.loads(self.state_file.read_text())
-        except json.JSONDecodeError as e:
-            raise WorldError(f"world state {self.state_file} is corrupt ({e}); delete the directory to rebuild") from None
-
-    def write_state(self, state: dict) -> None:
-        tmp = self.state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state, indent=2))
-        os.replace(tmp, self.state_file)
-
-    def is_built(self) -> bool:
-        return "measure" in self.state().get("done", {})
-
-    def heldout_prompts(self) -> list[str]:
-        from divcfg.common.prompts import load_prompts
-        return load_prompts(self.path("prompts_heldout.txt"))
-
-    def info(self) -> dict:
-        return json.loads(self.path("world.json").read_text())
+from divcfg.common.world_dir import _NEEDS_AUDIO, SIZES, STAGES, WORLD_VERSION, World, WorldError, size_params
 
 
 def _corpus_audio(wcfg, start: int, count: int) -> tuple[np.ndarray, list]:
-    from divcfg.common.world import generate_corpus
+    from divcfg.world.procedural import generate_corpus
     clips = generate_corpus(wcfg, start=start, count=count)
     return np.stack([c.audio for c in clips]).astype(np.float32), clips
 
@@ -114,7 +45,8 @@ def build_world(out: str | os.PathLike, size: str = "small", seed: int = 0, prog
     from divcfg.common.config import PretrainConfig
     from divcfg.common.policy import build_policy, policy_config
     from divcfg.common.tokens import read_tokens, write_tokens
-    from divcfg.common.world import ATTRIBUTES, WorldConfig, attribute_labels, recaption, write_corpus
+    from divcfg.common.captions import ATTRIBUTES, attribute_labels
+    from divcfg.world.procedural import WorldConfig, recaption, write_corpus
     from divcfg.learner.pretrain import pretrain, pretrain_text
     from divcfg.reward.embedder import embedder_config, load_embedder, recall_at_1, save_embedder, train_embedder
     from divcfg.reward.judges import Judges, measure_policy
@@ -262,10 +194,12 @@ def _measure(world: World, p: dict, seed: int) -> dict:
     prompts = world.heldout_prompts()[: p["measure_prompts"]]
     heldout = read_tokens(world.path("heldout.parquet"))
     n_frames = heldout.codes.shape[2]
+    # FAD's reference: held-out-embedder features of the held-out clips, decoded as the samples are.
+    real = judges.embed(judges.decode(heldout.codes), "eval").numpy()
     rows = {}
     for gamma in (1.0, 3.0):
         rows[gamma] = measure_policy(base, judges, prompts, p["measure_samples"], gamma, n_frames, seed=seed,
-                                     teacher=base, teacher_scale=3.0)
+                                     teacher=base, teacher_scale=3.0, fad_reference=real)
     return {"cfg1": rows[1.0], "cfg3": rows[3.0], "prompts": len(prompts), "samples_per_prompt": p["measure_samples"],
             **_prompt_use(base, judges, heldout)}
 
@@ -310,6 +244,7 @@ def _report(world: World, state: dict) -> dict:
         "adherence_gap": m["cfg3"]["adherence"] - m["cfg1"]["adherence"],
         "adherence_gap_se": _paired_se(m["cfg1"].get("adherence_by_prompt"), m["cfg3"].get("adherence_by_prompt")),
         "diversity_cfg1": m["cfg1"]["diversity"], "diversity_cfg3": m["cfg3"]["diversity"],
+        "fad_cfg1": m["cfg1"].get("fad"), "fad_cfg3": m["cfg3"].get("fad"),
         "teacher_loglik_cfg1": m["cfg1"].get("teacher_loglik"), "teacher_loglik_cfg3": m["cfg3"].get("teacher_loglik"),
         "adherence_real": m.get("adherence_real"),
         "heldout_nll": {"cond": m.get("heldout_nll_cond"), "null": m.get("heldout_nll_null")},

@@ -3,7 +3,7 @@ import torch
 
 from divcfg.common.checkpoint import load_policy, save_policy
 from divcfg.common.policy import build_policy
-from divcfg.learner.merge import main, merge_state_dicts
+from divcfg.common.merge import main, merge_state_dicts
 
 
 @pytest.fixture

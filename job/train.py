@@ -160,9 +160,9 @@ def _train(cfg) -> dict:
     from divcfg.common.checkpoint import load_policy, load_weights
     from divcfg.common.config import validate_train
     from divcfg.common.tokens import read_tokens
-    from divcfg.common.world_build import ensure_world
+    from divcfg.world.build import ensure_world
     from divcfg.learner.learner import Learner
-    from divcfg.learner.loop import PromptStream, RayTopology, run_local, run_ray
+    from divcfg.job.loop import PromptStream, RayTopology, run_local, run_ray
     from divcfg.reward.judges import Judges
     from divcfg.reward.worker import RewardWorker, remote_reward_worker
 
@@ -294,7 +294,7 @@ def _train(cfg) -> dict:
     else:
         import ray
 
-        from divcfg.deploy.scale import start_control
+        from divcfg.job.control import start_control
         run_name = run_dir.name
         control = start_control(run_name, cfg.actors.count)
         scaling_step = {"step": start_step}
@@ -316,7 +316,7 @@ def _train(cfg) -> dict:
 
         autoscale = None
         if cfg.autoscale.max:
-            from divcfg.deploy.scale import AutoscaleRequest
+            from divcfg.job.control import AutoscaleRequest
             autoscale = AutoscaleRequest(
                 cfg.autoscale.min, cfg.autoscale.max, {"CPU": cfg.actors.num_cpus, "GPU": cfg.actors.num_gpus},
                 [{"CPU": cfg.reward.num_cpus, "GPU": cfg.reward.num_gpus}] * cfg.reward.count, on_event=on_event)
@@ -412,7 +412,7 @@ def _start_ray(cfg) -> None:
     runtime_env = {"env_vars": {"OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
         [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])}}
     if address:
-        from divcfg.deploy.connect import ClusterError, connect
+        from divcfg.common.cluster import ClusterError, connect
         try:
             # connect() checks the address answers first: a bare ray.init retries a dead one for many minutes.
             connect(address, runtime_env=runtime_env, log_to_driver=False, namespace="divcfg")

@@ -8,7 +8,7 @@ import torch
 from divcfg.actors.rollout import RolloutWorker, remote_rollout_worker
 from divcfg.common.policy import build_policy
 from divcfg.learner.learner import Learner
-from divcfg.learner.loop import PromptStream, RayTopology, run_local, run_ray
+from divcfg.job.loop import PromptStream, RayTopology, run_local, run_ray
 from divcfg.reward.worker import RewardWorker, remote_reward_worker
 
 pytestmark = pytest.mark.ray

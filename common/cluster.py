@@ -9,12 +9,20 @@ from __future__ import annotations
 
 import os
 import socket
+import stat
+import sys
+from pathlib import Path
+from typing import Mapping
 
 CONNECT_TIMEOUT_S = 3.0
 
 
 class ClusterError(RuntimeError):
     """A cluster that cannot be joined, with a message fit for the user."""
+
+
+class TokenError(ClusterError):
+    """A Ray auth token that is missing, unreadable or malformed; the message names where it was looked for."""
 
 
 def gcs_endpoint(address: str) -> tuple[str, int]:
@@ -49,14 +57,12 @@ def connect(address: str, **init_kwargs) -> None:
     import ray
     from ray.exceptions import AuthenticationError
 
-    from divcfg.deploy.submit import SubmitError, load_token
-
     if address != "auto":
         check_reachable(address)
     try:
         # The order Ray itself reads: RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token.
         token, source = load_token()
-    except SubmitError as e:
+    except TokenError as e:
         raise ClusterError(str(e)) from None
     if token is not None:
         os.environ.setdefault("RAY_AUTH_MODE", "token")
@@ -71,3 +77,64 @@ def connect(address: str, **init_kwargs) -> None:
                 if token is not None else "no token was found; if the cluster uses token authentication, set "
                 "RAY_AUTH_TOKEN_PATH")
         raise ClusterError(f"cannot join the Ray cluster at {address!r}: {hint} ({e})") from None
+
+
+def _read_token_file(path: str, what: str) -> str:
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise TokenError(f"token file {p} ({what}) does not exist")
+    if p.is_dir():
+        raise TokenError(f"token file {p} ({what}) is a directory")
+    try:
+        mode = p.stat().st_mode
+        # Pipes such as --token-file <(kubectl get secret ...) are fine; only warn for
+        # regular files that others can read.
+        if stat.S_ISREG(mode) and mode & (stat.S_IRWXG | stat.S_IRWXO):
+            print(
+                f"divcfg: warning: token file {p} is readable by group/others; "
+                f"run `chmod 600 {p}`",
+                file=sys.stderr,
+            )
+        text = p.read_text(encoding="utf-8")
+    except OSError as e:
+        raise TokenError(f"cannot read token file {p} ({what}): {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise TokenError(f"token file {p} ({what}) is not UTF-8 text") from None
+    token = text.strip()
+    if not token:
+        raise TokenError(f"token file {p} ({what}) is empty")
+    if any(c.isspace() for c in token):
+        raise TokenError(f"token file {p} ({what}) must hold a single token on one line")
+    return token
+
+
+def load_token(
+    token: str | None = None,
+    token_file: str | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> tuple[str | None, str]:
+    """Return ``(token, where it came from)``; the second item is safe to print.
+
+    Order: explicit ``token`` argument, ``token_file``, ``$RAY_AUTH_TOKEN``,
+    ``$RAY_AUTH_TOKEN_PATH``, ``~/.ray/auth_token``.  ``(None, "no token")`` when none.
+    """
+    env = os.environ if environ is None else environ
+    if token is not None:
+        t = token.strip()
+        if not t or any(c.isspace() for c in t):
+            raise TokenError("the token argument is empty or contains whitespace")
+        return t, "the token argument"
+    if token_file:
+        return _read_token_file(token_file, "--token-file"), f"--token-file {Path(token_file).expanduser()}"
+    env_token = env.get("RAY_AUTH_TOKEN", "").strip()
+    if env_token:
+        if any(c.isspace() for c in env_token):
+            raise TokenError("$RAY_AUTH_TOKEN contains whitespace")
+        return env_token, "$RAY_AUTH_TOKEN"
+    env_path = env.get("RAY_AUTH_TOKEN_PATH", "").strip()
+    if env_path:
+        return _read_token_file(env_path, "$RAY_AUTH_TOKEN_PATH"), f"$RAY_AUTH_TOKEN_PATH={Path(env_path).expanduser()}"
+    default = Path("~/.ray/auth_token").expanduser()
+    if default.is_file():
+        return _read_token_file(str(default), "default path"), str(default)
+    return None, "no token"

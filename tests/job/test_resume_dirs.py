@@ -1,7 +1,7 @@
 """Which checkpoint a run continues from, and that a fresh start never overwrites another run's checkpoints."""
 import pytest
 
-from divcfg.learner.train import resolve_resume
+from divcfg.job.train import resolve_resume
 
 
 def _checkpoint(run, step, complete=True):
@@ -57,7 +57,7 @@ def test_resume_config_check_on_kl_reduction(tmp_path):
     """algo.kl_reduction is one of the method's settings; a run saved before it existed used the mean."""
     from omegaconf import OmegaConf
 
-    from divcfg.learner.train import _check_resume_config
+    from divcfg.job.train import _check_resume_config
 
     def saved(algo):
         (tmp_path / ".hydra").mkdir(exist_ok=True)

@@ -1,7 +1,7 @@
 """autoscale.min/max: the pool's target becomes a resource request for Ray's autoscaler."""
 import pytest
 
-from divcfg.deploy.scale import AutoscaleRequest
+from divcfg.job.control import AutoscaleRequest
 
 
 def recorder():

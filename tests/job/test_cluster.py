@@ -14,8 +14,8 @@ import pytest
 from ray._private.authentication_test_utils import reset_auth_token_state
 
 from divcfg.actors.rollout import remote_rollout_worker
-from divcfg.deploy.scale import set_target, start_control
-from divcfg.learner.loop import PromptStream, RayTopology, run_ray
+from divcfg.job.control import set_target, start_control
+from divcfg.job.loop import PromptStream, RayTopology, run_ray
 from divcfg.reward.worker import remote_reward_worker
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -4,7 +4,7 @@ import torch
 
 from divcfg.actors.rollout import RolloutWorker
 from divcfg.common.policy import build_policy
-from divcfg.learner.transport import InProcessTransport, ObjectStoreTransport
+from divcfg.common.transport import InProcessTransport, ObjectStoreTransport
 
 
 class TinyPolicy:

@@ -119,10 +119,10 @@ class RayTopology:
 
     def __init__(self, rollout_cls, reward_cls, n_actors: int, n_reward: int, rollout_kwargs: dict,
                  reward_kwargs: dict, transport=None):
-        from divcfg.learner.transport import ObjectStoreTransport
+        from divcfg.common.transport import ObjectStoreTransport
         self.rollout_cls, self.rollout_kwargs = rollout_cls, rollout_kwargs
         self.reward_cls, self.reward_kwargs = reward_cls, reward_kwargs
-        # How snapshots travel (learner/transport.py); the roles only ever see its handles.
+        # How snapshots travel (common/transport.py); the roles only ever see its handles.
         self.transport = transport or ObjectStoreTransport()
         self.weights_ref = None
         self.weights_version = -1
