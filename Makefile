@@ -10,7 +10,10 @@ ARGS   ?=
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev,music]"
+	# The real-music world's renderer and judge, without the requirements their wheels declare but the code never
+	# uses (pyaudio needs PortAudio headers to build; TensorFlow and librosa): see the `music` extra in pyproject.toml.
+	$(PY) -m pip install --quiet --no-deps -c constraints.txt tinysoundfont basic-pitch
 	touch $@
 
 run: $(VENV)/.installed

@@ -7,11 +7,16 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
-import torch
+# A replacement actor's cold start, by timestamps it records itself (``stats()["startup"]``, `divcfg bench
+# coldstart`): the imports below, torch above all, are the largest part of it (RELIABILITY.md, "Cold start").
+_IMPORT_START = time.time()
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
-from divcfg.common.checkpoint import load_snapshot
-from divcfg.common.record import RolloutBatch, new_group
+from divcfg.common.checkpoint import load_snapshot  # noqa: E402
+from divcfg.common.record import RolloutBatch, new_group  # noqa: E402
+
+_IMPORTED = time.time()
 
 
 ROLLOUT_TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -20,7 +25,11 @@ ROLLOUT_TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 class RolloutWorker:
     def __init__(self, policy_factory, n_frames: int, group_size: int, temperature: float = 1.0, threads: int = 1,
                  seed: int = 0, device: str = "cpu", transport=None, dtype: str = "fp32"):
+        import psutil
+
         from divcfg.common.transport import ObjectStoreTransport
+        self.startup = {"process_start": psutil.Process().create_time(), "import_start": _IMPORT_START,
+                        "imported": _IMPORTED, "init_start": time.time()}
         torch.set_num_threads(threads)
         self.transport = transport or ObjectStoreTransport()  # must match the learner side's (common/transport.py)
         # bf16 (actors.dtype): only the actors' copy; set_weights casts each fp32 snapshot as it loads it.
@@ -30,13 +39,16 @@ class RolloutWorker:
         self.generator = torch.Generator(device=device).manual_seed(seed)
         self.groups_done = 0
         self.busy_s = 0.0
+        self.startup["built"] = time.time()
 
     def set_weights(self, version: int, weights) -> int:
         """Load a published snapshot: numpy arrays (read zero-copy from the object store) or a transport handle."""
+        self.startup.setdefault("weights_start", time.time())
         weights = self.transport.receive(weights)
         state = {k: torch.from_numpy(np.asarray(v)) for k, v in weights.items()}
         load_snapshot(self.policy, state)  # the whole state dict, or only the trainable tensors (MusicGen)
         self.version = version
+        self.startup.setdefault("weights_end", time.time())
         return version
 
     def generate_groups(self, items: list[tuple[int, str, int]]) -> list[RolloutBatch]:
@@ -46,6 +58,7 @@ class RolloutWorker:
         about 1.7× on the small world (``actors.groups_per_call``)."""
         if self.version < 0:
             raise RuntimeError("rollout worker has no weights yet: call set_weights first")
+        self.startup.setdefault("first_call_start", time.time())
         start = time.perf_counter()
         g = self.group_size
         cond = self.policy.encode_condition([prompt for _, prompt, _ in items for _ in range(g)])
@@ -54,13 +67,17 @@ class RolloutWorker:
         seconds = time.perf_counter() - start
         self.groups_done += len(items)
         self.busy_s += seconds
+        self.startup.setdefault("first_call_end", time.time())
         share = seconds / len(items)  # each group's part of the call: a step's sum counts the call once
         return [new_group(prompt_id=pid, prompt=prompt, group_id=gid, codes=codes[i * g:(i + 1) * g],
                           logprobs=logprobs[i * g:(i + 1) * g], policy_version=self.version, generate_s=share)
                 for i, (pid, prompt, gid) in enumerate(items)]
 
     def stats(self) -> dict:
-        return {"groups": self.groups_done, "busy_s": self.busy_s, "version": self.version}
+        """Work done, and the startup timestamps (wall clock, ``time.time()``): process start, module imports
+        (start, end), ``__init__`` (start, model built), first weights load and first call (start, end)."""
+        return {"groups": self.groups_done, "busy_s": self.busy_s, "version": self.version,
+                "startup": dict(self.startup)}
 
 
 def remote_rollout_worker(num_cpus: float, num_gpus: float):

@@ -16,15 +16,22 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="divcfg sample", description=__doc__.split(":", 1)[1].strip())
     p.add_argument("checkpoint", nargs="?", help="policy checkpoint directory (omit with --demo)")
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--prompt", action="append", help="a prompt (repeatable)")
+    src.add_argument("--prompt", action="append",
+                     help="a prompt (repeatable); without --prompt or --prompts: 'a calm melody'")
     src.add_argument("--prompts", help="prompt file: .txt (one per line), .jsonl or .parquet")
     p.add_argument("--n", type=int, default=4, help="samples per prompt (default 4)")
     p.add_argument("--guidance-scale", type=float, default=1.0, help="CFG scale γ; 1 = no CFG (default 1)")
     p.add_argument("--frames", type=int, default=None, help="audio frames per sample (default: the model's max)")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--temperature", type=float, default=1.0,
+                   help="sampling temperature; the logits are divided by it (default 1)")
+    p.add_argument("--top-k", type=int, default=0,
+                   help="sample among the k most likely codes of each codebook; 0 = all (default 0)")
+    p.add_argument("--top-p", type=float, default=1.0,
+                   help="nucleus sampling: the smallest set of codes whose probability reaches p, in (0, 1]; "
+                        "1 = all (default 1)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="random seed; prompt i draws with seed + i, so each prompt's samples are reproducible "
+                        "alone (default 0)")
     p.add_argument("--codec", help="codec directory (default: the one recorded in the checkpoint)")
     p.add_argument("--out", required=True, help="output directory for WAV files and manifest.json")
     p.add_argument("--demo", action="store_true", help="no checkpoint: a tiny random policy and a quickly fitted "

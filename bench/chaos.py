@@ -1,6 +1,6 @@
 """Benchmark ``chaos``: kill a random rollout actor or reward worker every few seconds of a tiny-world run on Ray.
 
-The run is the training loop of ``divcfg train`` (:func:`divcfg.job.loop.run_ray` with the world's base policy,
+The run is the training loop of ``divcfg train`` (:class:`divcfg.job.scheduler.Scheduler` with the world's base policy,
 codec and reward embedder) on a local Ray instance, in three phases: ``--steps-before`` steps with no kills, then one
 kill every ``--kill-every`` seconds until ``--kills`` kills were made and every killed member has a replacement that
 has returned a result, then ``--steps-after`` steps with no kills.
@@ -63,11 +63,51 @@ def recovery_s(topo, kill: dict) -> float | None:
     return None
 
 
-def run(world: str, actors: int = 2, reward_workers: int = 1, kills: int = 10, kill_every: float = 3.0,
-        steps_before: int = 6, steps_after: int = 6, seed: int = 0, max_minutes: float = 20.0,
-        json_out: str | None = None) -> list[dict]:
-    import os
+class Phases:
+    """The loop's ``on_step``: ``steps_before`` steps with no kills, then the killer runs until its kills are made and
+    every killed member has a recovered replacement, then ``steps_after`` steps, then the run ends (or at
+    ``deadline``, whatever happened). It records each step's end time and samples, and the prompts used."""
 
+    def __init__(self, topo, killer: Killer, kills: int, steps_before: int, steps_after: int, group_size: int,
+                 deadline: float):
+        self.topo, self.killer, self.kills, self.group_size, self.deadline = topo, killer, kills, group_size, deadline
+        self.steps_before, self.steps_after = steps_before, steps_after
+        self.steps: list[tuple[float, int]] = []  # (end time, samples used)
+        self.used_ids: list[int] = []
+        self.partial = 0
+        self.name, self.t = "before", {}
+
+    def __call__(self, i, batch, metrics, acct) -> bool:
+        now = time.perf_counter()
+        self.steps.append((now, len(batch)))
+        self.used_ids.extend(int(p) for p in np.unique(batch.prompt_id))
+        self.partial += sum(len(g) != self.group_size for g in batch.groups())
+        if self.name == "before" and i + 1 >= self.steps_before:
+            self.t["kills_start"] = now
+            self.killer.start()
+            self.name = "kills"
+        elif self.name == "kills" and len(self.killer.kills) >= self.kills:
+            if all(recovery_s(self.topo, k) is not None for k in self.killer.kills):
+                self.t["recovered"] = now
+                self.name = "after"
+        elif self.name == "after" and sum(s > self.t["recovered"] for s, _ in self.steps) >= self.steps_after:
+            return True
+        return now > self.deadline
+
+    def samples_per_s(self, start: str | float, end: str | float) -> float | None:
+        """Samples used by steps that ended in (start, end], over that window; a phase's mark names its time (None
+        when the run never got there)."""
+        start, end = (self.t.get(x) if isinstance(x, str) else x for x in (start, end))
+        if start is None or end is None:
+            return None
+        n = sum(k for s, k in self.steps if start < s <= end)
+        return n / (end - start) if n and end > start else None
+
+
+def _setup(world: str, actors: int, reward_workers: int, seed: int, spares: int = 0):
+    """The training loop's roles on a local Ray instance: the tiny world's base policy, codec and reward embedder,
+    with train's default method settings and ``spares`` warm spares per role. Returns (learner, topology, stream,
+    algo config, learner config)."""
     import ray
     import torch
 
@@ -75,109 +115,97 @@ def run(world: str, actors: int = 2, reward_workers: int = 1, kills: int = 10, k
     from divcfg.common.checkpoint import load_policy
     from divcfg.common.config import AlgoConfig, LearnerConfig
     from divcfg.common.tokens import read_tokens
-    from divcfg.world.build import ensure_world
+    from divcfg.job.books import PromptStream
+    from divcfg.job.pool import RayTopology
     from divcfg.learner.learner import Learner
-    from divcfg.job.loop import PromptStream, RayTopology, run_ray
     from divcfg.reward.judges import Judges
     from divcfg.reward.worker import remote_reward_worker
+    from divcfg.world.build import ensure_world
 
-    # The method's settings are train's defaults; only the world and the pool sizes are chosen here.
     algo, learner_cfg = AlgoConfig(), LearnerConfig()
     torch.set_num_threads(learner_cfg.threads)
-    load_start = os.getloadavg()[0]  # other work on the machine stretches recoveries; record how busy it was
     w = ensure_world(world, "tiny", seed=0, progress=True)
     world_dir, base = str(w.root.resolve()), str(w.path("base").resolve())
     n_frames = read_tokens(w.path("heldout.parquet")).codes.shape[2]
     prompts = list(dict.fromkeys(read_tokens(w.path("tokens.parquet")).prompts))
-    ray.init(num_cpus=max(2, int(np.ceil(0.5 * (actors + reward_workers)))), include_dashboard=False,
+    ray.init(num_cpus=max(2, int(np.ceil(0.5 * (actors + reward_workers + 2 * spares)))), include_dashboard=False,
              log_to_driver=False, runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
     learner = Learner(load_policy(base), beta=algo.beta, guidance_scale=algo.guidance_scale, lr=algo.lr,
                       baseline=algo.baseline, is_clip=algo.is_clip, grad_clip=learner_cfg.grad_clip)
     topo = RayTopology(remote_rollout_worker(0.5, 0), remote_reward_worker(0.5, 0), actors, reward_workers,
                        dict(policy_factory=functools.partial(load_policy, base), n_frames=n_frames,
                             group_size=algo.group_size, temperature=algo.temperature, threads=1),
-                       dict(judges_factory=functools.partial(Judges.load, world_dir), threads=1))
-    stream = PromptStream(prompts, seed)
+                       dict(judges_factory=functools.partial(Judges.load, world_dir), threads=1),
+                       spares=spares, reward_spares=spares)
+    return learner, topo, PromptStream(prompts, seed), algo, learner_cfg
+
+
+def run(world: str, actors: int = 2, reward_workers: int = 1, kills: int = 10, kill_every: float = 3.0,
+        steps_before: int = 6, steps_after: int = 6, seed: int = 0, max_minutes: float = 20.0,
+        json_out: str | None = None, spares: int = 0) -> list[dict]:
+    import os
+
+    import ray
+
+    from divcfg.job.scheduler import Scheduler
+
+    load_start = os.getloadavg()[0]  # other work on the machine stretches recoveries; record how busy it was
+    learner, topo, stream, algo, learner_cfg = _setup(world, actors, reward_workers, seed, spares)
     killer = Killer(topo, kill_every, kills, seed)
-    steps: list[tuple[float, int]] = []  # (end time, samples used)
-    used_ids: list[int] = []
-    partial = 0
-    phase = {"name": "before", "t": {}}
-    deadline = time.perf_counter() + max_minutes * 60
-
-    def on_step(i, batch, metrics, acct) -> bool:
-        nonlocal partial
-        now = time.perf_counter()
-        steps.append((now, len(batch)))
-        used_ids.extend(int(p) for p in np.unique(batch.prompt_id))
-        partial += sum(len(g) != algo.group_size for g in batch.groups())
-        t = phase["t"]
-        if phase["name"] == "before" and i + 1 >= steps_before:
-            t["kills_start"] = now
-            killer.start()
-            phase["name"] = "kills"
-        elif phase["name"] == "kills" and len(killer.kills) >= kills:
-            if all(recovery_s(topo, k) is not None for k in killer.kills):
-                t["recovered"] = now
-                phase["name"] = "after"
-        elif phase["name"] == "after" and sum(s > t["recovered"] for s, _ in steps) >= steps_after:
-            return True
-        return now > deadline
-
+    phases = Phases(topo, killer, kills, steps_before, steps_after, algo.group_size,
+                    deadline=time.perf_counter() + max_minutes * 60)
     t0 = time.perf_counter()
-    acct = run_ray(learner, topo, stream, steps=10**6, batch_prompts=algo.batch_prompts, group_size=algo.group_size,
-                   max_lag=algo.max_policy_lag, mode="async", queue_groups=0, on_step=on_step,
-                   max_role_failures=learner_cfg.max_role_failures)
+    scheduler = Scheduler(learner, topo, stream, batch_prompts=algo.batch_prompts, group_size=algo.group_size,
+                          max_lag=algo.max_policy_lag, mode="async", max_role_failures=learner_cfg.max_role_failures)
+    acct = scheduler.run(10**6, phases)
     killer.halt.set()
     wall = time.perf_counter() - t0
     ray.shutdown()
+    results = _figures(phases, killer, topo, acct, stream, t0, kills)
+    results.append(_entry("run", wall, "s", steps=len(phases.steps), loadavg_1m_start=round(load_start, 2),
+                          actors=actors, reward_workers=reward_workers, spares=spares, kill_every_s=kill_every,
+                          group_size=algo.group_size, batch_prompts=algo.batch_prompts))
+    if json_out:
+        write_results(json_out, results, machine_info("cpu"))
+    print_table(results)
+    print("recovery per kill (s): " + ", ".join(f"{k['role']} {k['recovery_s']}" for k in results[2]["kills"]))
+    return results
 
-    def samples_per_s(start: float, end: float) -> float | None:
-        """Samples used by steps that ended in (start, end], over that window."""
-        n = sum(k for s, k in steps if start < s <= end)
-        return n / (end - start) if n and end > start else None
 
-    t = phase["t"]
-    # The first step waits for the actors to start; the baseline window opens when it ends.
-    before = samples_per_s(steps[0][0], t["kills_start"]) if "kills_start" in t else None
-    during = samples_per_s(t["kills_start"], t["recovered"]) if "recovered" in t else None
-    after = samples_per_s(t["recovered"], steps[-1][0]) if "recovered" in t else None
+def _entry(name, value, unit, target=None, met=None, baseline=None, **extra) -> dict:
+    ratio = value / baseline if baseline and value is not None else None
+    return dict(name=f"chaos/{name}", value=value, unit=unit, baseline_value=baseline, ratio=ratio, target=target,
+                met=met, **extra)
+
+
+def _figures(phases: Phases, killer: Killer, topo, acct, stream, t0: float, kills: int) -> list[dict]:
+    """Recoveries, the books (nothing lost, nothing used twice, no partial group) and throughput per phase."""
     per_kill = [{"role": k["role"], "at_s": round(k["t"] - t0, 2),
                  "recovery_s": None if (r := recovery_s(topo, k)) is None else round(r, 2)} for k in killer.kills]
     recovered = [k["recovery_s"] for k in per_kill if k["recovery_s"] is not None]
     drawn = stream.position
     lost = drawn - (acct.used + acct.stale + acct.dropped + acct.unfinished)
-    duplicates = len(used_ids) - len(set(used_ids))
+    duplicates = len(phases.used_ids) - len(set(phases.used_ids))
     books = dict(drawn=drawn, generated=acct.generated, used=acct.used, stale=acct.stale, dropped=acct.dropped,
                  requeued=acct.requeued, unfinished=acct.unfinished, failures=dict(acct.failures))
-
-    def entry(name, value, unit, target=None, met=None, baseline=None, **extra):
-        ratio = value / baseline if baseline and value is not None else None
-        return dict(name=f"chaos/{name}", value=value, unit=unit, baseline_value=baseline, ratio=ratio,
-                    target=target, met=met, **extra)
-
-    results = [
-        entry("kills", len(killer.kills), "kills", target=kills, met=len(killer.kills) >= kills,
-              rollout=sum(k["role"] == "rollout" for k in per_kill),
-              reward=sum(k["role"] == "reward" for k in per_kill)),
-        entry("recovered", len(recovered), "kills", target=len(per_kill), met=len(recovered) == len(per_kill)),
-        entry("recovery_median", statistics.median(recovered) if recovered else None, "s", kills=per_kill),
-        entry("recovery_max", max(recovered) if recovered else None, "s"),
-        entry("groups_lost", lost, "groups", target=0, met=lost == 0, books=books),
-        entry("groups_duplicated", duplicates, "groups", target=0, met=duplicates == 0),
-        entry("partial_groups_at_learner", partial, "groups", target=0, met=partial == 0),
-        entry("samples_per_s_before", before, "samples/s"),
-        entry("samples_per_s_during", during, "samples/s", baseline=before),
-        entry("samples_per_s_after", after, "samples/s", baseline=before),
-        entry("run", wall, "s", steps=len(steps), loadavg_1m_start=round(load_start, 2), actors=actors,
-              reward_workers=reward_workers, kill_every_s=kill_every, group_size=algo.group_size,
-              batch_prompts=algo.batch_prompts),
+    # The first step waits for the actors to start; the baseline window opens when it ends.
+    before = phases.samples_per_s(phases.steps[0][0], "kills_start")
+    after = phases.samples_per_s("recovered", phases.steps[-1][0])
+    return [
+        _entry("kills", len(killer.kills), "kills", target=kills, met=len(killer.kills) >= kills,
+               rollout=sum(k["role"] == "rollout" for k in per_kill),
+               reward=sum(k["role"] == "reward" for k in per_kill)),
+        _entry("recovered", len(recovered), "kills", target=len(per_kill), met=len(recovered) == len(per_kill)),
+        _entry("recovery_median", statistics.median(recovered) if recovered else None, "s", kills=per_kill),
+        _entry("recovery_max", max(recovered) if recovered else None, "s"),
+        _entry("groups_lost", lost, "groups", target=0, met=lost == 0, books=books),
+        _entry("groups_duplicated", duplicates, "groups", target=0, met=duplicates == 0),
+        _entry("partial_groups_at_learner", phases.partial, "groups", target=0, met=phases.partial == 0),
+        _entry("samples_per_s_before", before, "samples/s"),
+        _entry("samples_per_s_during", phases.samples_per_s("kills_start", "recovered"), "samples/s",
+               baseline=before),
+        _entry("samples_per_s_after", after, "samples/s", baseline=before),
     ]
-    if json_out:
-        write_results(json_out, results, machine_info("cpu"))
-    print_table(results)
-    print("recovery per kill (s): " + ", ".join(f"{k['role']} {k['recovery_s']}" for k in per_kill))
-    return results
 
 
 def main(argv=None) -> int:
@@ -185,6 +213,7 @@ def main(argv=None) -> int:
     ap.add_argument("--world", default="worlds/tiny", help="tiny world directory (built there if missing)")
     ap.add_argument("--actors", type=int, default=2, help="rollout actors")
     ap.add_argument("--reward-workers", type=int, default=1)
+    ap.add_argument("--spares", type=int, default=0, help="warm spares per role (actors.spares, reward.spares)")
     ap.add_argument("--kills", type=int, default=10, help="kills to make (>= 1)")
     ap.add_argument("--kill-every", type=float, default=3.0, help="seconds between kills (> 0)")
     ap.add_argument("--steps-before", type=int, default=6, help="learner steps before the first kill (>= 2)")
@@ -193,13 +222,14 @@ def main(argv=None) -> int:
     ap.add_argument("--max-minutes", type=float, default=20.0, help="stop the run after this long, whatever happened")
     ap.add_argument("--json", dest="json_out")
     args = ap.parse_args(argv)
-    for name, low in (("actors", 1), ("reward_workers", 1), ("kills", 1), ("steps_before", 2), ("steps_after", 1)):
+    for name, low in (("actors", 1), ("reward_workers", 1), ("kills", 1), ("steps_before", 2), ("steps_after", 1),
+                      ("spares", 0)):
         if getattr(args, name) < low:
             ap.error(f"--{name.replace('_', '-')} must be >= {low}, got {getattr(args, name)}")
     if args.kill_every <= 0:
         ap.error(f"--kill-every must be > 0, got {args.kill_every}")
     results = run(args.world, args.actors, args.reward_workers, args.kills, args.kill_every, args.steps_before,
-                  args.steps_after, args.seed, args.max_minutes, args.json_out)
+                  args.steps_after, args.seed, args.max_minutes, args.json_out, args.spares)
     return 0 if all(r["met"] is not False for r in results) else 1
 
 

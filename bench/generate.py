@@ -33,6 +33,7 @@ import argparse
 import math
 import sys
 import types
+from dataclasses import dataclass
 
 import torch
 
@@ -221,6 +222,70 @@ def _entry(name, value, unit, baseline, target, **extra) -> dict:
                 **extra)
 
 
+@dataclass(frozen=True)
+class _Setting:
+    """What every measurement of one :func:`run` shares."""
+
+    frames: int
+    repeats: int
+    warmup: int
+    torch_dtype: torch.dtype
+    peak: float
+    """Measured matmul FLOP/s of the device, in the dtype the matmuls run in."""
+    dtype: str
+    weights: str
+    cuda_graphs: bool
+    """CUDA graphs in use: asked for, on a GPU."""
+    verbose: bool
+
+
+def _measure_batch(st: _Setting, preset: str, policy, peer, batch: int, k: int, params: dict) -> list[dict]:
+    """frames/s of one preset at one batch, with and without CFG (and the peer's), then the CFG cost."""
+    frames, dtype, weights, peak, verbose = st.frames, st.dtype, st.weights, st.peak, st.verbose
+    steps = frames + policy.cfg.n_codebooks - 1
+    results: list[dict] = []
+    cond = policy.encode_condition(_prompts(batch))
+    modes = (("nocfg", 1.0), ("cfg", CFG_SCALE))
+    fns = {}
+    for mode, scale in modes:
+        fns[("divcfg", mode)] = _divcfg_fn(policy, cond, frames, scale, k, st.torch_dtype)
+        if peer is not None:
+            fns[("peer", mode)] = _peer_fn(peer, cond.mask, scale, k, batch, policy.cfg.n_codebooks, frames,
+                                           st.torch_dtype)
+    # All four calls alternate, so a change in machine load affects the ratios as little as possible.
+    timed = interleaved_median_times(fns, st.repeats, st.warmup)
+    seconds = {mode: timed[("divcfg", mode)][0] for mode, _ in modes}
+    peer_seconds = {mode: timed[("peer", mode)][0] for mode, _ in modes} if peer is not None else {}
+    for mode, scale in modes:
+        fps = batch * frames / seconds[mode]
+        peer_fps = batch * frames / peer_seconds[mode] if peer_seconds else None
+        flops = generation_flops(policy.cfg, batch, frames, cond.mask.shape[1], scale != 1.0)
+        entry = _entry(f"generate/{preset}/b{batch}/{mode}", fps, "frames/s", peer_fps, SPEEDUP_TARGET,
+                       seconds=seconds[mode], all_s=timed[("divcfg", mode)][1],
+                       peer_seconds=peer_seconds.get(mode),
+                       peer_all_s=timed[("peer", mode)][1] if peer_seconds else None,
+                       guidance_scale=scale, top_k=k, frames=frames, steps=steps, batch=batch,
+                       flops_per_s=flops / seconds[mode], peak_matmul_flops_per_s=peak,
+                       fraction_of_peak=flops / seconds[mode] / peak, dtype=dtype, weights=weights,
+                       cuda_graphs=st.cuda_graphs, **params)
+        results.append(entry)
+        if verbose:
+            peer_txt = f"  peer {peer_fps:8.1f} frames/s ({peer_seconds[mode]:.3f} s)" if peer_fps else ""
+            print(f"[{preset} b{batch} {mode}] divcfg {fps:8.1f} frames/s ({seconds[mode]:.3f} s, "
+                  f"{entry['fraction_of_peak']:.1%} of matmul peak){peer_txt}", flush=True)
+    cost = seconds["nocfg"] / seconds["cfg"]
+    peer_cost = peer_seconds["nocfg"] / peer_seconds["cfg"] if peer_seconds else None
+    # The share if every FLOP cost the same: no-CFG FLOPs over CFG FLOPs as divcfg runs them.
+    work = (generation_flops(policy.cfg, batch, frames, cond.mask.shape[1], False)
+            / generation_flops(policy.cfg, batch, frames, cond.mask.shape[1], True))
+    if verbose:
+        print(f"[{preset} b{batch}] cfg_cost {cost:.3f} (FLOP ratio no-CFG / CFG: {work:.3f})", flush=True)
+    results.append(_entry(f"cfg_cost/{preset}/b{batch}", cost, "x", peer_cost, CFG_COST_TARGET,
+                          work_ratio=work, batch=batch, frames=frames, dtype=dtype, weights=weights,
+                          cuda_graphs=st.cuda_graphs))
+    return results
+
+
 def run(presets=("tiny", "small"), batches=(8,), frames: int = 150, threads: int = 1, repeats: int = 3,
         json_out: str | None = None, include_peer: bool = True, warmup: int = 1, top_k: int = 250,
         verbose: bool = True, device: str = "cpu", dtype: str = "fp32", weights: str = "fp32",
@@ -244,11 +309,12 @@ def run(presets=("tiny", "small"), batches=(8,), frames: int = 150, threads: int
         if verbose:
             print(f"[{dev} {dtype} weights {weights}] measured matmul peak ({peak_dtype}): {peak / 1e9:.1f} GFLOP/s",
                   flush=True)
+        setting = _Setting(frames, repeats, warmup, torch_dtype, peak, dtype, weights,
+                           cuda_graphs and dev.type == "cuda", verbose)
         for preset in presets:
             policy = build_divcfg(preset, frames, device=device).to(weight_dtype)
             policy.cuda_graphs = cuda_graphs
             k = min(top_k, policy.cfg.card)
-            steps = frames + policy.cfg.n_codebooks - 1
             peer = None
             params = {"divcfg_decoder_params": divcfg_decoder_params(policy)}
             if include_peer:
@@ -256,47 +322,7 @@ def run(presets=("tiny", "small"), batches=(8,), frames: int = 150, threads: int
                 ours, theirs = _check_params(preset, policy, peer)
                 params["peer_decoder_params"] = theirs
             for batch in batches:
-                cond = policy.encode_condition(_prompts(batch))
-                modes = (("nocfg", 1.0), ("cfg", CFG_SCALE))
-                fns = {}
-                for mode, scale in modes:
-                    fns[("divcfg", mode)] = _divcfg_fn(policy, cond, frames, scale, k, torch_dtype)
-                    if peer is not None:
-                        fns[("peer", mode)] = _peer_fn(peer, cond.mask, scale, k, batch, policy.cfg.n_codebooks,
-                                                       frames, torch_dtype)
-                # All four calls alternate, so a change in machine load affects the ratios as little as possible.
-                timed = interleaved_median_times(fns, repeats, warmup)
-                seconds = {mode: timed[("divcfg", mode)][0] for mode, _ in modes}
-                peer_seconds = {mode: timed[("peer", mode)][0] for mode, _ in modes} if peer is not None else {}
-                for mode, scale in modes:
-                    fps = batch * frames / seconds[mode]
-                    peer_fps = batch * frames / peer_seconds[mode] if peer_seconds else None
-                    flops = generation_flops(policy.cfg, batch, frames, cond.mask.shape[1], scale != 1.0)
-                    entry = _entry(f"generate/{preset}/b{batch}/{mode}", fps, "frames/s", peer_fps, SPEEDUP_TARGET,
-                                   seconds=seconds[mode], all_s=timed[("divcfg", mode)][1],
-                                   peer_seconds=peer_seconds.get(mode),
-                                   peer_all_s=timed[("peer", mode)][1] if peer_seconds else None,
-                                   guidance_scale=scale, top_k=k, frames=frames, steps=steps, batch=batch,
-                                   flops_per_s=flops / seconds[mode], peak_matmul_flops_per_s=peak,
-                                   fraction_of_peak=flops / seconds[mode] / peak, dtype=dtype, weights=weights,
-                                   cuda_graphs=cuda_graphs and dev.type == "cuda",
-                                   **params)
-                    results.append(entry)
-                    if verbose:
-                        peer_txt = f"  peer {peer_fps:8.1f} frames/s ({peer_seconds[mode]:.3f} s)" if peer_fps else ""
-                        print(f"[{preset} b{batch} {mode}] divcfg {fps:8.1f} frames/s ({seconds[mode]:.3f} s, "
-                              f"{entry['fraction_of_peak']:.1%} of matmul peak){peer_txt}", flush=True)
-                cost = seconds["nocfg"] / seconds["cfg"]
-                peer_cost = peer_seconds["nocfg"] / peer_seconds["cfg"] if peer_seconds else None
-                # The share if every FLOP cost the same: no-CFG FLOPs over CFG FLOPs as divcfg runs them.
-                work = (generation_flops(policy.cfg, batch, frames, cond.mask.shape[1], False)
-                        / generation_flops(policy.cfg, batch, frames, cond.mask.shape[1], True))
-                if verbose:
-                    print(f"[{preset} b{batch}] cfg_cost {cost:.3f} (FLOP ratio no-CFG / CFG: {work:.3f})",
-                          flush=True)
-                results.append(_entry(f"cfg_cost/{preset}/b{batch}", cost, "x", peer_cost, CFG_COST_TARGET,
-                                      work_ratio=work, batch=batch, frames=frames, dtype=dtype, weights=weights,
-                                      cuda_graphs=cuda_graphs and dev.type == "cuda"))
+                results += _measure_batch(setting, preset, policy, peer, batch, k, params)
     finally:
         torch.set_num_threads(previous_threads)
     for r in results:

@@ -21,6 +21,13 @@ ratio = full step in forward-equivalents, target <= 6. Extra keys: tokens/s of t
 and the per-phase seconds.
 
 Run: ``divcfg bench learner --preset small --json /tmp/bench_learner.json``.
+
+``--workers 1,2`` measures the data-parallel learner group instead (:func:`run_workers`): ``max(workers)`` processes
+with one torch thread each (gloo), and for every N a learner of N workers on ranks 0..N-1 (N = 1: the plain
+:class:`Learner`, today's single learner, without DDP). The N run step by step in turn, in the same processes, so
+that machine load hits them alike. One timed update = the step on every worker plus worker 0's weight snapshot,
+between two barriers. Entries ``learner/<preset>/b<B>g<G>/beta<β>/workers<N>``: value = update seconds, baseline =
+the one-worker update, ratio = speed-up in samples/s, target = 0.8·N (1.6× at 2 workers).
 """
 from __future__ import annotations
 
@@ -39,9 +46,11 @@ from divcfg.common.config import AlgoConfig, LearnerConfig
 from divcfg.common.policy import PolicyConfig, build_policy, policy_config
 from divcfg.common.record import RolloutBatch, new_group
 from divcfg.common.world_dir import size_params
+from divcfg.learner.group import DataParallel, spawn_workers, split_groups
 from divcfg.learner.learner import Learner
 
 TARGET_FORWARD_EQUIVALENTS = 6.0
+TARGET_SPEEDUP_PER_WORKER = 0.8
 PHASES = ("teacher", "forward_backward", "update", "publish")
 
 
@@ -146,6 +155,71 @@ def run(presets=("small",), batch_prompts: int | None = None, group_size: int | 
     return results
 
 
+def _learner_kwargs(beta: float) -> dict:
+    algo, lcfg = AlgoConfig(), LearnerConfig()
+    return dict(beta=beta, guidance_scale=algo.guidance_scale, lr=algo.lr, baseline=algo.baseline,
+                is_clip=algo.is_clip, grad_clip=lcfg.grad_clip, kl_reduction=algo.kl_reduction)
+
+
+def _scaling_worker(rank, world, init_method, cfg, batch, group_size, counts, beta, repeats, warmup):
+    """One process of :func:`run_workers`: the update seconds of each worker count, as rank 0 sees them."""
+    import torch.distributed as dist
+    dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=world)
+    learners = {}
+    for n in counts:
+        group = dist.new_group(list(range(n)))  # every rank takes part in making every group
+        if rank < n:
+            parallel = DataParallel("none", torch.device("cpu"), group=group) if n > 1 else None
+            learners[n] = Learner(build_policy(cfg, seed=0), parallel=parallel, **_learner_kwargs(beta))
+    shares = {n: split_groups(batch, group_size, n) for n in counts}
+    times: dict[int, list[float]] = {n: [] for n in counts}
+    for _ in range(warmup + repeats):
+        for n in counts:
+            dist.barrier()
+            t0 = time.perf_counter()
+            if rank < n:
+                metrics = learners[n].step(shares[n][rank], group_size, len(batch) if n > 1 else None)
+                if "time/update" not in metrics:
+                    raise RuntimeError(f"learner step skipped its update (non-finite loss): {metrics}")
+                if rank == 0:
+                    learners[n].weights()  # what worker 0 publishes once per version
+            dist.barrier()  # the update is done when its slowest worker is
+            times[n].append(time.perf_counter() - t0)
+    return {n: t[warmup:] for n, t in times.items()}
+
+
+def run_workers(counts=(1, 2), preset: str = "small", batch_prompts: int | None = None,
+                group_size: int | None = None, betas=(0.0, 15.0), repeats: int = 10, warmup: int = 2,
+                frames: int | None = None, json_out: str | None = None, seed: int = 0) -> list[dict]:
+    """Updates/s and samples/s of learner groups of ``counts`` workers (one thread each), against one worker."""
+    algo = AlgoConfig()
+    batch_prompts = batch_prompts or algo.batch_prompts
+    group_size = group_size or algo.group_size
+    counts = tuple(sorted(set(counts) | {1}))
+    if batch_prompts < max(counts):
+        raise ValueError(f"--batch-prompts {batch_prompts} can't be split across {max(counts)} workers")
+    cfg = world_policy_config(preset)
+    batch = synthetic_batch(build_policy(cfg, seed=seed), batch_prompts, group_size, frames or cfg.max_frames, seed)
+    results = []
+    for beta in betas:
+        times = spawn_workers(_scaling_worker, max(counts), cfg, batch, group_size, counts, beta, repeats,
+                              warmup)[0]
+        one = statistics.median(times[1])
+        for n in counts:
+            step_s = statistics.median(times[n])
+            results.append(dict(
+                name=f"learner/{preset}/b{batch_prompts}g{group_size}/beta{beta:g}/workers{n}", value=step_s,
+                unit="s", baseline_value=one, ratio=one / step_s, target=TARGET_SPEEDUP_PER_WORKER * n,
+                met=one / step_s >= TARGET_SPEEDUP_PER_WORKER * n, workers=n, updates_per_s=1.0 / step_s,
+                samples_per_s=len(batch) / step_s, step_all_s=times[n], repeats=repeats))
+    print_table(results)
+    print("\n".join(f"{r['name']}: {r['updates_per_s']:.3g} updates/s, {r['samples_per_s']:.3g} samples/s, "
+                    f"{r['ratio']:.2f}x one worker" for r in results))
+    if json_out:
+        write_results(json_out, results, machine_info("cpu"))
+    return results
+
+
 def print_split(results, file=None) -> None:
     """Where a full step's time goes, in forward-equivalents (phase seconds / forward seconds)."""
     heads = ("name", "tokens/s", *PHASES, "sum/step")
@@ -175,8 +249,15 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=LearnerConfig().threads, help="torch threads (learner.threads)")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--workers", help="learner-group sizes to compare, comma-separated (e.g. 1,2): updates/s and "
+                                      "samples/s of each against one worker, one thread per worker, on CPU")
     ap.add_argument("--json", dest="json_out")
     args = ap.parse_args(argv)
+    if args.workers:
+        run_workers(tuple(int(n) for n in args.workers.split(",")), args.preset, args.batch_prompts,
+                    args.group_size, tuple(float(b) for b in args.betas.split(",")), args.repeats, args.warmup,
+                    args.frames, args.json_out)
+        return 0
     run(tuple(args.preset.split(",")), args.batch_prompts, args.group_size,
         tuple(float(b) for b in args.betas.split(",")), args.repeats, args.warmup, args.threads, args.frames,
         args.device, args.json_out)

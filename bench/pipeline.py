@@ -52,7 +52,7 @@ STEP_MARK = "throughput/samples_per_s"
 def train_args(mode: str, run_dir: Path, world_size: str, world_dir: str, steps: int, actors: int, reward: int,
                beta: float, extra: tuple[str, ...] = ()) -> list[str]:
     """``divcfg train`` overrides of one benchmark run."""
-    return ["train", f"world.size={world_size}", f"world.dir={world_dir}", f"run.dir={run_dir}",
+    return [f"world.size={world_size}", f"world.dir={world_dir}", f"run.dir={run_dir}",
             f"learner.mode={mode}", f"learner.steps={steps}", f"actors.count={actors}", f"reward.count={reward}",
             f"algo.beta={beta}", "logging.every=1",  # per-step scalars: the window is cut at step boundaries
             "logging.progress=false", "logging.audio_every=0", f"checkpoint.every={steps}",
@@ -166,7 +166,7 @@ def run(world_size: str = "small", world_dir: str | None = None, steps: int = 30
         json_out: str | None = None, extra: tuple[str, ...] = ()) -> list[dict]:
     import ray
 
-    from divcfg.cli import main as divcfg_main
+    from divcfg.job.train import main as train_main  # `divcfg train`; bench sits below cli
     from divcfg.common.config import ActorsConfig, RewardConfig
     from divcfg.common.world_dir import World, WorldError
 
@@ -193,8 +193,8 @@ def run(world_size: str = "small", world_dir: str | None = None, steps: int = 30
         for i in range(repeats):
             for mode in (MODES if i % 2 == 0 else MODES[::-1]):
                 run_dir = out / f"{mode}-{i}"
-                code = divcfg_main(train_args(mode, run_dir, world_size, world_dir, steps, actors, reward, beta,
-                                              extra))
+                code = train_main(train_args(mode, run_dir, world_size, world_dir, steps, actors, reward, beta,
+                                            extra))
                 if code:
                     raise RuntimeError(f"divcfg train learner.mode={mode} exited with status {code} ({run_dir})")
                 runs[mode].append(read_run(run_dir, warmup_steps))

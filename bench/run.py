@@ -8,6 +8,8 @@ BENCHMARKS = {
     "generate": ("divcfg.bench.generate", "KV-cached sampling frames/s vs HF MusicGen, and the CFG cost"),
     "broadcast": ("divcfg.bench.broadcast", "weight publication to A actors vs one in-process copy"),
     "chaos": ("divcfg.bench.chaos", "random actor and reward-worker kills during a tiny-world run: recovery, loss"),
+    "coldstart": ("divcfg.bench.coldstart", "where a new rollout actor's or reward worker's startup seconds go"),
+    "soak": ("divcfg.bench.soak", "a long tiny-world run with kills and resizes: RSS and object store growth"),
     "learner": ("divcfg.bench.learner", "learner tokens/s and step split vs one student forward"),
     "pipeline": ("divcfg.bench.pipeline", "the divcfg train loop, async vs sync samples/s, busy fractions, lag"),
 }

@@ -3,18 +3,20 @@
 Two sources of weights:
 - pretrained EnCodec 24 kHz at a chosen bandwidth, through the package's download or a local checkpoint directory;
 - an *offline* codec: EnCodec's model and residual vector quantizer, whose codebooks are fitted by residual
-  k-means on encoder latents of a corpus. By default the encoder is a log-mel analysis (``encoder="mel"``) and the
-  decoder inverts it (pseudo-inverse filterbank, Griffin-Lim): a random SEANet encoder's codes were measured to
-  carry little of the clip (log-magnitude predicted from them correlated 0.40 with the clip's own and 0.35 with
-  other clips'), which left the world's judges deaf; the mel codes give 0.80 against 0.01. ``encoder="seanet"``
-  keeps EnCodec's SEANet encoder. A random-init EnCodec has all-zero codebooks (every code would be 0), and
+  k-means on encoder latents of a corpus. A random-init EnCodec has all-zero codebooks (every code would be 0), and
   the package's own k-means init builds an n×C×D tensor that runs out of memory on real corpora, so the fit below
   works on a subsample with ``torch.cdist``.
-  With the SEANet encoder, the decoder: a random SEANet decoder maps every code grid to the same waveform, and training one takes far longer
-  than a CPU build allows. So by default the offline codec decodes with a :class:`SpectralDecoder` fitted in closed
-  form (codes -> log-magnitude spectrum by ridge regression, inverse STFT with a fixed phase): the decoded audio keeps
-  the spectral content the codes carry, which is what the embedders and the scorer listen to. ``decoder="seanet"``
-  keeps EnCodec's decoder and trains it (``decoder_steps``), for machines that can afford it.
+
+  By default the encoder is a log-mel analysis (``encoder="mel"``): a random SEANet encoder's codes were measured
+  to carry little of the clip (log-magnitude predicted from them correlated 0.40 with the clip's own and 0.35 with
+  other clips'), which left the world's judges deaf; the mel codes give 0.80 against 0.01. Its decoder is a
+  :class:`~divcfg.common.vocoder.SpectrogramDecoder` fitted on the same corpus (linear log-magnitude from the
+  quantised latents, Griffin-Lim at 75% overlap; why, with figures: vocoder.py).
+
+  ``encoder="seanet"`` keeps EnCodec's SEANet encoder. A random SEANet decoder maps every code grid to the same
+  waveform, and training one takes far longer than a CPU build allows, so it decodes by default with a
+  :class:`SpectralDecoder` fitted in closed form (codes -> log-magnitude by ridge regression, inverse STFT with a
+  fixed phase); ``decoder="seanet"`` keeps EnCodec's decoder and trains it (``decoder_steps``).
 """
 from __future__ import annotations
 
@@ -28,11 +30,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from divcfg.common.checkpoint import load_weights, save_weights
+from divcfg.common.checkpoint import CheckpointError, load_weights, save_weights
+from divcfg.common.codec_input import audio_input, codes_input
+from divcfg.common.vocoder import MelDecoder, SpectrogramDecoder, griffin_lim  # noqa: F401 (griffin_lim re-exported)
 
 # Bandwidth (kbps) -> number of codebooks K for EnCodec 24 kHz (75 frames/s, 1024 codes per codebook).
 ENCODEC_24KHZ_BANDWIDTHS = {1.5: 2, 3.0: 4, 6.0: 8, 12.0: 16, 24.0: 32}
 ENCODEC_24KHZ_FILE = "encodec_24khz-d7cc33bc.th"
+
+# 1: log-mel frames decoded by the mel filterbank's pseudo-inverse and Griffin-Lim at 50% overlap;
+# 2: a spectrogram decoder fitted on the corpus predicts linear log-magnitude at 4 sub-frames (vocoder.py).
+# A codec directory of another version is refused: its codes mean something else to the decoder.
+CODEC_VERSION = 2
 
 # encodec 0.1.1 uses the old weight_norm API; the warning is the package's, not ours.
 warnings.filterwarnings("ignore", message=".*weight_norm.*is deprecated", category=FutureWarning)
@@ -61,7 +70,18 @@ class OfflineCodecConfig:
     EnCodec's random-init SEANet encoder (its codes carry little of the clip: see the module docstring)."""
     decoder: str = "spectral"
     """With the seanet encoder: spectral (closed-form fit) or seanet (EnCodec's decoder, trained by gradient
-    descent). The mel encoder always decodes by inverse mel and Griffin-Lim."""
+    descent)."""
+    mel_decoder: str = "spectrogram"
+    """With the mel encoder: spectrogram (log-magnitude predicted from the quantised latents by a ridge regression
+    fitted on the corpus, Griffin-Lim at ``subframes`` sub-frames per codec frame) or pinv (codec version 1: the
+    mel filterbank's pseudo-inverse, Griffin-Lim at 50% overlap)."""
+    subframes: int = 4
+    """Spectrogram decoder: STFT frames per codec frame (4: 75% overlap, where Griffin-Lim loses far less)."""
+    context: int = 1
+    """Spectrogram decoder: neighbouring codec frames either side that each prediction reads."""
+    griffin_lim_iters: int = 8
+    """Spectrogram decoder: Griffin-Lim iterations (decoding time grows linearly with them; 8 and 16 measured
+    within 0.01 of each other in multi-resolution STFT distance, RESULTS.md "Codec")."""
     seed: int = 0
     """Seed of the random encoder weights and the k-means fit."""
 
@@ -115,68 +135,6 @@ class MelEncoder(torch.nn.Module):
         return torch.log(self.fb.T @ spec[:, :, :t] + 1e-6)
 
 
-def griffin_lim(magnitude: torch.Tensor, window: torch.Tensor, hop: int, n_iter: int,
-                momentum: float = 0.99) -> torch.Tensor:
-    """Fast Griffin-Lim for 50%-overlap STFTs (``n_fft = 2 · hop``), from a fixed all-ones initial phase:
-    ``magnitude [B, n_fft/2 + 1, T]`` -> waveform ``[B, (T - 1) · hop]``.
-
-    The same iteration as ``torchaudio.functional.griffinlim`` (fast Griffin-Lim with momentum; tested against it),
-    but its inverse STFT overlap-adds the two half-frames directly and divides by a window envelope computed once,
-    where ``torch.istft`` runs a general overlap-add for the frames and again for the envelope on every iteration,
-    and the phase normalisation and the magnitude product are one real division and one complex product. Decoding
-    is most of a reward worker's time on CPU.
-    """
-    n_fft = window.shape[0]
-    if n_fft != 2 * hop:
-        raise ValueError(f"griffin_lim needs n_fft = 2 * hop, got n_fft={n_fft}, hop={hop}")
-    b, _, t = magnitude.shape
-    w = window[:, None]
-    # torch.istft windows each frame, overlap-adds, and divides by the overlap-added window² (the same in every
-    # hop-long chunk at 50% overlap); the centre trim removes one hop at each end. Folded into two weights:
-    env = w[:hop] ** 2 + w[hop:] ** 2
-    w_first, w_second = w[:hop] / env, w[hop:] / env
-
-    def istft(spec: torch.Tensor) -> torch.Tensor:
-        frames = torch.fft.irfft(spec, n=n_fft, dim=1)  # [B, n_fft, T]
-        # Output chunk j (after the trim) = second half of frame j + first half of frame j + 1.
-        y = (frames[:, hop:, :-1] * w_second).addcmul_(frames[:, :hop, 1:], w_first)  # [B, hop, T - 1]
-        return y.transpose(1, 2).reshape(b, (t - 1) * hop)
-
-    # Phase starts at 1 (torchaudio's rand_init=False). magnitude · a / (|a| + ε) is computed as
-    # a · (magnitude / (|a| + ε)): one real division and one complex product per iteration.
-    spec = magnitude.to(torch.complex64 if magnitude.dtype == torch.float32 else torch.complex128)
-    previous, alpha = None, momentum / (1 + momentum)  # torchaudio's parametrisation of the momentum
-    for _ in range(n_iter):
-        rebuilt = torch.stft(istft(spec), n_fft, hop, window=window, center=True, pad_mode="reflect",
-                             return_complex=True)
-        a = rebuilt if previous is None else torch.sub(rebuilt, previous, alpha=alpha)
-        spec = a * (magnitude / a.abs().add_(1e-16))
-        previous = rebuilt
-    return istft(spec)
-
-
-class MelDecoder(torch.nn.Module):
-    """Log-mel latents ``[B, D, T]`` -> waveform ``[B, 1, T * hop]``: pseudo-inverse of the mel filterbank, then
-    Griffin-Lim from a fixed (not random) initial phase, so decoding is deterministic."""
-
-    def __init__(self, encoder: MelEncoder, n_iter: int = 16):
-        super().__init__()
-        import torchaudio.transforms as AT
-        self.hop = encoder.hop
-        self.register_buffer("fb_pinv", torch.linalg.pinv(encoder.fb.T))  # [F, D]
-        # torchaudio's Griffin-Lim: its settings and window (a buffer saved in every codec checkpoint, so the name
-        # stays) drive the fast griffin_lim below, and it is the slow reference the tests hold that to.
-        self.griffin_lim = AT.GriffinLim(n_fft=encoder.n_fft, hop_length=encoder.hop, power=1.0, n_iter=n_iter,
-                                         rand_init=False)
-
-    def forward(self, emb: torch.Tensor) -> torch.Tensor:
-        t = emb.shape[-1]
-        power = (self.fb_pinv @ emb.exp()).clamp(min=0.0)
-        mag = torch.cat([power, power[:, :, -1:]], dim=2).sqrt()  # T frames -> T + 1 centred STFT frames
-        gl = self.griffin_lim
-        return griffin_lim(mag, gl.window, self.hop, gl.n_iter, gl.momentum)[:, None, : t * self.hop]
-
-
 class Codec:
     """``encode(wav [B, N]) -> codes [B, K, T]`` and ``decode(codes) -> wav [B, N']``, mono, batched."""
 
@@ -204,20 +162,14 @@ class Codec:
     @torch.inference_mode()
     def encode(self, wav: torch.Tensor | np.ndarray) -> torch.Tensor:
         """Mono ``wav [B, N]`` float at ``self.sample_rate`` -> codes ``[B, K, T]`` long, ``T = ceil(N / hop)``."""
-        wav = torch.as_tensor(wav, dtype=torch.float32, device=self.device)
-        if wav.dim() != 2:
-            raise ValueError(f"codec.encode expects mono audio [B, N], got shape {tuple(wav.shape)}")
+        wav = audio_input(wav, self.device)
         emb = self.model.encoder(wav[:, None])
         return self.model.quantizer.encode(emb, self.frame_rate, None)[: self.n_codebooks].transpose(0, 1)
 
     @torch.inference_mode()
     def decode(self, codes: torch.Tensor | np.ndarray) -> torch.Tensor:
         """Codes ``[B, K, T]`` -> mono ``wav [B, T * hop]`` float."""
-        codes = torch.as_tensor(np.asarray(codes) if not torch.is_tensor(codes) else codes, device=self.device).long()
-        if codes.dim() != 3 or codes.shape[1] != self.n_codebooks:
-            raise ValueError(f"codec.decode expects codes [B, K={self.n_codebooks}, T], got {tuple(codes.shape)}")
-        if codes.numel() and (codes.min() < 0 or codes.max() >= self.card):
-            raise ValueError(f"codes outside [0, {self.card}) cannot be decoded: [{codes.min()}, {codes.max()}]")
+        codes = codes_input(codes, self.n_codebooks, self.card, self.device)
         if isinstance(self.model.decoder, SpectralDecoder):
             return self.model.decoder(codes)[:, 0]
         emb = self.model.quantizer.decode(codes.transpose(0, 1))
@@ -285,9 +237,12 @@ def build_offline_model(cfg: OfflineCodecConfig):
     if cfg.encoder not in ("mel", "seanet"):
         raise ValueError(f"codec encoder must be mel or seanet, got {cfg.encoder!r}")
     hop = int(np.prod(cfg.ratios))
+    if cfg.mel_decoder not in ("spectrogram", "pinv"):
+        raise ValueError(f"codec mel_decoder must be spectrogram or pinv, got {cfg.mel_decoder!r}")
     if cfg.encoder == "mel":
         encoder = MelEncoder(cfg.sample_rate, hop, cfg.dimension)
-        decoder = MelDecoder(encoder)
+        decoder = (SpectrogramDecoder(cfg.dimension, hop, cfg.context, cfg.subframes, cfg.griffin_lim_iters)
+                   if cfg.mel_decoder == "spectrogram" else MelDecoder(encoder))
     else:
         encoder = SEANetEncoder(**kw)
         decoder = (SpectralDecoder(cfg.n_codebooks, cfg.card, hop, seed=cfg.seed) if cfg.decoder == "spectral"
@@ -296,44 +251,6 @@ def build_offline_model(cfg: OfflineCodecConfig):
     frame_rate = cfg.sample_rate / np.prod(cfg.ratios)
     bandwidth = cfg.n_codebooks * math.log2(cfg.card) * frame_rate / 1000
     return EncodecModel(encoder, decoder, quantizer, [bandwidth], cfg.sample_rate, 1, name="divcfg_offline")
-
-
-def kmeans(x: torch.Tensor, n_clusters: int, iters: int, generator: torch.Generator) -> torch.Tensor:
-    """Plain k-means on ``x [M, D]`` -> centroids ``[n_clusters, D]``; empty clusters are re-seeded from the data."""
-    m = x.shape[0]
-    if m < n_clusters:
-        raise ValueError(f"k-means needs at least {n_clusters} latent vectors, got {m}; give the fit more audio")
-    centroids = x[torch.randperm(m, generator=generator)[:n_clusters]].clone()
-    for _ in range(iters):
-        assign = torch.cdist(x, centroids).argmin(1)
-        counts = torch.bincount(assign, minlength=n_clusters).float()
-        sums = torch.zeros_like(centroids).index_add_(0, assign, x)
-        empty = counts == 0
-        centroids = torch.where(empty[:, None], centroids, sums / counts.clamp(min=1)[:, None])
-        if empty.any():
-            centroids[empty] = x[torch.randint(0, m, (int(empty.sum()),), generator=generator)]
-    return centroids
-
-
-@torch.no_grad()
-def fit_codebooks(model, wavs: np.ndarray, n_vectors: int = 20000, iters: int = 20, seed: int = 0,
-                  batch: int = 64) -> None:
-    """Residual k-means of the RVQ codebooks on a subsample of encoder latents of ``wavs [N, samples]``."""
-    g = torch.Generator().manual_seed(seed)
-    latents = []
-    for i in range(0, len(wavs), batch):
-        emb = model.encoder(torch.as_tensor(wavs[i: i + batch], dtype=torch.float32)[:, None])  # [B, D, T]
-        latents.append(emb.transpose(1, 2).reshape(-1, emb.shape[1]))
-    x = torch.cat(latents)
-    x = x[torch.randperm(len(x), generator=g)[:n_vectors]]
-    residual = x
-    for layer in model.quantizer.vq.layers:
-        book = layer._codebook
-        centroids = kmeans(residual, book.codebook_size, iters, g)
-        book.embed.copy_(centroids)
-        book.embed_avg.copy_(centroids)
-        book.inited.fill_(1.0)
-        residual = residual - centroids[torch.cdist(residual, centroids).argmin(1)]
 
 
 def mel_loss(pred: torch.Tensor, target: torch.Tensor, sample_rate: int) -> torch.Tensor:
@@ -347,78 +264,31 @@ def mel_loss(pred: torch.Tensor, target: torch.Tensor, sample_rate: int) -> torc
     return loss
 
 
-def train_decoder(model, wavs: np.ndarray, steps: int, batch: int = 16, lr: float = 3e-3, seed: int = 0,
-                  progress: bool = False) -> list[float]:
-    """Train the decoder (encoder and codebooks frozen) to invert the quantized latents; returns the loss curve."""
-    from tqdm import tqdm
-
-    g = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(model.decoder.parameters(), lr=lr)
-    model.decoder.train()
-    losses = []
-    for _ in tqdm(range(steps), desc="codec decoder", disable=not progress, leave=False):
-        idx = torch.randint(0, len(wavs), (batch,), generator=g)
-        x = torch.as_tensor(wavs[idx.numpy()], dtype=torch.float32)
-        with torch.no_grad():
-            q = model.quantizer.decode(model.quantizer.encode(model.encoder(x[:, None]), 1, None))
-        y = model.decoder(q)[:, 0, : x.shape[1]]
-        loss = mel_loss(y, x, model.sample_rate) + F.l1_loss(y, x)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    model.decoder.eval()
-    return losses
+class CodecError(ValueError):
+    """A codec directory that can't be used; the message names it and says how to rebuild it."""
 
 
-@torch.no_grad()
-def fit_spectral_decoder(model, wavs: np.ndarray, n_frames: int = 40000, ridge: float = 1.0, seed: int = 0,
-                         batch: int = 64) -> None:
-    """Least-squares fit of the :class:`SpectralDecoder` tables: one-hot codes -> log-magnitude of the source frame."""
-    dec: SpectralDecoder = model.decoder
-    k, card, n_bins = dec.tables.shape
-    feats, targets = [], []
-    for i in range(0, len(wavs), batch):
-        x = torch.as_tensor(wavs[i: i + batch], dtype=torch.float32)
-        codes = model.quantizer.encode(model.encoder(x[:, None]), 1, None).transpose(0, 1)  # [B, K, T]
-        t = codes.shape[2]
-        spec = torch.stft(x, dec.n_fft, dec.hop, window=dec.window, return_complex=True).abs()[:, :, :t]
-        onehot = F.one_hot(codes + torch.arange(k)[None, :, None] * card, k * card).sum(1)  # [B, T, K*card]
-        feats.append(onehot.reshape(-1, k * card).float())
-        targets.append(torch.log(spec + 1e-5).transpose(1, 2).reshape(-1, n_bins))
-    x, y = torch.cat(feats), torch.cat(targets)
-    keep = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:n_frames]
-    x, y = x[keep], y[keep]
-    mean = y.mean(0)
-    gram = x.T @ x + ridge * torch.eye(k * card)
-    w = torch.linalg.solve(gram, x.T @ (y - mean))
-    dec.tables.copy_(w.view(k, card, n_bins))
-    dec.bias.copy_(mean)
-
-
-def fit_offline_codec(wavs: np.ndarray, cfg: OfflineCodecConfig, n_vectors: int = 20000, kmeans_iters: int = 20,
-                      decoder_steps: int = 0, progress: bool = False) -> Codec:
-    """Build an offline codec: random SEANet encoder, k-means codebooks on ``wavs [N, samples]``, trained decoder."""
-    model = build_offline_model(cfg)
-    model.eval()
-    fit_codebooks(model, wavs, n_vectors=n_vectors, iters=kmeans_iters, seed=cfg.seed)
-    if cfg.encoder == "mel":
-        pass  # the mel decoder is fixed: nothing to fit
-    elif cfg.decoder == "spectral":
-        fit_spectral_decoder(model, wavs, seed=cfg.seed)
-    elif decoder_steps:
-        train_decoder(model, wavs, decoder_steps, seed=cfg.seed, progress=progress)
-    return Codec(model, cfg.n_codebooks, "offline", {"offline": asdict(cfg)})
+REBUILD_HINT = ("rebuild it: for a world's codec, delete the world directory and run `divcfg world build` "
+                "(the codes, base model and judges depend on the codec); for a token dataset's codec, refit it and "
+                "run `divcfg tokenize` again")
 
 
 def load_codec(dirpath: str | os.PathLike) -> Codec:
-    """A codec saved by :meth:`Codec.save` (offline) or a pointer to pretrained EnCodec."""
-    state, config, _ = load_weights(dirpath, "codec")
+    """A codec saved by :meth:`Codec.save` (offline, of this :data:`CODEC_VERSION`) or a pointer to pretrained
+    EnCodec. An incomplete directory or an offline codec of another version raises :class:`CodecError`."""
+    try:
+        state, config, _ = load_weights(dirpath, "codec")
+    except (CheckpointError, FileNotFoundError) as e:
+        raise CodecError(f"codec directory {dirpath} is incomplete or unreadable ({e}); {REBUILD_HINT}") from None
     if "offline" in config:
+        found = config.get("codec_version", 1)  # version 1 did not record its version
+        if found != CODEC_VERSION:
+            raise CodecError(f"codec directory {dirpath} holds an offline codec of version {found}; this divcfg "
+                             f"decodes version {CODEC_VERSION}; {REBUILD_HINT}")
         cfg = OfflineCodecConfig(**config["offline"])
         model = build_offline_model(cfg)
         model.load_state_dict(state)
-        return Codec(model, cfg.n_codebooks, "offline", {"offline": asdict(cfg)})
+        return Codec(model, cfg.n_codebooks, "offline", {"offline": asdict(cfg), "codec_version": CODEC_VERSION})
     from encodec import EncodecModel
     model = EncodecModel.encodec_model_24khz(pretrained=False)
     model.load_state_dict(state)
@@ -435,3 +305,7 @@ def reconstruction_metrics(codec: Codec, wavs: np.ndarray) -> dict[str, float]:
     with torch.no_grad():
         stft = mel_loss(y, x, codec.sample_rate)
     return {"snr_db": float(snr.mean()), "stft_distance": float(stft)}
+
+
+# Fitting a codec is its own concept (k-means codebooks, decoder fits); re-exported for the callers that build one.
+from divcfg.common.codec_fit import fit_offline_codec, kmeans  # noqa: E402,F401

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Optional
 
 from omegaconf import MISSING
-from omegaconf.errors import InterpolationResolutionError
 
 
 @dataclass
@@ -82,11 +81,12 @@ class AlgoConfig:
     """Adam learning rate of the student."""
     baseline: str = "loo"
     """REINFORCE baseline inside a group: none, mean or loo (leave-one-out)."""
-    kl_reduction: str = "mean"
-    """How L_distill reduces a sample's per-code KLs: mean (METHOD.md) or sum, the per-sequence KL on the scale of
-    L_pg, which sums log-probs over the same codes. With mean, β weighs each code's policy gradient K·T times more
-    than its KL (300× on the small world), so the paper's β = 15 is REINFORCE alone here (RESULTS.md, "Why β = 15
-    loses adherence"); with sum, β = 15 weighs them as the formula's two terms are written per sequence."""
+    kl_reduction: str = "sum"
+    """How L_distill reduces a sample's per-code KLs. sum (the method, METHOD.md): the per-sequence KL, summed over
+    the sample's positions and codebooks, on the scale of L_pg's sequence log-prob. mean: the per-code mean, the KL
+    divided by the codes per clip (300 on the small world), which weighs the policy gradient as sum would at β × 300:
+    β = 15 with mean is REINFORCE alone there (RESULTS.md, "Why β = 15 loses adherence"). A resume of a run saved
+    before this key existed, or under the old default, keeps mean."""
     max_policy_lag: int = 2
     """Groups generated more than this many versions behind the learner are dropped as stale."""
     is_clip: float = 2.0
@@ -114,6 +114,10 @@ class ActorsConfig:
     decoding step reads every weight once whatever the batch, so on a CPU two groups per call cost about 1.2× one
     (small world: 0.20 s against 0.17 s; the pipeline benchmark's figures are in BENCHMARKS.md); on a GPU raise it
     until the actor's batch fills the device. 1 hands scoring each group as soon as it exists."""
+    spares: int = 0
+    """Warm spare actors: started, loaded and sent every new version's weights, but given no prompts. A dead actor
+    is replaced by a spare at once (a new spare starts in the background), and `divcfg scale` up takes spares first.
+    Each holds the resources of an actor."""
     dtype: str = "fp32"
     """Precision of the actors' copy of the student: fp32, or bf16 (weights cast on load; sampling, log-probs and the
     KV cache follow), which halves the weight bytes each decoding step reads: for GPUs. On this project's 2-core CPU
@@ -150,6 +154,9 @@ class RewardConfig:
     """Which world embedder scores diversity: reward (default) or eval (only to study reward hacking)."""
     batch_groups: int = 8
     """Most groups one scoring call takes: an idle worker takes every waiting group up to this many at once."""
+    spares: int = 0
+    """Warm spare reward workers, started and loaded but given no groups: a dead worker is replaced by a spare at
+    once, and a new spare starts in the background."""
 
 
 @dataclass
@@ -166,8 +173,6 @@ class LearnerConfig:
     """Global gradient-norm clip."""
     amp: bool = True
     """bf16 autocast on GPU (ignored on CPU)."""
-    publish_every: int = 1
-    """Publish weights to the actors every N updates."""
     mode: str = "async"
     """async (actors keep generating while the learner trains), sync (the reference), or local (no Ray)."""
     queue_groups: int = 0
@@ -177,7 +182,22 @@ class LearnerConfig:
     max_role_failures: int = 5
     """Stop when one role fails this many times in a row."""
     num_gpus: float = 0.0
-    """GPUs the learner asks Ray for."""
+    """GPUs Ray reserves per learner worker (learner/group.py); more than any node has is refused at start. With
+    workers > 1 on GPUs, 1 or more (NCCL needs a GPU per worker)."""
+    num_cpus: float = 1.0
+    """CPUs Ray reserves per learner worker."""
+    workers: int = 1
+    """Learner workers in one torch.distributed group (gloo on CPU, NCCL on GPU). Each step splits the batch by
+    whole groups across them, and they make exactly the update one learner makes on the whole batch; needs
+    algo.batch_prompts >= workers."""
+    placement: str = "driver"
+    """Where the learner runs in the Ray modes: driver (one Learner inside the job's driver) or group (a LearnerGroup
+    of ``workers`` Ray actors; the driver keeps a CPU copy of the student for probes and checkpoints, and a lost
+    worker is rebuilt from the last checkpoint; give each worker a GPU with num_gpus). learner.mode=local always
+    runs it in the driver."""
+    shard: str = "none"
+    """none (each worker holds the whole student; DDP averages gradients) or fsdp (FSDP2 shards the student, its
+    gradients and its Adam state across the workers between steps; model.family=divcfg only)."""
 
 
 @dataclass
@@ -225,6 +245,9 @@ class RunConfig:
     one and starts fresh otherwise (what `divcfg submit --max-retries` passes to a retried job)."""
     ray_address: Optional[str] = None
     """Ray cluster address; unset = RAY_ADDRESS, the enclosing Ray job, or a new local instance."""
+    allow_pickle: bool = False
+    """Resume from a checkpoint whose train state is in the old pickle format (``train_state.pt``). Unpickling runs
+    any code the file holds: set it only when everyone who can write to the run directory is trusted."""
 
 
 @dataclass
@@ -287,77 +310,6 @@ class PretrainJobConfig:
     """Continue from out/checkpoints/latest when it exists."""
 
 
-ROLLOUT_DTYPES = ("fp32", "bf16")
-
-
-class ConfigError(ValueError):
-    """A config value that can't be used; the message names the field."""
-
-
-def check(condition: bool, name: str, value: Any, why: str) -> None:
-    if not condition:
-        raise ConfigError(f"{name}={value!r}: {why}")
-
-
-def validate_model(m) -> None:
-    """Value checks of a :class:`ModelConfig` (or its DictConfig)."""
-    check(m.family in ("divcfg", "musicgen"), "model.family", m.family, "must be divcfg or musicgen")
-    check(m.family != "musicgen" or bool(m.musicgen), "model.musicgen", m.musicgen,
-          "model.family=musicgen needs a Hub id, a local directory or tiny-random")
-    check(m.train_layers >= 0, "model.train_layers", m.train_layers, "must be >= 0 (0 = the whole decoder)")
-    check(m.text_max_len >= 1, "model.text_max_len", m.text_max_len, "must be >= 1")
-
-
-def validate_train(cfg) -> None:
-    """Value checks that a schema can't express. ``cfg`` is the composed DictConfig or a TrainConfig."""
-    validate_model(cfg.model)
-    for key in ("dir", "resume"):
-        try:
-            value = getattr(cfg.run, key)
-        except InterpolationResolutionError:  # ${now:...}, which only Hydra resolves: not a URI
-            continue
-        check(value is None or "://" not in str(value), f"run.{key}", value,
-              "object-storage URIs are not supported for run directories (checkpoints need local atomic renames); "
-              "mount the bucket on every node and give the mount path")
-    check(cfg.codec.source in ("auto", "world", "musicgen"), "codec.source", cfg.codec.source,
-          "must be auto, world or musicgen")
-    check(cfg.codec.source != "musicgen" or cfg.model.family == "musicgen", "codec.source", cfg.codec.source,
-          f"MusicGen's EnCodec makes the codes of a MusicGen policy, and model.family={cfg.model.family}: use "
-          f"model=musicgen_small (or _medium, _large, _tiny), or codec=world")
-    a = cfg.algo
-    check(a.beta >= 0, "algo.beta", a.beta, "must be >= 0")
-    check(a.guidance_scale >= 1, "algo.guidance_scale", a.guidance_scale, "the CFG teacher needs γ >= 1")
-    check(a.group_size >= 1, "algo.group_size", a.group_size, "must be >= 1")
-    check(a.beta == 0 or a.group_size >= 2, "algo.group_size", a.group_size,
-          f"must be >= 2 when algo.beta={a.beta} > 0: the diversity reward compares samples within a group")
-    check(a.batch_prompts >= 1, "algo.batch_prompts", a.batch_prompts, "must be >= 1")
-    check(a.lr > 0, "algo.lr", a.lr, "must be > 0")
-    check(a.baseline in ("none", "mean", "loo"), "algo.baseline", a.baseline, "must be none, mean or loo")
-    check(a.kl_reduction in ("mean", "sum"), "algo.kl_reduction", a.kl_reduction, "must be mean or sum")
-    check(a.max_policy_lag >= 0, "algo.max_policy_lag", a.max_policy_lag, "must be >= 0")
-    check(a.is_clip >= 1, "algo.is_clip", a.is_clip, "must be >= 1")
-    check(a.temperature > 0, "algo.temperature", a.temperature, "must be > 0")
-    check(cfg.world.size in ("tiny", "small"), "world.size", cfg.world.size, "must be tiny or small")
-    check(cfg.actors.count >= 1, "actors.count", cfg.actors.count, "must be >= 1")
-    check(cfg.autoscale.min >= 0, "autoscale.min", cfg.autoscale.min, "must be >= 0")
-    check(cfg.autoscale.max >= 0, "autoscale.max", cfg.autoscale.max, "must be >= 0 (0 turns autoscaling off)")
-    if cfg.autoscale.max:
-        check(cfg.autoscale.min <= cfg.autoscale.max, "autoscale.min", cfg.autoscale.min,
-              f"must be <= autoscale.max={cfg.autoscale.max}")
-    check(cfg.actors.num_gpus >= 0, "actors.num_gpus", cfg.actors.num_gpus, "must be >= 0")
-    check(cfg.actors.groups_per_call >= 1, "actors.groups_per_call", cfg.actors.groups_per_call, "must be >= 1")
-    check(cfg.actors.dtype in ROLLOUT_DTYPES, "actors.dtype", cfg.actors.dtype, f"must be one of {ROLLOUT_DTYPES}")
-    check(cfg.reward.count >= 1, "reward.count", cfg.reward.count, "must be >= 1")
-    check(cfg.reward.embedder in ("reward", "eval"), "reward.embedder", cfg.reward.embedder, "must be reward or eval")
-    check(cfg.learner.steps >= 0, "learner.steps", cfg.learner.steps, "must be >= 0 (0 = the world's default)")
-    check(cfg.learner.mode in ("async", "sync", "local"), "learner.mode", cfg.learner.mode,
-          "must be async, sync or local")
-    check(cfg.learner.device in ("auto", "cpu", "cuda"), "learner.device", cfg.learner.device,
-          "must be auto, cpu or cuda")
-    check(cfg.probe.samples >= 2, "probe.samples", cfg.probe.samples, "diversity needs >= 2 samples per prompt")
-    check(cfg.checkpoint.every >= 1, "checkpoint.every", cfg.checkpoint.every, "must be >= 1")
-
-
 def register_configs() -> None:
     """Register the schemas in Hydra's ConfigStore (idempotent)."""
     from hydra.core.config_store import ConfigStore
@@ -368,3 +320,7 @@ def register_configs() -> None:
 
 
 CONF_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
+
+
+# The value checks live beside the schemas; re-exported so callers keep importing them from here.
+from divcfg.common.config_checks import ROLLOUT_DTYPES, ConfigError, check, validate_model, validate_train  # noqa: E402,F401

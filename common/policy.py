@@ -8,17 +8,17 @@ trained by condition dropout), which is what classifier-free guidance mixes.
 """
 from __future__ import annotations
 
-import re
-import zlib
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from divcfg.common.cfg import cfg_mix, sample_tokens
-from divcfg.common.delay import delay, delay_valid_mask, delayed_length, undelay
+from divcfg.common.cfg import cfg_mix
+from divcfg.common.delay import delay, delayed_length, undelay
+from divcfg.common.layers import DecoderLayer, Linear
+# Condition, GenerationOutput and PromptTooLongError are part of every policy's interface: importable from here.
+from divcfg.common.sampling import CachedSampler, GenerationOutput  # noqa: F401
+from divcfg.common.text_condition import Condition, PromptTooLongError, TextEncoder, tokenize_prompts  # noqa: F401
 
 
 @dataclass
@@ -88,197 +88,6 @@ def policy_config(preset: str = "tiny", **overrides) -> PolicyConfig:
     cfg = PolicyConfig(**fields)
     cfg.validate()
     return cfg
-
-
-class Condition(NamedTuple):
-    """Encoded text condition: ``states [B, L, D]`` and ``mask [B, L]`` (True = a real position)."""
-
-    states: torch.Tensor
-    mask: torch.Tensor
-
-
-class PromptTooLongError(ValueError):
-    pass
-
-
-_WORD = re.compile(rb"[A-Za-z0-9'-]+")
-
-
-def tokenize_prompts(prompts: list[str], max_len: int, truncate: bool = False,
-                     word_buckets: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """UTF-8 bytes of each prompt, padded: ``(ids [B, L], words [B, L], mask [B, L] bool)``. Byte 256 is padding.
-
-    ``words`` gives every byte of a word (letters, digits, ``'`` and ``-``, lower-cased) the word's hash bucket in
-    ``1 .. word_buckets``; other bytes, padding, and everything when ``word_buckets`` is 0 get 0.
-    """
-    encoded = [p.encode("utf-8") for p in prompts]
-    for i, b in enumerate(encoded):
-        if len(b) > max_len and not truncate:
-            raise PromptTooLongError(
-                f"prompt {i} is {len(b)} UTF-8 bytes, over the text encoder's limit of {max_len} "
-                f"(model.text_max_len); shorten it or allow truncation: {prompts[i][:60]!r}...")
-    encoded = [b[:max_len] for b in encoded]
-    length = max(1, max(len(b) for b in encoded))
-    ids = torch.full((len(encoded), length), 256, dtype=torch.long)
-    words = torch.zeros((len(encoded), length), dtype=torch.long)
-    for i, b in enumerate(encoded):
-        if b:
-            ids[i, : len(b)] = torch.tensor(list(b), dtype=torch.long)
-        if word_buckets:
-            for m in _WORD.finditer(b):
-                # crc32, not hash(): Python salts str hashes per process, and buckets must survive a checkpoint.
-                words[i, m.start(): m.end()] = 1 + zlib.crc32(m.group().lower()) % word_buckets
-    return ids, words, ids != 256
-
-
-class TextEncoder(nn.Module):
-    """A small byte-level transformer encoder: no vocabulary file, no download."""
-
-    def __init__(self, cfg: PolicyConfig):
-        super().__init__()
-        self.emb = nn.Embedding(257, cfg.dim)
-        self.word_emb = nn.Embedding(cfg.text_word_buckets + 1, cfg.dim) if cfg.text_word_buckets else None
-        self.pos = nn.Parameter(torch.randn(cfg.text_max_len, cfg.dim) * 0.02)
-        layer = nn.TransformerEncoderLayer(cfg.dim, cfg.n_heads, cfg.ffn_mult * cfg.dim, cfg.dropout,
-                                           batch_first=True, norm_first=True)
-        self.layers = nn.TransformerEncoder(layer, cfg.text_layers, enable_nested_tensor=False)
-        self.norm = nn.LayerNorm(cfg.dim)
-
-    def forward(self, ids: torch.Tensor, words: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        x = self.emb(ids) + self.pos[: ids.shape[1]]
-        if self.word_emb is not None:
-            x = x + self.word_emb(words)
-        x = self.layers(x, src_key_padding_mask=~mask)
-        return self.norm(x)
-
-
-class Linear(nn.Linear):
-    """``nn.Linear`` whose CPU inference forward multiplies by a cached contiguous copy of ``Wᵀ``.
-
-    MKL's GEMM for few rows (a decoding step: batch × 1 rows) is 1.3–2.2× faster with the weight in that layout
-    than with ``nn.Linear``'s ``[out, in]`` (the output heads at 8 rows: 428 against 944 µs; equal at 256 rows).
-    The copy is rebuilt whenever the weight changes (an optimizer step or a snapshot load bumps its version), so
-    rollout actors rebuild it once per policy version. Training (grad enabled) and other devices use ``F.linear``;
-    the state dict is ``nn.Linear``'s.
-    """
-
-    _transposed: torch.Tensor | None = None
-    _transposed_key: tuple | None = None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled() or x.device.type != "cpu" or self.bias is None:
-            return F.linear(x, self.weight, self.bias)
-        w = self.weight
-        key = (w.data_ptr(), w._version, w.dtype)
-        if self._transposed_key != key:
-            self._transposed, self._transposed_key = w.detach().t().contiguous(), key
-        out = torch.addmm(self.bias, x.reshape(-1, x.shape[-1]), self._transposed)
-        return out.view(*x.shape[:-1], out.shape[-1])
-
-
-class Attention(nn.Module):
-    """Multi-head attention with an optional preallocated KV cache (self) or precomputed keys (cross)."""
-
-    def __init__(self, dim: int, n_heads: int, dropout: float, cross: bool):
-        super().__init__()
-        self.h, self.dh, self.cross, self.dropout = n_heads, dim // n_heads, cross, dropout
-        if cross:
-            self.q = Linear(dim, dim)
-            self.kv = Linear(dim, 2 * dim)
-        else:
-            self.qkv = Linear(dim, 3 * dim)
-        self.out = Linear(dim, dim)
-
-    def _heads(self, x: torch.Tensor) -> torch.Tensor:  # [B, N, D] -> [B, H, N, Dh]
-        return x.view(x.shape[0], x.shape[1], self.h, self.dh).transpose(1, 2)
-
-    def cross_kv(self, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        k, v = self.kv(states).chunk(2, dim=-1)
-        return self._heads(k), self._heads(v)
-
-    def forward(self, x, *, kv=None, attn_mask=None, cache=None, pos: int = 0):
-        b, n, d = x.shape
-        p = self.dropout if self.training else 0.0
-        if self.cross:
-            q = self._heads(self.q(x))
-            k, v = kv
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p)
-        else:
-            q, k, v = (self._heads(t) for t in self.qkv(x).chunk(3, dim=-1))
-            if isinstance(pos, torch.Tensor):
-                # The static-shape step of common/decode_graph.py (pos is a [1] device tensor): write at pos and
-                # attend to the whole cache with the later keys masked, so no shape depends on pos.
-                cache[0].index_copy_(2, pos, k.to(cache[0].dtype))  # autocast: bf16 k into the cache's dtype
-                cache[1].index_copy_(2, pos, v.to(cache[1].dtype))
-                seen = (torch.arange(cache[0].shape[2], device=pos.device) <= pos)[None, :]  # [1, S]: every query row
-                y = F.scaled_dot_product_attention(q, cache[0], cache[1], attn_mask=seen)
-                return self.out(y.transpose(1, 2).reshape(b, n, d))
-            if cache is not None:
-                cache[0][:, :, pos: pos + n] = k
-                cache[1][:, :, pos: pos + n] = v
-                k, v = cache[0][:, :, : pos + n], cache[1][:, :, : pos + n]
-            # A single new query may see every cached key; a chunk at pos 0 is causal as usual.
-            causal = n > 1
-            if causal and pos > 0:
-                raise NotImplementedError("multi-token decode after a non-empty cache is not needed here")
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=causal, dropout_p=p)
-        return self.out(y.transpose(1, 2).reshape(b, n, d))
-
-
-class DecoderLayer(nn.Module):
-    def __init__(self, cfg: PolicyConfig):
-        super().__init__()
-        self.norm1, self.norm2, self.norm3 = nn.LayerNorm(cfg.dim), nn.LayerNorm(cfg.dim), nn.LayerNorm(cfg.dim)
-        self.self_attn = Attention(cfg.dim, cfg.n_heads, cfg.dropout, cross=False)
-        self.cross_attn = Attention(cfg.dim, cfg.n_heads, cfg.dropout, cross=True)
-        self.ffn = nn.Sequential(Linear(cfg.dim, cfg.ffn_mult * cfg.dim), nn.GELU(),
-                                 Linear(cfg.ffn_mult * cfg.dim, cfg.dim), nn.Dropout(cfg.dropout))
-
-    def forward(self, x, cross_kv, cross_mask, cache=None, pos=0, null_cross=None):
-        x = x + self.self_attn(self.norm1(x), cache=cache, pos=pos)
-        if null_cross is None:
-            x = x + self.cross_attn(self.norm2(x), kv=cross_kv, attn_mask=cross_mask)
-        else:
-            # CFG decoding: the rows after the cond rows carry the null condition, whose only key is the learned null
-            # state, so their cross-attention output is this layer's constant ``null_cross [1, 1, D]``.
-            b = cross_kv[0].shape[0]
-            cond = x[:b] + self.cross_attn(self.norm2(x[:b]), kv=cross_kv, attn_mask=cross_mask)
-            x = torch.cat([cond, x[b:] + null_cross])
-        return x + self.ffn(self.norm3(x))
-
-
-class GenerationOutput(NamedTuple):
-    """``codes [B, K, T]`` long, ``logprobs [B, K, T]`` float32 under the sampling distribution, and optionally the
-    guided per-column logits ``[B, K, S, V]`` (for tests)."""
-
-    codes: torch.Tensor
-    logprobs: torch.Tensor
-    step_logits: torch.Tensor | None = None
-
-
-class CachedSampler:
-    """``generate`` for every policy: argument checks, inference mode, and outputs usable by autograd afterwards.
-
-    A policy supplies ``_generate`` (one delayed column per step with its own KV cache) and ``cfg.max_frames``.
-    """
-
-    def generate(self, cond: Condition, n_frames: int, *, guidance_scale: float = 1.0, temperature: float = 1.0,
-                 top_k: int = 0, top_p: float = 1.0, generator: torch.Generator | None = None,
-                 return_logits: bool = False) -> GenerationOutput:
-        """Sample ``n_frames`` frames for each condition row, one delayed column per step, with a KV cache.
-
-        With ``guidance_scale != 1`` the cond and null rows run as one forward of size 2B and are mixed by
-        :func:`cfg_mix`. Returns ``codes [B, K, T]``, ``logprobs [B, K, T]`` under the distribution each code was
-        drawn from, and optionally the guided per-column logits ``[B, K, S, V]``.
-        """
-        if guidance_scale < 0:
-            raise ValueError(f"guidance_scale must be >= 0, got {guidance_scale}")
-        if not 1 <= n_frames <= self.cfg.max_frames:
-            raise ValueError(f"n_frames must be in [1, {self.cfg.max_frames}], got {n_frames}")
-        with torch.inference_mode():
-            out = self._generate(cond, n_frames, guidance_scale, temperature, top_k, top_p, generator, return_logits)
-        # Outputs leave inference mode so that callers may use them in autograd (the learner re-scores them).
-        return GenerationOutput(*(t.clone() if t is not None else None for t in out))
 
 
 class AudioTokenPolicy(CachedSampler, nn.Module):
@@ -430,32 +239,7 @@ class AudioTokenPolicy(CachedSampler, nn.Module):
             return self.logits(codes, cond)
         return self.logits(torch.cat([codes, codes]), self.with_null(cond), guidance_scale)
 
-    # ---- KV-cached sampling: generate() comes from CachedSampler --------------------------------------------------
-    def _generate(self, cond, n_frames, guidance_scale, temperature, top_k, top_p, generator, return_logits):
-        k, v = self.cfg.n_codebooks, self.cfg.card
-        b = cond.states.shape[0]
-        use_cfg = guidance_scale != 1.0
-        if use_cfg:
-            cond = self.with_null(cond)
-        rows = cond.states.shape[0]
-        s_len = delayed_length(n_frames, k)
-        valid = delay_valid_mask(k, n_frames, self.device)  # [K, S]
-        step = self._decode_step(cond, rows, s_len, guidance_scale)
-        seq = torch.full((b, k, s_len), self.special, dtype=torch.long, device=self.device)
-        seq_logprobs = torch.zeros(b, k, s_len, dtype=torch.float32, device=self.device)
-        step_logits = torch.empty(b, k, s_len, v, device=self.device) if return_logits else None
-        column = torch.full((rows, k, 1), self.special, dtype=torch.long, device=self.device)
-        for s in range(s_len):
-            logits = step(column, s)  # [B, K, V], guided when use_cfg
-            if return_logits:
-                step_logits[:, :, s] = logits
-            tokens, logprobs = sample_tokens(logits, temperature, top_k, top_p, generator)
-            tokens = torch.where(valid[:, s], tokens, self.special)  # delay padding is forced, never sampled
-            seq[:, :, s] = tokens
-            seq_logprobs[:, :, s] = torch.where(valid[:, s], logprobs, 0.0)
-            column = (torch.cat([tokens, tokens]) if use_cfg else tokens)[:, :, None]
-        return GenerationOutput(undelay(seq, n_frames), undelay(seq_logprobs, n_frames), step_logits)
-
+    # ---- KV-cached sampling: generate() and its loop come from CachedSampler (common/sampling.py) -------------
     def _decode_step(self, cond: Condition, rows: int, s_len: int, guidance_scale: float):
         """``step(column [rows, K, 1], s) -> logits [B, K, V]`` for one ``generate`` call: a CUDA graph on the GPU
         (common/decode_graph.py), else the eager step over a KV cache sliced to the position."""

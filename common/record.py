@@ -5,6 +5,7 @@ reward fields, the learner reads both. The same record goes to the wire (msgpack
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field, replace
 
@@ -117,18 +118,24 @@ class RolloutBatch:
 
     @staticmethod
     def from_msgpack(data: bytes) -> "RolloutBatch":
+        """The batch :meth:`to_msgpack` wrote. Anything else, whatever its bytes, raises :class:`RecordError`; array
+        sizes are checked against the payload before any array is made, so a forged shape can't allocate."""
         try:
             obj = msgpack.unpackb(data, raw=False)
         except Exception as e:  # msgpack raises several types for corrupt input
-            raise ValueError(f"corrupt RolloutBatch msgpack payload ({len(data)} bytes): {e}") from e
+            raise RecordError(f"corrupt RolloutBatch msgpack payload ({len(data)} bytes): {e}") from e
         if not isinstance(obj, dict) or obj.get("schema") != SCHEMA_VERSION:
             got = obj.get("schema") if isinstance(obj, dict) else type(obj).__name__
-            raise ValueError(f"RolloutBatch msgpack schema {got!r} is not the supported version {SCHEMA_VERSION}")
-        kwargs = {}
-        for name in _ARRAYS:
-            a = obj["arrays"][name]
-            kwargs[name] = np.frombuffer(a["data"], dtype=np.dtype(a["dtype"])).reshape(a["shape"]).copy()
-        return RolloutBatch(prompt=obj["prompt"], **kwargs)
+            raise RecordError(f"RolloutBatch msgpack schema {got!r} is not the supported version {SCHEMA_VERSION}")
+        prompt, arrays = obj.get("prompt"), obj.get("arrays")
+        if not isinstance(prompt, list) or not all(isinstance(p, str) for p in prompt) or not isinstance(arrays, dict):
+            raise RecordError("RolloutBatch msgpack payload needs a 'prompt' list of strings and an 'arrays' map")
+        kwargs = {name: _array_from_wire(name, arrays.get(name), dtype, rank)
+                  for name, (dtype, rank) in _ARRAYS.items()}
+        try:
+            return RolloutBatch(prompt=prompt, **kwargs)
+        except ValueError as e:  # shapes that disagree with each other or with the prompts
+            raise RecordError(f"RolloutBatch msgpack payload is inconsistent: {e}") from None
 
     # ---- disk format: Arrow / Parquet ---------------------------------------------------------------------------
     def to_arrow(self) -> pa.Table:
@@ -154,15 +161,20 @@ class RolloutBatch:
         missing = [c for c in ["prompt", *_ARRAYS] if c not in table.column_names]
         if missing:
             raise ValueError(f"{source}: rollout table lacks column(s) {missing}")
-        k, t = (int(x) for x in meta[b"divcfg.codes_shape"].decode().split(","))
-        kwargs = {}
-        for name, (dtype, rank) in _ARRAYS.items():
-            col = table.column(name).to_pylist()
-            if rank == 0:
-                kwargs[name] = np.asarray(col, dtype=dtype)
-            else:
-                kwargs[name] = np.frombuffer(b"".join(col), dtype=dtype).reshape(len(col), k, t).copy()
-        return RolloutBatch(prompt=table.column("prompt").to_pylist(), **kwargs)
+        try:
+            k, t = (int(x) for x in meta.get(b"divcfg.codes_shape", b"").decode().split(","))
+            kwargs = {}
+            for name, (dtype, rank) in _ARRAYS.items():
+                col = table.column(name).to_pylist()
+                if rank == 0:
+                    kwargs[name] = np.asarray(col, dtype=dtype)
+                elif any(not isinstance(b, bytes) or len(b) != k * t * dtype.itemsize for b in col):
+                    raise ValueError(f"a {name} blob is not {k * t * dtype.itemsize} bytes ({dtype} [{k}, {t}])")
+                else:
+                    kwargs[name] = np.frombuffer(b"".join(col), dtype=dtype).reshape(len(col), k, t).copy()
+            return RolloutBatch(prompt=table.column("prompt").to_pylist(), **kwargs)
+        except (ValueError, TypeError, UnicodeDecodeError) as e:
+            raise RecordError(f"{source}: corrupt rollout table: {e}") from None
 
     def write_parquet(self, path: str | os.PathLike) -> None:
         """Written to a temporary file and renamed, so a crash never leaves half a file under ``path``."""
@@ -179,6 +191,28 @@ class RolloutBatch:
         except (pa.ArrowInvalid, OSError) as e:
             raise ValueError(f"corrupt rollout Parquet file {path}: {e}") from e
         return RolloutBatch.from_arrow(table, source=os.fspath(path))
+
+
+class RecordError(ValueError):
+    """A rollout record that can't be decoded; the message says which field is wrong."""
+
+
+def _array_from_wire(name: str, a, dtype: np.dtype, rank: int) -> np.ndarray:
+    """One array of a msgpack payload: its dtype must be the field's, its shape ``rank + 1`` non-negative ints whose
+    product matches the bytes it carries."""
+    if not isinstance(a, dict) or not isinstance(a.get("data"), bytes):
+        raise RecordError(f"RolloutBatch msgpack field {name!r} is missing or not a dtype/shape/data map")
+    if a.get("dtype") != dtype.str:
+        raise RecordError(f"RolloutBatch msgpack field {name!r} has dtype {a.get('dtype')!r}, expected {dtype.str!r}")
+    shape = a.get("shape")
+    if not (isinstance(shape, list) and len(shape) == rank + 1
+            and all(type(d) is int and 0 <= d < 2**40 for d in shape)):
+        raise RecordError(f"RolloutBatch msgpack field {name!r} has shape {shape!r:.80}, expected {rank + 1} "
+                          f"non-negative ints")
+    if math.prod(shape) * dtype.itemsize != len(a["data"]):
+        raise RecordError(f"RolloutBatch msgpack field {name!r}: shape {shape} needs "
+                          f"{math.prod(shape) * dtype.itemsize} bytes, the payload has {len(a['data'])}")
+    return np.frombuffer(a["data"], dtype=dtype).reshape(shape).copy()
 
 
 def new_group(*, prompt_id: int, prompt: str, group_id: int, codes: np.ndarray, logprobs: np.ndarray,

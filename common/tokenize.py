@@ -1,6 +1,8 @@
-"""``divcfg tokenize``: a folder of WAV files plus a captions file -> a token dataset (the path real users take).
+"""``divcfg tokenize``: a folder of audio files plus a captions file -> a token dataset (the path real users take).
 
-Captions: JSONL (``{"file": "a.wav", "caption": "..."}`` per line) or a two-column CSV/TSV (``file,caption``).
+Audio: WAV, FLAC, OGG/Vorbis or MP3; a file that can't be decoded is named and skipped, and the skips are counted.
+
+Captions: JSONL (``{"file": "a.flac", "caption": "..."}`` per line) or a two-column CSV/TSV (``file,caption``).
 Audio is mixed to mono, resampled to the codec's rate, and cut or zero-padded to ``--seconds``.
 """
 from __future__ import annotations
@@ -52,50 +54,47 @@ def read_captions(path: str | os.PathLike) -> dict[str, str]:
 
 def tokenize_folder(audio_dir: str | os.PathLike, captions_path: str | os.PathLike, codec, out: str | os.PathLike,
                     seconds: float, batch: int = 16) -> dict:
-    """Encode every captioned WAV in ``audio_dir``; returns counts. Every failure names the file."""
-    from divcfg.common.audio import read_wav, resample
+    """Encode every captioned audio file (WAV, FLAC, OGG, MP3) in ``audio_dir``; returns counts and the skipped files.
+
+    A file that can't be decoded (corrupt, empty, unsupported format) is skipped and named in ``skipped``; a decoded
+    file without a caption, or a caption without a file, is an error. ``out`` is written only once all is encoded.
+    """
+    from divcfg.common.audio import AudioError, read_audio_folder, resample
     from divcfg.common.tokens import write_tokens
 
-    audio_dir = Path(audio_dir)
-    if not audio_dir.is_dir():
-        raise TokenizeError(f"audio folder not found: {audio_dir}")
-    wavs = sorted(p.name for p in audio_dir.glob("*.wav"))
-    if not wavs:
-        raise TokenizeError(f"audio folder {audio_dir} holds no .wav files")
+    try:
+        folder = read_audio_folder(audio_dir)
+    except AudioError as e:
+        raise TokenizeError(str(e)) from None
     captions = read_captions(captions_path)
-    missing = [w for w in wavs if w not in captions]
-    unknown = [c for c in captions if c not in set(wavs)]
+    names = [name for name, _, _ in folder.clips]
+    present = set(names) | set(folder.skipped)
+    missing = [w for w in names if w not in captions]
+    unknown = [c for c in captions if c not in present]
     if missing or unknown:
         raise TokenizeError(f"captions file {captions_path} does not match {audio_dir}: "
-                            f"{len(missing)} WAV file(s) without a caption {missing[:3]}, "
-                            f"{len(unknown)} caption(s) without a WAV file {unknown[:3]}")
+                            f"{len(missing)} audio file(s) without a caption {missing[:3]}, "
+                            f"{len(unknown)} caption(s) without an audio file {unknown[:3]}")
     n = int(round(seconds * codec.sample_rate))
-    clips, resampled, unreadable = [], 0, []
-    for name in wavs:
-        try:
-            x, sr = read_wav(audio_dir / name)
-        except ValueError as e:
-            unreadable.append(f"{name} ({e})")
-            continue
+    clips, resampled = [], 0
+    for name, x, sr in folder.clips:
         if sr != codec.sample_rate:
             x = resample(x, sr, codec.sample_rate)
             resampled += 1
         clips.append((name, np.pad(x[:n], (0, max(0, n - len(x))))))
-    if not clips:
-        raise TokenizeError(f"no readable WAV in {audio_dir}: {unreadable[:3]}")
-    if unreadable:
-        raise TokenizeError(f"{len(unreadable)} unreadable WAV file(s) in {audio_dir}: {unreadable[:3]}")
     audio = np.stack([c for _, c in clips]).astype(np.float32)
     codes = np.concatenate([codec.encode(audio[i: i + batch]).numpy() for i in range(0, len(audio), batch)])
     meta = {"codec": codec.name, "card": codec.card, "sample_rate": codec.sample_rate,
             "frame_rate": codec.frame_rate, "source": str(audio_dir)}
     write_tokens(out, [captions[name] for name, _ in clips], codes, meta, {"file": [name for name, _ in clips]})
-    return {"clips": len(clips), "resampled": resampled, "frames": int(codes.shape[2])}
+    return {"clips": len(clips), "resampled": resampled, "frames": int(codes.shape[2]),
+            "skipped": [folder.reasons[name] for name in folder.skipped]}
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="divcfg tokenize", description=__doc__.split(":", 1)[1].strip())
-    ap.add_argument("--audio", required=True, help="folder of .wav files")
+    ap.add_argument("--audio", required=True,
+                    help="folder of .wav/.flac/.ogg/.mp3 files; undecodable ones are named and skipped")
     ap.add_argument("--captions", required=True, help="captions file: .jsonl, .csv or .tsv (file, caption)")
     ap.add_argument("--out", required=True, help="output token dataset (.parquet)")
     src = ap.add_mutually_exclusive_group(required=True)
@@ -112,6 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     except (TokenizeError, ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"divcfg tokenize: error: {e}", file=sys.stderr)
         return 2
+    for skip in result["skipped"]:
+        print(f"divcfg tokenize: skipped {skip}", file=sys.stderr)
     print(f"tokenized {result['clips']} clips ({result['resampled']} resampled to {codec.sample_rate} Hz), "
-          f"{result['frames']} frames each -> {args.out}")
+          f"{result['frames']} frames each -> {args.out}; "
+          f"skipped {len(result['skipped'])} undecodable file(s)")
     return 0

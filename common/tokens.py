@@ -54,9 +54,30 @@ def read_tokens(path: str | os.PathLike) -> TokenDataset:
     if raw is None or "codes" not in table.column_names or "prompt" not in table.column_names:
         raise ValueError(f"{path} is not a divcfg token dataset (needs 'prompt' and 'codes' columns and metadata); "
                          f"make one with `divcfg world build` or `divcfg tokenize`")
-    meta = json.loads(raw)
-    k, t = meta.pop("codes_shape")
+    meta, (k, t) = _read_meta(path, raw)
     blobs = table.column("codes").to_pylist()
+    # Every row's blob is checked before the join, so a damaged file can't make a wrong-sized (or huge) array.
+    for i, b in enumerate(blobs):
+        if not isinstance(b, bytes) or len(b) != 2 * k * t:
+            got = f"{len(b)} bytes" if isinstance(b, bytes) else type(b).__name__
+            raise ValueError(f"token dataset {path} is corrupt: row {i}'s codes hold {got}, expected {2 * k * t} "
+                             f"(int16 [{k}, {t}])")
+    prompts = table.column("prompt").to_pylist()
+    bad = next((i for i, p in enumerate(prompts) if not isinstance(p, str)), None)
+    if bad is not None:
+        raise ValueError(f"token dataset {path} is corrupt: row {bad}'s prompt is {prompts[bad]!r}")
     codes = np.frombuffer(b"".join(blobs), dtype=np.int16).reshape(len(blobs), k, t).copy()
     columns = {n: table.column(n).to_pylist() for n in table.column_names if n not in ("prompt", "codes")}
-    return TokenDataset(table.column("prompt").to_pylist(), codes, columns, meta)
+    return TokenDataset(prompts, codes, columns, meta)
+
+
+def _read_meta(path: str, raw: bytes) -> tuple[dict, tuple[int, int]]:
+    """The dataset's metadata and its ``codes_shape`` ``(K, T)``; a clear error when either is damaged."""
+    try:
+        meta = json.loads(raw)
+        k, t = meta.pop("codes_shape")
+        if not (type(k) is int and type(t) is int and k > 0 and t > 0):
+            raise ValueError(f"codes_shape {[k, t]} is not two positive integers")
+    except (ValueError, TypeError, KeyError, AttributeError) as e:
+        raise ValueError(f"token dataset {path} has corrupt divcfg.tokens metadata: {e!r}") from None
+    return meta, (k, t)

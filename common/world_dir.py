@@ -12,8 +12,14 @@ from pathlib import Path
 # 2: the offline codec encodes log-mel frames; 3: judges use the common checkpoint layout;
 # 4: several captions per training clip, word features in the text encoder (the base model now follows its prompt)
 # 5: the text encoder is trained to read captions first, then frozen while the base model pretrains
-WORLD_VERSION = 5
+# 6: codec version 2 (fitted spectrogram decoder); world.json gains codec figures and FAD; worlds record their kind
+WORLD_VERSION = 6
 STAGES = ("corpus", "codec", "tokens", "base", "embedders", "scorer", "measure")
+# What each stage leaves in the directory ("name/": a checkpoint directory); World.verify checks them.
+STAGE_OUTPUTS = {"corpus": ("corpus.parquet", "prompts_heldout.txt"), "codec": ("codec/",),
+                 "tokens": ("tokens.parquet", "heldout.parquet"), "base": ("base/",),
+                 "embedders": ("embedder_reward/", "embedder_eval/"), "scorer": ("scorer/",),
+                 "measure": ("world.json",)}
 _NEEDS_AUDIO = ("corpus", "codec", "tokens", "embedders", "scorer")  # a resumed build skips synthesis otherwise
 
 # Everything that differs between sizes. tiny: < 2 min on 2 cores (tests); small: < 20 min (quickstart, acceptance).
@@ -72,6 +78,27 @@ class World:
 
     def is_built(self) -> bool:
         return "measure" in self.state().get("done", {})
+
+    def verify(self) -> None:
+        """Every stage ``state.json`` records as built still has its files (a checkpoint directory with its COMPLETE
+        marker). Raises :class:`WorldError` naming the first missing one and the stage that rebuilds it."""
+        state = self.state()
+        done, ident = state.get("done", {}), state.get("identity", {})
+        for stage in (s for s in STAGES if s in done):
+            for name in STAGE_OUTPUTS[stage]:
+                f = self.path(name.rstrip("/"))
+                if not ((f / "COMPLETE").is_file() if name.endswith("/") else f.is_file()):
+                    what = "has no COMPLETE marker" if f.exists() else "is missing"
+                    raise WorldError(
+                        f"world {self.root}: {f} {what}, so stage {stage!r} must be rebuilt: remove {stage!r} from "
+                        f"\"done\" in {self.state_file} (World.forget) and run `divcfg world build --out {self.root} "
+                        f"--size {ident.get('size', '?')} --seed {ident.get('seed', 0)}`")
+
+    def forget(self, stage: str) -> None:
+        """Mark ``stage`` as not built, so the next build redoes it (and only it) from the stages before."""
+        state = self.state()
+        state.get("done", {}).pop(stage, None)
+        self.write_state(state)
 
     def heldout_prompts(self) -> list[str]:
         from divcfg.common.prompts import load_prompts

@@ -10,11 +10,13 @@ import argparse
 import os
 import sys
 
+from divcfg.common.config_help import plain
 from divcfg.job.control import NAMESPACE, set_target
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="divcfg scale", description=__doc__.split("\n")[0].split(":", 1)[1].strip())
+    ap = argparse.ArgumentParser(prog="divcfg scale", description=plain(__doc__),
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--actors", type=int, required=True, help="target number of rollout actors (>= 0)")
     ap.add_argument("--run", help="run name (the basename of its run.dir); optional when one job runs")
     ap.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),

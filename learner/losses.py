@@ -7,20 +7,27 @@ from __future__ import annotations
 
 import torch
 
+from divcfg.common.logprob import sequence_logprob  # noqa: F401  (part of this module's API)
+
 BASELINES = ("none", "mean", "loo")
 KL_REDUCTIONS = ("mean", "sum")
 
 
 def reverse_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
-               weights: torch.Tensor | None = None, reduction: str = "mean") -> tuple[torch.Tensor, dict[str, float]]:
+               weights: torch.Tensor | None = None, reduction: str = "mean",
+               normalizer: float | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """Exact token-level ``KL(π_student ‖ π_teacher)`` over the full vocabulary, averaged over samples, positions
     and codebooks (METHOD.md). ``*_logits [N, K, T, V]``; optional per-sample ``weights [N]`` (importance weights).
 
     ``reduction="sum"`` sums over each sample's positions and codebooks instead (then averages over samples): the
     per-sequence KL, on the same scale as ``L_pg``'s sequence log-prob (``algo.kl_reduction``).
 
-    Returns ``(loss, {"kl": unweighted per-code mean KL, whatever the reduction})``. Gradients flow into the
-    student only.
+    ``normalizer`` divides the (weighted) sum over samples instead of their count ``N``: a learner-group worker
+    holding a share of the batch passes the whole batch's sample count, so the workers' losses (and gradients) add
+    up to the one-worker loss exactly, however unevenly the batch was split.
+
+    Returns ``(loss, {"kl": unweighted per-code mean KL of these N samples, whatever the reduction})``. Gradients
+    flow into the student only.
     """
     assert student_logits.shape == teacher_logits.shape, (student_logits.shape, teacher_logits.shape)
     if reduction not in KL_REDUCTIONS:
@@ -30,14 +37,13 @@ def reverse_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
     kl = (log_s.exp() * (log_s - log_t)).sum(-1)  # [N, K, T]
     per_sample = kl.mean(dim=(1, 2))
     scaled = per_sample if reduction == "mean" else per_sample * (kl.shape[1] * kl.shape[2])
-    loss = scaled.mean() if weights is None else (weights * scaled).mean()
+    loss = _average(scaled if weights is None else weights * scaled, normalizer)
     return loss, {"kl": per_sample.mean().item()}
 
 
-def sequence_logprob(logits: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
-    """``Σ_{k,t} log π(codes[n,k,t] | ...)``: ``logits [N, K, T, V]``, ``codes [N, K, T]`` -> ``[N]``."""
-    lp = torch.log_softmax(logits.float(), -1).gather(-1, codes[..., None]).squeeze(-1)
-    return lp.sum(dim=(1, 2))
+def _average(per_sample: torch.Tensor, normalizer: float | None) -> torch.Tensor:
+    """The mean over samples, or their sum over ``normalizer`` (the sample count of the whole batch)."""
+    return per_sample.mean() if normalizer is None else per_sample.sum() / normalizer
 
 
 def group_advantages(rewards: torch.Tensor, baseline: str) -> torch.Tensor:
@@ -61,9 +67,10 @@ def truncated_importance_weights(logp_current: torch.Tensor, logp_behaviour: tor
     return torch.exp(logp_current.detach() - logp_behaviour).clamp(max=clip)
 
 
-def reinforce_loss(seq_logprob: torch.Tensor, advantages: torch.Tensor,
-                   weights: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
-    """``L_pg = − mean_i w_i (r_i − b_i) Σ_t log π_θ(y_i,t | …)``; all inputs ``[N]``, advantages constant."""
+def reinforce_loss(seq_logprob: torch.Tensor, advantages: torch.Tensor, weights: torch.Tensor | None = None,
+                   normalizer: float | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """``L_pg = − mean_i w_i (r_i − b_i) Σ_t log π_θ(y_i,t | …)``; all inputs ``[N]``, advantages constant.
+    ``normalizer``: as in :func:`reverse_kl`, the whole batch's sample count when these ``N`` are one share of it."""
     w = torch.ones_like(advantages) if weights is None else weights
-    loss = -(w * advantages.detach() * seq_logprob).mean()
+    loss = -_average(w * advantages.detach() * seq_logprob, normalizer)
     return loss, {"pg": loss.item(), "advantage_abs": advantages.abs().mean().item()}

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -79,6 +78,36 @@ def _save_state(path: Path, policy, opt, step: int, rng: np.random.Generator) ->
                     "numpy_rng": rng.bit_generator.state}, tmp / "train_state.pt")
 
 
+def _restore(ckpt: Path, policy, opt, rng: np.random.Generator) -> int:
+    """Load a complete checkpoint's weights, optimizer and random streams; returns the step it was taken at."""
+    state, _, _ = load_weights(ckpt / "policy", "policy")
+    policy.load_state_dict(state)
+    train_state = torch.load(ckpt / "train_state.pt", weights_only=True)
+    opt.load_state_dict(train_state["optimizer"])
+    torch.set_rng_state(train_state["torch_rng"])
+    rng.bit_generator.state = train_state["numpy_rng"]
+    return int(train_state["step"])
+
+
+def _step(policy, opt, prompts: list[str], codes: torch.Tensor, rng: np.random.Generator, cfg: PretrainConfig,
+          step: int, truncate_prompts: bool) -> tuple[float, torch.Tensor]:
+    """One update on a random batch with condition dropout; returns ``(loss, grad_norm)``. Prompts are encoded per
+    batch: the text encoder trains with the decoder."""
+    idx = rng.integers(0, len(prompts), cfg.batch_size)
+    batch_codes = codes[idx]
+    cond = policy.encode_condition([prompts[i] for i in idx], truncate=truncate_prompts)
+    drop = torch.as_tensor(rng.random(cfg.batch_size) < cfg.cond_dropout)
+    cond = policy.drop_condition(cond, drop)
+    loss = next_token_loss(policy.logits(batch_codes, cond), batch_codes)
+    for group in opt.param_groups:
+        group["lr"] = _lr_at(step, cfg)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
+    opt.step()
+    return loss.item(), grad_norm
+
+
 def pretrain(policy: AudioTokenPolicy, prompts: list[str], codes: np.ndarray, cfg: PretrainConfig, out_dir: str,
              *, resume: bool = True, progress: bool = True, truncate_prompts: bool = False) -> dict:
     """Train ``policy`` on ``(prompts, codes int [N, K, T])``; TensorBoard under ``out_dir/tb``.
@@ -96,36 +125,16 @@ def pretrain(policy: AudioTokenPolicy, prompts: list[str], codes: np.ndarray, cf
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
-    start = 0
+    start = _restore(ckpt, policy, opt, rng) if resume and is_complete(ckpt) else 0
     history: list[float] = []
-    if resume and is_complete(ckpt):
-        state, _, _ = load_weights(ckpt / "policy", "policy")
-        policy.load_state_dict(state)
-        train_state = torch.load(ckpt / "train_state.pt", weights_only=True)
-        opt.load_state_dict(train_state["optimizer"])
-        torch.set_rng_state(train_state["torch_rng"])
-        rng.bit_generator.state = train_state["numpy_rng"]
-        start = int(train_state["step"])
     codes_t = torch.as_tensor(np.asarray(codes, dtype=np.int64))
-    # Prompts are encoded per batch: the text encoder trains with the decoder.
     writer = SummaryWriter(str(out / "tb"))
     policy.train()
     t0 = time.perf_counter()
     bar = tqdm(range(start, cfg.steps), desc="pretrain", disable=not progress, initial=start, total=cfg.steps)
     for step in bar:
-        idx = rng.integers(0, len(prompts), cfg.batch_size)
-        batch_codes = codes_t[idx]
-        cond = policy.encode_condition([prompts[i] for i in idx], truncate=truncate_prompts)
-        drop = torch.as_tensor(rng.random(cfg.batch_size) < cfg.cond_dropout)
-        cond = policy.drop_condition(cond, drop)
-        loss = next_token_loss(policy.logits(batch_codes, cond), batch_codes)
-        for group in opt.param_groups:
-            group["lr"] = _lr_at(step, cfg)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
-        opt.step()
-        history.append(loss.item())
+        loss, grad_norm = _step(policy, opt, prompts, codes_t, rng, cfg, step, truncate_prompts)
+        history.append(loss)
         if step % cfg.log_every == 0 or step == cfg.steps - 1:
             elapsed = time.perf_counter() - t0
             writer.add_scalar("losses/next_token", history[-1], step)

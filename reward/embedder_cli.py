@@ -1,25 +1,26 @@
-"""``divcfg embedder train``: train a contrastive music embedder on audio (a WAV folder, or codes decoded by a codec)."""
+"""``divcfg embedder train``: train a contrastive music embedder on audio (a folder of WAV/FLAC/OGG/MP3 files,
+or codes decoded by a codec)."""
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
 
 
 def _load_audio(args) -> tuple[np.ndarray, int]:
-    from divcfg.common.audio import read_wav, resample
+    from divcfg.common.audio import read_audio_folder, resample
     if args.audio:
-        files = sorted(Path(args.audio).glob("*.wav"))
-        if not files:
-            raise ValueError(f"audio folder {args.audio} holds no .wav files")
-        clips, rate = [], None
-        for f in files:
-            x, sr = read_wav(f)
-            rate = rate or sr
-            clips.append(resample(x, sr, rate))
+        # Undecodable files are named and skipped (a count on stderr); an empty folder is an AudioError (ValueError).
+        folder = read_audio_folder(args.audio)
+        for name in folder.skipped:
+            print(f"divcfg embedder: skipped {folder.reasons[name]}", file=sys.stderr)
+        if folder.skipped:
+            print(f"divcfg embedder: skipped {len(folder.skipped)} undecodable file(s) in {args.audio}",
+                  file=sys.stderr)
+        rate = folder.clips[0][2]
+        clips = [resample(x, sr, rate) for _, x, sr in folder.clips]
         n = min(len(c) for c in clips)
         return np.stack([c[:n] for c in clips]).astype(np.float32), rate
     from divcfg.common.codec import load_codec
@@ -40,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("train", help="train one embedder; run twice with different --seed for reward and eval")
     src = t.add_mutually_exclusive_group(required=True)
-    src.add_argument("--audio", help="folder of WAV files")
+    src.add_argument("--audio", help="folder of WAV/FLAC/OGG/MP3 files; undecodable ones are named and skipped")
     src.add_argument("--tokens", help="token dataset (.parquet); decoded with --codec")
     t.add_argument("--codec", help="codec directory, with --tokens")
     t.add_argument("--out", required=True, help="output directory (safetensors + config.json)")

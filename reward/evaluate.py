@@ -1,156 +1,270 @@
-"""``divcfg eval``: quality and diversity of models on the held-out prompts, and the Pareto plot.
+"""``divcfg eval``: quality and diversity of models on the held-out prompts, with intervals, fronts and the claims.
 
-Rows: the base model at a sweep of guidance scales (the CFG baseline), any finetuned or merged checkpoints without
-CFG, and optionally a λ sweep merged on the fly from two checkpoints. Diversity is measured with the *held-out*
-embedder; the reward embedder's figure is reported beside it, and a big gap between them flags reward hacking.
+Rows: the base model at a sweep of guidance scales (the CFG baseline); checkpoint groups (several seeds of one
+configuration, ``--group`` or ``--multirun``) and single checkpoints, sampled without CFG; the λ sweep of merges,
+θ_q (the β = 0 group) with each β > 0 group, seed s with seed s; and optionally a λ sweep of two checkpoints
+(``--merge``). Every row samples the same prompts with the same sampling seed, so per-prompt scores pair across rows
+and a paired bootstrap over prompts (:mod:`divcfg.reward.intervals`) gives each figure and each difference its
+interval. Diversity is measured with the *held-out* embedder; the reward embedder's figure is reported beside it,
+and a big gap between them flags reward hacking.
 """
 from __future__ import annotations
 
 import argparse
-import csv
-import json
-import os
+import functools
 import sys
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
-import torch
+DEFAULT_PROMPTS, DEFAULT_SAMPLES = 96, 8
 
-COLUMNS = ["name", "kind", "guidance_scale", "lam", "adherence", "teacher_loglik", "diversity",
-           "diversity_reward_embedder", "forward_passes_per_token", "frames_per_s"]
+
+@dataclass
+class RowPlan:
+    """One row to measure: one model per seed (one seed for the base model and single checkpoints)."""
+
+    name: str
+    """The row's name in the table, the plot and the claims (unique)."""
+    kind: str
+    """cfg (the base model with CFG), group (a configuration's seeds), model (one checkpoint) or merge."""
+    guidance_scale: float = 1.0
+    """γ the row samples with: the CFG sweep's; 1 (one forward pass, no CFG) for every trained or merged model."""
+    lam: float | None = None
+    """λ of a merge: θ = (1 − λ) θ_q + λ θ_d."""
+    beta: float | None = None
+    """β the row's model was trained with (a merge: its θ_d's), where its run says."""
+    theta_d: str | None = None
+    """For a merge of groups: the θ_d group it interpolates towards."""
+    members: list[tuple[int, tuple, Callable]] = field(default_factory=list)
+    """``(seed, key, make)``: ``make()`` builds the policy; a key already measured (λ = 0 or 1 of a merge is θ_q's or
+    θ_d's own weights, bit for bit) reuses that measurement."""
+    train: list[dict] = field(default_factory=list)
+    """Each seed's run summary figures (KL at the end, wall time), where the checkpoint has them."""
+
+
+def plan_rows(world_dir, base: Callable, gammas, models, merge, lams, groups, merge_with) -> list[RowPlan]:
+    """Every row, with every check on the checkpoints done before any model is loaded or sampled. ``base()`` loads
+    the world's base model; ``merge_with`` names the β > 0 groups merged with θ_q (None: all of them)."""
+    from divcfg.common.checkpoint import policy_family
+    from divcfg.reward.eval_groups import check_group, resolve_checkpoint, seed_of
+
+    paths = [*models, *(merge or ()), *(c for cs in groups.values() for c in cs)]
+    for path in paths:
+        if policy_family(resolve_checkpoint(path).path) == "musicgen":
+            raise ValueError(f"{path} is a MusicGen checkpoint: divcfg eval compares checkpoints with the world's own "
+                             f"base model, codec and clip length, so it can't take MusicGen yet. Listen with "
+                             f"`divcfg sample {path}`; a run's summary.json has its KL, diversity and adherence")
+    plans = [RowPlan(f"base γ={g:g}", "cfg", g, members=[(0, ("base", g), base)]) for g in gammas]
+    for path in models:
+        c = resolve_checkpoint(path)
+        name = Path(path).name if Path(path).name != "student" else Path(path).parent.name
+        plans.append(RowPlan(name, "model", beta=c.beta, members=[(0, ("ckpt", str(c.path)), _loader(c.path))],
+                             train=[c.train] if c.train else []))
+    resolved = {}
+    for name, ckpts in groups.items():
+        resolved[name] = [resolve_checkpoint(p) for p in ckpts]
+        check_group(name, resolved[name], world_dir)
+        cs = resolved[name]
+        plans.append(RowPlan(name, "group", beta=cs[0].beta, train=[c.train for c in cs if c.train],
+                             members=[(seed_of(c, i), ("ckpt", str(c.path)), _loader(c.path))
+                                      for i, c in enumerate(cs)]))
+    if merge:
+        plans += _merge_rows(resolve_checkpoint(merge[0]), resolve_checkpoint(merge[1]), lams)
+    plans += _group_merge_rows(resolved, lams, merge_with)
+    names = [p.name for p in plans]
+    if len(set(names)) != len(names):
+        raise ValueError(f"row names repeat: {sorted({n for n in names if names.count(n) > 1})}; rename a --group")
+    return plans
+
+
+def _loader(path):
+    from divcfg.common.checkpoint import load_policy
+    return lambda: load_policy(path).eval()
+
+
+def _merged(a, b, lam: float):
+    """A policy of ``(1 − λ) a + λ b``; the two must be one architecture (common.merge refuses otherwise)."""
+    from divcfg.common.checkpoint import load_weights
+    from divcfg.common.merge import merge_state_dicts
+    from divcfg.common.policy import AudioTokenPolicy, PolicyConfig
+    if a.arch != b.arch:
+        raise ValueError(f"can't merge {a.path} and {b.path}: different model shapes")
+    if a.world is not None and b.world is not None and a.world != b.world:
+        raise ValueError(f"can't merge {a.path} and {b.path}: trained on different worlds ({a.world}, {b.world})")
+
+    def make():
+        sa, ca, _ = load_weights(a.path, "policy")
+        sb, _, _ = load_weights(b.path, "policy")
+        policy = AudioTokenPolicy(PolicyConfig(**ca))
+        policy.load_state_dict(merge_state_dicts(sa, sb, lam))
+        return policy.eval()
+    return make
+
+
+def _merge_rows(a, b, lams) -> list[RowPlan]:
+    return [RowPlan(f"merge λ={lam:g}", "merge", lam=lam, members=[(0, ("merge", str(a.path), str(b.path), lam),
+                                                                    _merged(a, b, lam))]) for lam in lams]
+
+
+def _group_merge_rows(groups: dict, lams, merge_with: list[str] | None) -> list[RowPlan]:
+    """θ_q (the one β = 0 group) with each β > 0 group (or those ``merge_with`` names), seed s with seed s."""
+    from divcfg.reward.eval_groups import seed_of
+    quality = [n for n, cs in groups.items() if cs[0].beta == 0]
+    diverse = [n for n, cs in groups.items() if cs[0].beta is not None and cs[0].beta > 0]
+    if merge_with is not None:
+        unknown = [n for n in merge_with if n not in diverse]
+        if unknown:
+            raise ValueError(f"--merge-with {unknown}: not a β > 0 group; the β > 0 groups are {diverse}")
+        diverse = merge_with
+    if not diverse or not quality:
+        return []
+    if len(quality) > 1:
+        raise ValueError(f"groups {quality} all have β = 0; merges need one θ_q group (or pass --merge-with '')")
+    q = {seed_of(c, i): c for i, c in enumerate(groups[quality[0]])}
+    plans = []
+    for name in diverse:
+        d = {seed_of(c, i): c for i, c in enumerate(groups[name])}
+        if set(d) != set(q):
+            raise ValueError(f"--group {name} has seeds {sorted(d)} and θ_q ({quality[0]}) {sorted(q)}: merges pair "
+                             f"seed s with seed s")
+        beta = groups[name][0].beta
+        for lam in lams:
+            members = []
+            for s in sorted(q):
+                # λ = 0 and 1 are θ_q's and θ_d's own weights bit for bit: their measurements are reused
+                key = ("ckpt", str(q[s].path)) if lam == 0 else ("ckpt", str(d[s].path)) if lam == 1 else \
+                    ("merge", str(q[s].path), str(d[s].path), lam)
+                members.append((s, key, _merged(q[s], d[s], lam)))
+            plans.append(RowPlan(f"merge β={beta:g} λ={lam:g}", "merge", lam=lam, beta=beta, theta_d=name,
+                                 members=members))
+    return plans
 
 
 def evaluate(world_dir: str, models: list[str], gammas: list[float], merge: tuple[str, str] | None,
-             lams: list[float], prompts: int, samples: int, seed: int, progress: bool = True) -> list[dict]:
+             lams: list[float], prompts: int | None, samples: int, seed: int, progress: bool = True,
+             groups: dict[str, list[str]] | None = None, merge_with: list[str] | None = None,
+             batch: int = 0) -> list[dict]:
+    """Measure every row; each row dict holds its plan's fields and ``runs``, one :func:`measure_policy` result per
+    seed (with per-prompt scores)."""
     from tqdm import tqdm
 
-    from divcfg.common.checkpoint import load_policy, load_weights, policy_family
-    from divcfg.common.policy import AudioTokenPolicy, PolicyConfig
+    from divcfg.common.checkpoint import load_policy
     from divcfg.common.tokens import read_tokens
     from divcfg.common.world_dir import World
-    from divcfg.common.merge import merge_state_dicts
     from divcfg.reward.judges import Judges, measure_policy
 
     if samples < 2:
         raise ValueError(f"--samples must be >= 2 to measure diversity, got {samples}")
-    for path in [*models, *(merge or ())]:
-        if policy_family(path) == "musicgen":
-            raise ValueError(f"{path} is a MusicGen checkpoint: divcfg eval compares checkpoints with the world's own "
-                             f"base model, codec and clip length, so it can't take MusicGen yet. Listen with "
-                             f"`divcfg sample {path}`; a run's summary.json has its KL, diversity and adherence")
     world = World(world_dir)
+    base = functools.cache(lambda: load_policy(world.path("base")).eval())  # loaded once, after every check
+    plans = plan_rows(world_dir, base, gammas, models, merge, lams, groups or {}, merge_with)
     if not world.is_built():
         raise FileNotFoundError(f"no complete world in {world_dir}; run `divcfg world build` first")
+    heldout = world.heldout_prompts()
+    if prompts is not None and prompts > len(heldout):
+        raise ValueError(f"--prompts {prompts}: the world {world_dir} has {len(heldout)} held-out prompts")
+    heldout = heldout[:DEFAULT_PROMPTS if prompts is None else prompts]  # the tiny world has fewer than 96: all
     judges = Judges.load(world_dir)
-    base = load_policy(world.path("base")).eval()
-    heldout = world.heldout_prompts()[:prompts]
     n_frames = read_tokens(world.path("heldout.parquet")).codes.shape[2]
-    jobs = [("base", "cfg", g, None, lambda: base) for g in gammas]
-    for path in models:
-        jobs.append((Path(path).name if Path(path).name != "student" else Path(path).parent.name, "model", 1.0, None,
-                     lambda path=path: load_policy(path).eval()))
-    if merge:
-        sa, ca, _ = load_weights(merge[0], "policy")
-        sb, _, _ = load_weights(merge[1], "policy")
-
-        def merged(lam):
-            policy = AudioTokenPolicy(PolicyConfig(**ca))
-            policy.load_state_dict(merge_state_dicts(sa, sb, lam))
-            return policy.eval()
-        jobs += [(f"merge λ={lam:g}", "merge", 1.0, lam, lambda lam=lam: merged(lam)) for lam in lams]
-    rows = []
-    for name, kind, gamma, lam, make in tqdm(jobs, desc="eval", disable=not progress):
-        m = measure_policy(make(), judges, heldout, samples, gamma, n_frames, seed=seed, teacher=base,
-                           teacher_scale=3.0)
-        rows.append({"name": name, "kind": kind, "guidance_scale": gamma, "lam": lam, **m})
+    measured, rows = {}, []
+    todo = sum(len(p.members) for p in plans)
+    with tqdm(total=todo, desc="eval", disable=not progress) as bar:
+        for plan in plans:
+            runs = []
+            for s, key, make in plan.members:
+                if key not in measured:
+                    start = time.perf_counter()
+                    measured[key] = measure_policy(make(), judges, heldout, samples, plan.guidance_scale, n_frames,
+                                                   seed=seed, teacher=base(), teacher_scale=3.0, batch=batch)
+                    measured[key]["measure_s"] = time.perf_counter() - start  # load, sample, decode and judge
+                runs.append({"seed": s, **measured[key]})
+                bar.update(1)
+            rows.append({"name": plan.name, "kind": plan.kind, "guidance_scale": plan.guidance_scale,
+                         "lam": plan.lam, "beta": plan.beta, "theta_d": plan.theta_d, "runs": runs,
+                         "train": plan.train})
     return rows
 
 
-def pareto_plot(rows: list[dict], path: str | os.PathLike) -> None:
-    """Adherence (x) against diversity (y): the CFG sweep as a line, models and merges as labelled points."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    cfg = sorted((r for r in rows if r["kind"] == "cfg"), key=lambda r: r["guidance_scale"])
-    if cfg:
-        ax.plot([r["adherence"] for r in cfg], [r["diversity"] for r in cfg], "o-", color="gray",
-                label="base + CFG (γ sweep)")
-        for r in cfg:
-            ax.annotate(f"γ={r['guidance_scale']:g}", (r["adherence"], r["diversity"]), fontsize=7,
-                        textcoords="offset points", xytext=(3, 3))
-    merges = sorted((r for r in rows if r["kind"] == "merge"), key=lambda r: r["lam"])
-    if merges:
-        ax.plot([r["adherence"] for r in merges], [r["diversity"] for r in merges], "s--", color="tab:blue",
-                label="merged (λ sweep)")
-        for r in merges:
-            ax.annotate(f"λ={r['lam']:g}", (r["adherence"], r["diversity"]), fontsize=7, color="tab:blue",
-                        textcoords="offset points", xytext=(3, -9))
-    for r in rows:
-        if r["kind"] == "model":
-            ax.plot(r["adherence"], r["diversity"], "D", color="tab:red")
-            ax.annotate(r["name"], (r["adherence"], r["diversity"]), fontsize=8, color="tab:red",
-                        textcoords="offset points", xytext=(4, 4))
-    ax.set_xlabel("quality: prompt adherence (scorer)")
-    ax.set_ylabel("diversity: 1 − mean pairwise cosine (held-out embedder)")
-    ax.set_title("quality–diversity front")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+def _parse_floats(text: str, flag: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x]
+    except ValueError:
+        raise ValueError(f"{flag} {text!r}: expected comma-separated numbers") from None
 
 
-def write_outputs(rows: list[dict], out: Path) -> None:
-    from torch.utils.tensorboard import SummaryWriter
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="divcfg eval", description=__doc__.split("\n")[0].split(":", 1)[1].strip())
+    ap.add_argument("models", nargs="*", help="single finetuned or merged checkpoints (evaluated without CFG)")
+    ap.add_argument("--world", default="worlds/small", help="world directory (base model, judges, prompts)")
+    ap.add_argument("--gammas", default="1,1.5,2,3,4,5", help="guidance scales of the base-model sweep")
+    ap.add_argument("--group", action="append", default=[], metavar="NAME=CKPT,CKPT,...",
+                    help="several seeds' checkpoints of one configuration, one row (repeatable)")
+    ap.add_argument("--multirun", action="append", default=[], metavar="DIR",
+                    help="a `divcfg train --multirun` run.dir: its jobs grouped by overrides less run.seed")
+    ap.add_argument("--merge-with", metavar="NAME,...", help="the β > 0 groups merged with θ_q (the β = 0 group), "
+                    "seed by seed; default all of them, '' none")
+    ap.add_argument("--merge", nargs=2, metavar=("A", "B"), help="also a λ sweep of these two checkpoints")
+    ap.add_argument("--lams", default="0,0.25,0.5,0.75,1", help="λ values of the merges")
+    ap.add_argument("--prompts", type=int, help=f"held-out prompts (default {DEFAULT_PROMPTS}, or all the world "
+                    f"has if fewer)")
+    ap.add_argument("--samples", type=int, default=DEFAULT_SAMPLES, help="samples per prompt")
+    ap.add_argument("--bootstrap", type=int, default=1000, help="paired bootstrap rounds over prompts (>= 100)")
+    ap.add_argument("--batch", type=int, default=0, help="clips per generate call (0: all of a row's at once)")
+    ap.add_argument("--seed", type=int, default=0, help="sampling seed, the same for every row")
+    ap.add_argument("--out", required=True, help="output directory: eval.csv, eval.json, pareto.png, tb/")
+    return ap
 
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "eval.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
-    (out / "eval.json").write_text(json.dumps({"rows": rows}, indent=2))
-    pareto_plot(rows, out / "pareto.png")
-    import matplotlib.image as mpimg
-    writer = SummaryWriter(str(out / "tb"))
-    img = torch.from_numpy(mpimg.imread(out / "pareto.png")[..., :3]).permute(2, 0, 1)
-    writer.add_image("eval/pareto", img, 0)
-    header = "| " + " | ".join(COLUMNS) + " |\n|" + "---|" * len(COLUMNS) + "\n"
-    body = "".join("| " + " | ".join(_fmt(r.get(c)) for c in COLUMNS) + " |\n" for r in rows)
-    writer.add_text("eval/table", header + body, 0)
-    writer.close()
 
-
-def _fmt(v) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else ("" if v is None else str(v))
+def _print_report(report: dict) -> None:
+    for r in report["rows"]:
+        print(f"{r['name']:>22}  γ={r['guidance_scale']:<4g} adherence {_num(r['adherence'])} "
+              f"[{_num(r['adherence_lo'])}, {_num(r['adherence_hi'])}]  diversity {_num(r['diversity'])} "
+              f"[{_num(r['diversity_lo'])}, {_num(r['diversity_hi'])}] (reward emb "
+              f"{_num(r['diversity_reward_embedder'])})  {_num(r['frames_per_s'])} frames/s")
+    for c in report["claims"]:
+        print(f"claim {c['id']}: {c['verdict']}  {c['statistic']} = {_num(c['estimate'])} "
+              f"[{_num(c['lo'])}, {_num(c['hi'])}]")
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="divcfg eval", description=__doc__.split("\n")[0].split(":", 1)[1].strip())
-    ap.add_argument("models", nargs="*", help="finetuned or merged checkpoints (evaluated without CFG)")
-    ap.add_argument("--world", default="worlds/small", help="world directory (base model, judges, prompts)")
-    ap.add_argument("--gammas", default="1,1.5,2,3,4,5", help="guidance scales of the base-model sweep")
-    ap.add_argument("--merge", nargs=2, metavar=("A", "B"), help="build a λ sweep from these two checkpoints")
-    ap.add_argument("--lams", default="0,0.25,0.5,0.75,1", help="λ values for --merge")
-    ap.add_argument("--prompts", type=int, default=24, help="held-out prompts")
-    ap.add_argument("--samples", type=int, default=4, help="samples per prompt (G >= 4 recommended)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", required=True, help="output directory: eval.csv, eval.json, pareto.png, tb/")
-    args = ap.parse_args(argv)
+    from divcfg.reward.eval_groups import multirun_groups, parse_group
+    from divcfg.reward.eval_outputs import write_outputs
+    from divcfg.reward.eval_report import summarize
+    from divcfg.reward.intervals import check_bootstrap
+
+    args = _parser().parse_args(argv)
+    start = time.perf_counter()
     try:
-        gammas = [float(g) for g in args.gammas.split(",") if g]
-        lams = [float(x) for x in args.lams.split(",") if x]
+        check_bootstrap(args.bootstrap)
+        if args.prompts is not None and args.prompts < 2:
+            raise ValueError(f"--prompts {args.prompts}: the bootstrap resamples prompts, so it needs >= 2")
+        gammas, lams = _parse_floats(args.gammas, "--gammas"), _parse_floats(args.lams, "--lams")
         if any(g < 0 for g in gammas):
             raise ValueError(f"--gammas must be >= 0, got {gammas}")
+        if any(not 0 <= lam <= 1 for lam in lams):
+            raise ValueError(f"--lams must lie in [0, 1], got {lams}")
+        groups = dict(parse_group(g) for g in args.group)
+        for d in args.multirun:
+            for name, ckpts in multirun_groups(d).items():
+                if name in groups:
+                    raise ValueError(f"group {name!r} named twice (--group or --multirun {d})")
+                groups[name] = ckpts
         rows = evaluate(args.world, args.models, gammas, tuple(args.merge) if args.merge else None, lams,
-                        args.prompts, args.samples, args.seed)
-        write_outputs(rows, Path(args.out))
-    except (ValueError, FileNotFoundError) as e:
+                        args.prompts, args.samples, args.seed, groups=groups, batch=args.batch,
+                        merge_with=None if args.merge_with is None else [n for n in args.merge_with.split(",") if n])
+        report = summarize(rows, args.bootstrap, seed=args.seed)
+        report["command"] = "divcfg eval " + " ".join(sys.argv[2:] if argv is None else argv)
+        report["wall_s"] = time.perf_counter() - start
+        write_outputs(report, Path(args.out))
+    except (ValueError, FileNotFoundError) as e:  # CheckpointError is a ValueError
         print(f"divcfg eval: error: {e}", file=sys.stderr)
         return 2
-    for r in rows:
-        print(f"{r['name']:>14}  γ={r['guidance_scale']:<4g} adherence {r['adherence']:.3f}  "
-              f"diversity {r['diversity']:.4f}  (reward emb {r['diversity_reward_embedder']:.4f})  "
-              f"{r['frames_per_s']:.0f} frames/s")
-    print(f"wrote {args.out}/eval.csv, eval.json, pareto.png")
+    _print_report(report)
+    print(f"wrote {args.out}/eval.csv, eval.json, pareto.png, tb/")
     return 0
+
+
+def _num(v) -> str:
+    return "n/a" if v is None or v != v else f"{v:.4g}"

@@ -15,7 +15,9 @@ import numpy as np
 import torch
 
 from divcfg.common.codec import Codec, load_codec
+from divcfg.common.caption_schema import CaptionSchema, load_schema
 from divcfg.common.captions import ATTRIBUTES, parse_prompt
+from divcfg.common.logprob import token_logprobs
 from divcfg.reward.diversity import diversity_reward
 from divcfg.reward.embedder import MusicEmbedder, load_embedder
 from divcfg.reward.scorer import AttributeScorer, adherence, load_scorer
@@ -27,15 +29,22 @@ class Judges:
     reward_embedder: MusicEmbedder
     eval_embedder: MusicEmbedder
     scorer: AttributeScorer
+    schema: CaptionSchema | None = None
+    """The world's attribute table and caption phrases (captions.json); None: the procedural world's."""
+    pitch: object | None = None
+    """The independent judge (reward.pitch_judge.PitchJudge) where the world configures one (pitch_judge.json)."""
 
     @staticmethod
     def load(world_dir: str | os.PathLike, codec=None) -> "Judges":
         """The world's embedders and scorer, with the world's codec or ``codec`` (a policy's own, e.g. MusicGen's
         EnCodec: the codes must be decoded by the codec that made them). The embedders and the scorer resample
         whatever rate the codec decodes at to the rate they were trained on."""
+        from divcfg.reward.pitch_judge import load_pitch_judge
+
         d = Path(world_dir)
         return Judges(codec if codec is not None else load_codec(d / "codec"), load_embedder(d / "embedder_reward"),
-                      load_embedder(d / "embedder_eval"), load_scorer(d / "scorer"))
+                      load_embedder(d / "embedder_eval"), load_scorer(d / "scorer"), load_schema(d),
+                      load_pitch_judge(d))
 
     @torch.inference_mode()
     def decode(self, codes) -> torch.Tensor:
@@ -52,7 +61,19 @@ class Judges:
     def adherence(self, wav: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         """Quality score ``[N]``: mean scorer probability of the attributes each prompt asks for."""
         probs = self.scorer.predict_proba(wav, self.codec.sample_rate)
+        if self.schema is not None:
+            return adherence(probs, [self.schema.parse(p) for p in prompts], self.schema.attributes)
         return adherence(probs, [parse_prompt(p) for p in prompts], ATTRIBUTES)
+
+    def judge_adherence(self, wav: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        """Independent-judge adherence ``[N]``: the fraction of the requested attributes it reads that it hears as
+        requested; NaN where a prompt requests none of them (or the world has no independent judge)."""
+        from divcfg.reward.pitch_judge import judge_adherence
+
+        if self.pitch is None or self.schema is None:
+            return torch.full((len(prompts),), float("nan"), dtype=torch.float64)
+        requested = [self.schema.parse(p) for p in prompts]
+        return torch.as_tensor(judge_adherence(self.pitch, np.asarray(wav), self.codec.sample_rate, requested))
 
 
 @torch.no_grad()
@@ -60,26 +81,41 @@ def teacher_loglik(teacher, codes: torch.Tensor, prompts: list[str], guidance_sc
     """Mean per-token log-likelihood ``[N]`` of ``codes [N, K, T]`` under the CFG-guided ``teacher``."""
     cond = teacher.encode_condition(prompts)
     logits = teacher.guided_logits(codes.to(teacher.device), cond, guidance_scale)
-    lp = torch.log_softmax(logits.float(), -1).gather(-1, codes.to(teacher.device)[..., None]).squeeze(-1)
-    return lp.mean(dim=(1, 2)).cpu()
+    return token_logprobs(logits, codes.to(teacher.device)).mean(dim=(1, 2)).cpu()
 
 
 def measure_policy(policy, judges: Judges, prompts: list[str], samples: int, guidance_scale: float, n_frames: int,
-                   seed: int = 0, teacher=None, teacher_scale: float = 3.0) -> dict[str, float]:
+                   seed: int = 0, teacher=None, teacher_scale: float = 3.0, batch: int = 0,
+                   fad_reference: np.ndarray | None = None) -> dict:
     """Sample ``samples`` clips per prompt and score them.
+
+    Every call with the same ``prompts``, ``samples``, ``seed`` and ``batch`` draws the same random numbers, so the
+    per-prompt scores of two policies pair prompt by prompt (what the evaluation's paired bootstrap needs).
+    ``batch`` > 0 generates that many clips per call (whole prompts, so a group never straddles two calls); 0 all
+    ``len(prompts) × samples`` at once. ``frames_per_s`` counts generation only, at that batch.
 
     Returns ``adherence`` (scorer), ``diversity`` (held-out embedder, 1 − mean pairwise cosine per prompt, averaged),
     ``diversity_reward_embedder`` (the same with the reward embedder), ``teacher_loglik`` (when a teacher is given),
-    ``frames_per_s``, ``forward_passes_per_token`` and ``adherence_by_prompt`` (a list, one mean per prompt).
+    ``frames_per_s``, ``forward_passes_per_token``, and per prompt (lists of ``len(prompts)``, for paired
+    comparisons): ``adherence_by_prompt`` (None where the prompt asked for nothing the scorer reads),
+    ``diversity_by_prompt`` and ``diversity_reward_embedder_by_prompt``. With ``fad_reference`` (held-out-embedder
+    features of real clips), ``fad``: :func:`divcfg.reward.fad.fad_report` of the samples against them.
     """
     gen = torch.Generator().manual_seed(seed)
     all_prompts = [p for p in prompts for _ in range(samples)]
-    start = time.perf_counter()
-    out = policy.generate(policy.encode_condition(all_prompts), n_frames, guidance_scale=guidance_scale, generator=gen)
-    seconds = time.perf_counter() - start
-    wav = judges.decode(out.codes)
+    per_call = len(all_prompts) if batch <= 0 else max(1, batch // samples) * samples
+    codes, seconds = [], 0.0
+    for i in range(0, len(all_prompts), per_call):
+        chunk = all_prompts[i:i + per_call]
+        start = time.perf_counter()
+        out = policy.generate(policy.encode_condition(chunk), n_frames, guidance_scale=guidance_scale, generator=gen)
+        seconds += time.perf_counter() - start
+        codes.append(out.codes)
+    codes = torch.cat(codes)  # [len(prompts) · samples, K, T]
+    wav = judges.decode(codes)
     groups = len(prompts), samples
-    div_eval = diversity_reward(judges.embed(wav, "eval").view(*groups, -1)).mean(-1)
+    eval_emb = judges.embed(wav, "eval")  # [P · samples, E]
+    div_eval = diversity_reward(eval_emb.view(*groups, -1)).mean(-1)  # [P]
     div_reward = diversity_reward(judges.embed(wav, "reward").view(*groups, -1)).mean(-1)
     adh = judges.adherence(wav, all_prompts)
     by_prompt = np.nanmean(adh.numpy().reshape(groups), axis=1)
@@ -88,8 +124,19 @@ def measure_policy(policy, judges: Judges, prompts: list[str], samples: int, gui
               "frames_per_s": len(all_prompts) * n_frames / seconds,
               "forward_passes_per_token": 2 if guidance_scale != 1.0 else 1}
     if teacher is not None:
-        result["teacher_loglik"] = float(teacher_loglik(teacher, out.codes, all_prompts, teacher_scale).mean())
+        result["teacher_loglik"] = float(torch.cat([
+            teacher_loglik(teacher, codes[i:i + per_call], all_prompts[i:i + per_call], teacher_scale)
+            for i in range(0, len(all_prompts), per_call)]).mean())
     result = {k: (v if not (isinstance(v, float) and math.isnan(v)) else None) for k, v in result.items()}
-    # Per prompt, for paired comparisons between policies measured on the same prompts (None: nothing requested).
     result["adherence_by_prompt"] = [None if math.isnan(a) else float(a) for a in by_prompt]
+    result["diversity_by_prompt"] = [float(d) for d in div_eval]
+    result["diversity_reward_embedder_by_prompt"] = [float(d) for d in div_reward]
+    if judges.pitch is not None:  # the independent judge beside the scorer (worlds that configure one)
+        heard = judges.judge_adherence(wav, all_prompts).numpy()
+        result["adherence_judge"] = None if np.isnan(heard).all() else float(np.nanmean(heard))
+        result["adherence_judge_by_prompt"] = [None if np.isnan(a).all() else float(np.nanmean(a))
+                                               for a in heard.reshape(groups)]
+    if fad_reference is not None:  # held-out-embedder features [N, E] of real clips: FAD with interval (reward/fad.py)
+        from divcfg.reward.fad import fad_report
+        result["fad"] = fad_report(eval_emb.numpy(), fad_reference, seed=seed)
     return result

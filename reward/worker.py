@@ -7,28 +7,44 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
-import torch
+# Cold-start timestamps (``stats()["startup"]``, `divcfg bench coldstart`): the imports below, torch above all.
+_IMPORT_START = time.time()
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
-from divcfg.common.record import RolloutBatch
-from divcfg.reward.diversity import diversity_reward
+from divcfg.common.record import RolloutBatch  # noqa: E402
+from divcfg.reward.diversity import diversity_reward  # noqa: E402
+
+_IMPORTED = time.time()
 
 
 class RewardWorker:
     def __init__(self, judges_factory, embedder: str = "reward", threads: int = 1):
+        import psutil
+        self.startup = {"process_start": psutil.Process().create_time(), "import_start": _IMPORT_START,
+                        "imported": _IMPORTED, "init_start": time.time()}
         torch.set_num_threads(threads)
         self.judges = judges_factory()
         self.embedder = embedder
         self.dropped = 0
+        self.startup["built"] = time.time()
+
+    def stats(self) -> dict:
+        """Groups dropped, and the startup timestamps (wall clock): process start, module imports (start, end),
+        ``__init__`` (start, judges loaded) and the first scoring call (start, end)."""
+        return {"dropped": self.dropped, "startup": dict(self.startup)}
 
     def score(self, groups: list[RolloutBatch]) -> list[RolloutBatch | None]:
         """Score several groups in one batch; a failed group comes back as None."""
+        self.startup.setdefault("first_call_start", time.time())
         start = time.perf_counter()
         try:
-            return self._score_batched(groups, start)
+            out = self._score_batched(groups, start)
         except Exception:
             # One bad group must not sink the others: fall back to scoring them one at a time.
-            return [self._score_one(g) for g in groups]
+            out = [self._score_one(g) for g in groups]
+        self.startup.setdefault("first_call_end", time.time())
+        return out
 
     def _score_one(self, group: RolloutBatch) -> RolloutBatch | None:
         try:

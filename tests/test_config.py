@@ -64,3 +64,47 @@ def test_musicgen_model_entries_compose(name):
         m = compose("pretrain", overrides=["data=x", "out=y", f"model={name}"]).model
     validate_model(m)
     assert m.family == "musicgen" and m.musicgen
+
+
+def test_default_kl_reduction_is_the_per_sequence_sum():
+    """METHOD.md's objective is the sequence-level reverse KL: summed over a sample's codes."""
+    from hydra import compose, initialize_config_dir
+
+    from divcfg.common.config import CONF_DIR, AlgoConfig, register_configs
+    assert AlgoConfig().kl_reduction == "sum" and cfg().algo.kl_reduction == "sum"
+    register_configs()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
+        for algo in ("distill", "diverse"):
+            assert compose("train", overrides=[f"algo={algo}"]).algo.kl_reduction == "sum"
+
+
+def _saved_run(tmp_path, algo):
+    (tmp_path / ".hydra").mkdir(exist_ok=True)
+    saved = {"algo": {"beta": 15.0, "guidance_scale": 3.0, "group_size": 4, "baseline": "loo", **algo},
+             "world": {"size": "small", "seed": 0}, "model": {"family": "divcfg"}}
+    OmegaConf.save(OmegaConf.create(saved), tmp_path / ".hydra" / "config.yaml")
+
+
+@pytest.mark.parametrize("saved_algo", [{}, {"kl_reduction": "mean"}])
+def test_resume_of_an_old_run_keeps_mean(tmp_path, saved_algo):
+    """A run saved before algo.kl_reduction existed ({}), or under the old default (mean), resumes with mean when
+    the command line does not set the key; set there, a different value is a conflict."""
+    from divcfg.job.run_dir import check_resume_config as _check_resume_config
+    _saved_run(tmp_path, saved_algo)
+    new = cfg(**{"algo.beta": 15.0})  # the new default: sum
+    assert _check_resume_config(tmp_path, new, set_on_command_line={"algo.beta"}) is True
+    assert new.algo.kl_reduction == "mean"
+    explicit = cfg(**{"algo.beta": 15.0, "algo.kl_reduction": "sum"})
+    with pytest.raises(ValueError, match="algo.kl_reduction='sum' conflicts with the resumed run's "
+                                         "algo.kl_reduction='mean'"):
+        _check_resume_config(tmp_path, explicit, set_on_command_line={"algo.kl_reduction"})
+    with pytest.raises(ValueError, match="conflicts"):  # outside Hydra every key counts as set
+        _check_resume_config(tmp_path, cfg(**{"algo.beta": 15.0}))
+
+
+def test_resume_of_a_sum_run_keeps_sum(tmp_path):
+    from divcfg.job.run_dir import check_resume_config as _check_resume_config
+    _saved_run(tmp_path, {"kl_reduction": "sum"})
+    new = cfg(**{"algo.beta": 15.0})
+    assert _check_resume_config(tmp_path, new, set_on_command_line=set()) is False
+    assert new.algo.kl_reduction == "sum"

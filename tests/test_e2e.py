@@ -108,8 +108,8 @@ def test_train_local_and_resume(tiny_world, tmp_path):
     assert main(args + [f"run.dir={tmp_path / 'run2'}", f"run.resume={run}", "learner.steps=4"]) == 0
     ckpts = sorted(p.name for p in (tmp_path / "run2" / "checkpoints").glob("step_*"))
     assert ckpts[-1] == "step_000004"
-    import torch
-    state = torch.load(tmp_path / "run2" / "checkpoints" / "step_000004" / "train_state.pt", weights_only=False)
+    from divcfg.common.checkpoint import load_train_state
+    state = load_train_state(tmp_path / "run2" / "checkpoints" / "step_000004")
     assert state["version"] == 4 and state["stream_position"] == 4 * 4
 
 
@@ -119,10 +119,10 @@ def test_train_never_starts_over_a_run_and_auto_resume_continues_it(tiny_world, 
     args = ["train", "world.size=tiny", f"world.dir={tiny_world}", "learner.mode=local", "logging.progress=false",
             "checkpoint.every=1", f"run.dir={run}"]
     assert main(args + ["run.resume=auto", "learner.steps=2"]) == 0  # nothing to continue yet: a fresh start
-    saved = (run / "checkpoints" / "step_000002" / "train_state.pt").read_bytes()
+    saved = (run / "checkpoints" / "step_000002" / "train_state.json").read_bytes()
     assert main(args + ["learner.steps=3"]) == 2  # a fresh start here would overwrite step_000002
     assert f"run.dir={run} already holds a run (checkpoint step_000002)" in capsys.readouterr().err
-    assert (run / "checkpoints" / "step_000002" / "train_state.pt").read_bytes() == saved
+    assert (run / "checkpoints" / "step_000002" / "train_state.json").read_bytes() == saved
     assert main(args + ["run.resume=auto", "learner.steps=3"]) == 0
     assert json.loads((run / "summary.json").read_text())["steps"] == 3
 
@@ -227,11 +227,10 @@ def test_driver_killed_at_a_random_step_resumes_where_it_stopped(tiny_world, tmp
     import sys
     import time
 
-    import torch
     run, run2 = tmp_path / "run", tmp_path / "run2"
     common = ["world.size=tiny", f"world.dir={tiny_world}", "logging.progress=false", "checkpoint.every=1",
               "checkpoint.keep=20", "probe.prompts=2", "probe.samples=2", "learner.mode=local"]
-    stop_after = random.Random().randint(2, 4)
+    stop_after = random.Random(233).randint(2, 4)  # seeded: a failure reruns at the same step
     proc = subprocess.Popen([sys.executable, "-m", "divcfg", "train", *common, f"run.dir={run}", "learner.steps=8"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     marker = run / "checkpoints" / f"step_{stop_after:06d}" / "COMPLETE"
@@ -244,13 +243,14 @@ def test_driver_killed_at_a_random_step_resumes_where_it_stopped(tiny_world, tmp
     last = sorted(p for p in (run / "checkpoints").glob("step_*") if (p / "COMPLETE").is_file())[-1]
     done = int(last.name.split("_")[1])
     assert done >= stop_after and done < 8
-    before = torch.load(last / "train_state.pt", weights_only=False)
+    from divcfg.common.checkpoint import load_train_state
+    before = load_train_state(last)
 
     from divcfg.cli import main
     assert main(["train", *common, f"run.dir={run2}", f"run.resume={run}", "learner.steps=8"]) == 0
     ckpts = sorted(int(p.name.split("_")[1]) for p in (run2 / "checkpoints").glob("step_*"))
     assert ckpts == list(range(done + 1, 9))  # nothing repeated, nothing skipped
-    first = torch.load(run2 / "checkpoints" / f"step_{done + 1:06d}" / "train_state.pt", weights_only=False)
+    first = load_train_state(run2 / "checkpoints" / f"step_{done + 1:06d}")
     assert first["version"] == before["version"] + 1
     assert first["stream_position"] == before["stream_position"] + 4  # one step of 4 prompts later
     # Adam's step count went on from the checkpoint's instead of starting again.

@@ -12,7 +12,7 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from divcfg.common.checkpoint import (CheckpointError, load_policy, load_weights, policy_family,  # noqa: E402
+from divcfg.common.checkpoint import (CheckpointError, _write_marker, load_policy, load_weights, policy_family,  # noqa: E402
                                       save_policy)
 from divcfg.common.musicgen import TINY, MusicGenPolicy, MusicGenSpec, tiny_musicgen  # noqa: E402
 from divcfg.common.record import new_group  # noqa: E402
@@ -104,6 +104,8 @@ def test_checkpoint_records_the_source_and_the_trained_tensors(tmp_path):
     header = json.loads(cfg_path.read_text())
     header["config"]["train_layers"] = 2
     cfg_path.write_text(json.dumps(header))
+    (tmp_path / "s" / "COMPLETE").unlink()
+    _write_marker(tmp_path / "s")  # a consistent checkpoint of the other train_layers, not a damaged file
     with pytest.raises(CheckpointError, match="weights do not fit tiny-random with train_layers=2"):
         load_policy(tmp_path / "s")
 
@@ -204,7 +206,8 @@ def test_train_musicgen_tiny_local_resume_and_codec_check(tiny_world, tmp_path, 
             "logging.audio_every=0"]
     assert main(args + [f"run.dir={tmp_path / 'a'}", "learner.steps=1"]) == 0
     assert main(args + [f"run.dir={tmp_path / 'b'}", f"run.resume={tmp_path / 'a'}", "learner.steps=2"]) == 0
-    state = torch.load(tmp_path / "b" / "checkpoints" / "step_000002" / "train_state.pt", weights_only=False)
+    from divcfg.common.checkpoint import load_train_state
+    state = load_train_state(tmp_path / "b" / "checkpoints" / "step_000002")
     assert state["version"] == 2
     # Resuming a MusicGen run with another model is refused.
     assert main(args + [f"run.dir={tmp_path / 'c'}", f"run.resume={tmp_path / 'a'}", "learner.steps=2",

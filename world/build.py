@@ -20,13 +20,14 @@ import json
 import os
 import sys
 import time
-from dataclasses import asdict
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from divcfg.common.world_dir import _NEEDS_AUDIO, SIZES, STAGES, WORLD_VERSION, World, WorldError, size_params
+
+
+KINDS = ("procedural", "music")
 
 
 def _corpus_audio(wcfg, start: int, count: int) -> tuple[np.ndarray, list]:
@@ -36,138 +37,192 @@ def _corpus_audio(wcfg, start: int, count: int) -> tuple[np.ndarray, list]:
 
 
 def build_world(out: str | os.PathLike, size: str = "small", seed: int = 0, progress: bool = True,
-                threads: int = 0) -> dict:
-    """Build (or finish building) the world in ``out``; returns the contents of ``world.json``."""
+                threads: int = 0, kind: str = "procedural", soundfont: str | None = None,
+                collections: tuple[str, ...] | None = None) -> dict:
+    """Build (or finish building) the world in ``out``; returns the contents of ``world.json``.
+
+    ``kind``: "procedural" (synthetic tones) or "music" (real works from music21's corpus rendered with a SoundFont,
+    world/music_clips.py; ``soundfont`` and ``collections`` apply to it). Each stage is a method of
+    :class:`_Builder`; a new kind supplies its corpus functions (see ``_Builder.__init__``)."""
     from tqdm import tqdm
 
-    from divcfg.common.checkpoint import load_policy, save_policy
-    from divcfg.common.codec import OfflineCodecConfig, fit_offline_codec, load_codec, reconstruction_metrics
-    from divcfg.common.config import PretrainConfig
-    from divcfg.common.policy import build_policy, policy_config
-    from divcfg.common.tokens import read_tokens, write_tokens
-    from divcfg.common.captions import ATTRIBUTES, attribute_labels
-    from divcfg.world.procedural import WorldConfig, recaption, write_corpus
-    from divcfg.learner.pretrain import pretrain, pretrain_text
-    from divcfg.reward.embedder import embedder_config, load_embedder, recall_at_1, save_embedder, train_embedder
-    from divcfg.reward.judges import Judges, measure_policy
-    from divcfg.reward.scorer import load_scorer, save_scorer, scorer_accuracy, scorer_config, train_scorer
-
     p = size_params(size)
+    if kind not in KINDS:
+        raise WorldError(f"unknown world kind {kind!r}; known kinds: {', '.join(KINDS)}")
     if threads:
         torch.set_num_threads(threads)
     world = World(out)
     world.root.mkdir(parents=True, exist_ok=True)
     state = world.state()
-    identity = {"version": WORLD_VERSION, "size": size, "seed": seed}
+    identity = {"version": WORLD_VERSION, "size": size, "seed": seed, **({"kind": kind} if kind != "procedural" else {})}
     if state and state.get("identity") != identity:
         raise WorldError(f"{world.root} holds a world built with {state.get('identity')}, not {identity}; "
                          f"use another --out or delete it")
     state = state or {"identity": identity, "done": {}}
-    done = state["done"]
-    wcfg = WorldConfig(seed=seed, n_clips=p["n_clips"], duration_s=p["duration_s"])
-    n_train = p["n_clips"] - p["n_heldout"]
-    bar = tqdm(STAGES, desc=f"world {size}", disable=not progress)
-
-    def finish(stage: str, seconds: float, **extra) -> None:
-        done[stage] = {"seconds": round(seconds, 2), **extra}
-        world.write_state(state)
-
-    audio, clips = None, None
-    decoded_cache: dict[str, np.ndarray] = {}
-
-    def decoded(codec) -> tuple[np.ndarray, np.ndarray]:
-        """Decoded training subset and decoded held-out clips, computed once for both stages that need them."""
-        if not decoded_cache:
-            decoded_cache["train"] = _decoded(codec, audio, p["embedder_clips"], n_train, seed)
-            decoded_cache["heldout"] = _decoded_range(codec, audio, n_train, p["n_clips"])
-        return decoded_cache["train"], decoded_cache["heldout"]
-
+    src = None
+    if kind == "music":  # the music world stands in for the procedural corpus functions (world/music_clips.py)
+        from divcfg.world.music_clips import music_source
+        src = music_source(size, p, seed, world.root, soundfont, collections, progress=progress)
+    builder = _Builder(world, p, seed, identity, progress, src)
+    bar = tqdm(STAGES, desc=f"world {kind} {size}", disable=not progress)
     for stage in bar:
         bar.set_postfix(stage=stage)
-        if stage in done:
+        if stage in state["done"]:
             continue
         t0 = time.perf_counter()
-        if audio is None and stage in _NEEDS_AUDIO:
-            audio, clips = _corpus_audio(wcfg, 0, p["n_clips"])
-        if stage == "corpus":
-            write_corpus(world.path("corpus.parquet"), clips, include_audio=False)
-            heldout = [c.prompt for c in clips[n_train:]]
-            unique = list(dict.fromkeys(heldout))
-            world.path("prompts_heldout.txt").write_text("\n".join(unique) + "\n")
-            finish(stage, time.perf_counter() - t0, clips=len(clips), heldout_prompts=len(unique))
-        elif stage == "codec":
-            fit_idx = np.random.default_rng(seed).permutation(n_train)[: max(64, n_train // 4)]
-            ccfg = OfflineCodecConfig(sample_rate=wcfg.sample_rate, card=p["card"], seed=seed)
-            codec = fit_offline_codec(audio[fit_idx], ccfg, n_vectors=p["fit_vectors"], kmeans_iters=p["kmeans_iters"],
-                                      decoder_steps=p["decoder_steps"], progress=progress)
-            codec.save(world.path("codec"))
-            finish(stage, time.perf_counter() - t0)
-        elif stage == "tokens":
-            codec = load_codec(world.path("codec"))
-            codes = np.concatenate([codec.encode(audio[i: i + 64]).numpy() for i in range(0, len(audio), 64)])
-            meta = {"codec": "codec", "card": codec.card, "sample_rate": codec.sample_rate,
-                    "frame_rate": codec.frame_rate, "world_seed": seed}
-            # Training clips get several captions each (rows share codes); held-out clips keep their one prompt.
-            train_rows = [r for c in clips[:n_train] for r in recaption(c, p["captions_per_clip"], wcfg)]
-            train_codes = np.repeat(codes[:n_train], p["captions_per_clip"], axis=0)
-            for name, part, part_codes in (("tokens.parquet", train_rows, train_codes),
-                                           ("heldout.parquet", clips[n_train:], codes[n_train:])):
-                cols = {"clip_id": [c.clip_id for c in part], "described": [list(c.described) for c in part],
-                        **{f"attr_{a}": [c.attributes[a] for c in part] for a in ATTRIBUTES}}
-                write_tokens(world.path(name), [c.prompt for c in part], part_codes, meta, cols)
-            distinct = [int(len(np.unique(codes[:, k]))) for k in range(codes.shape[1])]
-            finish(stage, time.perf_counter() - t0, distinct_codes=distinct,
-                   reconstruction=reconstruction_metrics(codec, audio[n_train: n_train + 16]))
-        elif stage == "base":
-            data = read_tokens(world.path("tokens.parquet"))
-            k, t = data.codes.shape[1:]
-            pcfg = policy_config(p["model"], n_codebooks=k, card=int(data.meta["card"]), max_frames=t,
-                                 **p.get("model_overrides", {}))
-            policy = build_policy(pcfg, seed=seed)
-            # The world's stand-in for a pretrained text encoder: read the described attributes from the captions.
-            labels = np.array([[ATTRIBUTES[a].index(data.columns[f"attr_{a}"][i]) if a in data.columns["described"][i]
-                                else len(ATTRIBUTES[a]) for a in ATTRIBUTES] for i in range(len(data.prompts))])
-            text = pretrain_text(policy, data.prompts, labels, [len(v) for v in ATTRIBUTES.values()],
-                                 steps=p["text_steps"], seed=seed)
-            tcfg = PretrainConfig(steps=p["pretrain_steps"], batch_size=p["pretrain_batch"], lr=p["pretrain_lr"],
-                                  warmup=min(50, p["pretrain_steps"] // 10), seed=seed,
-                                  ckpt_every=max(50, p["pretrain_steps"] // 4))
-            result = pretrain(policy, data.prompts, data.codes, tcfg, str(world.path("pretrain")), progress=progress)
-            save_policy(policy, world.path("base"), meta={"codec": "../codec", "pretrain": result, "world": identity})
-            finish(stage, time.perf_counter() - t0, pretrain_seconds=result.pop("seconds"),
-                   text_seconds=round(text["seconds"], 2),
-                   text_accuracy=dict(zip(ATTRIBUTES, (round(a, 3) for a in text["accuracy"]))), **result)
-        elif stage in ("embedders", "scorer"):
-            codec = load_codec(world.path("codec"))
-            train_decoded, heldout_decoded = decoded(codec)
-            if stage == "embedders":
-                recalls = {}
-                # Two independent models: different seeds and different halves of the training clips.
-                for which, s, half in (("reward", seed + 1, slice(0, None, 2)), ("eval", seed + 2, slice(1, None, 2))):
-                    ecfg = embedder_config(p["embedder"], seed=s, sample_rate=codec.sample_rate)
-                    model = train_embedder(train_decoded[half], codec.sample_rate, ecfg, steps=p["embedder_steps"],
-                                           batch_size=32, lr=1e-3, progress=progress)
-                    save_embedder(model, world.path(f"embedder_{which}"))
-                    recalls[which] = recall_at_1(model, heldout_decoded, codec.sample_rate, ecfg.chunk_samples,
-                                                 torch.Generator().manual_seed(seed))
-                finish(stage, time.perf_counter() - t0, recall_at_1=recalls)
-            else:
-                labels = np.stack([attribute_labels(c.attributes) for c in clips])
-                train_idx = np.random.default_rng(seed + 3).permutation(n_train)[: p["embedder_clips"]]
-                scfg = scorer_config(p["scorer"], seed=seed, sample_rate=codec.sample_rate)
-                scorer = train_scorer(train_decoded, labels[np.sort(train_idx)], ATTRIBUTES, codec.sample_rate, scfg,
-                                      steps=p["scorer_steps"], batch_size=32, lr=2e-3, progress=progress)
-                save_scorer(scorer, world.path("scorer"))
-                acc = scorer_accuracy(scorer, heldout_decoded, labels[n_train:], codec.sample_rate)
-                finish(stage, time.perf_counter() - t0, accuracy=acc)
-        elif stage == "measure":
-            measured = _measure(world, p, seed)
-            finish(stage, time.perf_counter() - t0, **measured)
+        if builder.audio is None and stage in _NEEDS_AUDIO:
+            builder.audio, builder.clips = builder.corpus_audio(builder.wcfg, 0, p["n_clips"])
+        figures = getattr(builder, stage)()  # the stage's outputs are on disk; these figures go to world_state.json
+        state["done"][stage] = {"seconds": round(time.perf_counter() - t0, 2), **figures}
+        world.write_state(state)
     report = _report(world, state)
     tmp = world.path("world.json.tmp")
     tmp.write_text(json.dumps(report, indent=2))
     os.replace(tmp, world.path("world.json"))
     return report
+
+
+class _Builder:
+    """One build of a world: what the stages share, and one method per stage of ``STAGES``, named after it. Each
+    writes its outputs under the world's directory and returns the figures recorded with the stage."""
+
+    def __init__(self, world: World, p: dict, seed: int, identity: dict, progress: bool, src=None):
+        from divcfg.common.captions import ATTRIBUTES, attribute_labels
+        from divcfg.world.procedural import WorldConfig, recaption, write_corpus
+
+        self.world, self.p, self.seed, self.identity, self.progress, self.src = world, p, seed, identity, progress, src
+        self.wcfg = WorldConfig(seed=seed, n_clips=p["n_clips"], duration_s=p["duration_s"])
+        self.n_train = p["n_clips"] - p["n_heldout"]
+        # The corpus functions of the world's kind: the procedural ones, or those of a source such as the music world.
+        if src is None:
+            self.attributes, self.labels, self.recaption, self.write_corpus = (ATTRIBUTES, attribute_labels,
+                                                                               recaption, write_corpus)
+            self.corpus_audio = _corpus_audio
+        else:
+            self.attributes, self.labels, self.recaption, self.write_corpus = (src.attributes, src.labels,
+                                                                               src.recaption, src.write_corpus)
+            self.corpus_audio = src.corpus_audio
+        self.audio: np.ndarray | None = None  # [clips, samples], loaded by build_world for the stages that need it
+        self.clips: list | None = None
+        self._decoded: dict[str, np.ndarray] = {}
+
+    def decoded(self, codec) -> tuple[np.ndarray, np.ndarray]:
+        """Decoded training subset and decoded held-out clips, computed once for both stages that need them."""
+        if not self._decoded:
+            self._decoded["train"] = _decoded(codec, self.audio, self.p["embedder_clips"], self.n_train, self.seed)
+            self._decoded["heldout"] = _decoded_range(codec, self.audio, self.n_train, self.p["n_clips"])
+        return self._decoded["train"], self._decoded["heldout"]
+
+    def corpus(self) -> dict:
+        world, clips = self.world, self.clips
+        self.write_corpus(world.path("corpus.parquet"), clips, include_audio=False)
+        unique = list(dict.fromkeys(c.prompt for c in clips[self.n_train:]))
+        world.path("prompts_heldout.txt").write_text("\n".join(unique) + "\n")
+        music = {"music": self.src.figures()} if self.src else {}
+        return {"clips": len(clips), "heldout_prompts": len(unique), **music}
+
+    def codec(self) -> dict:
+        from divcfg.common.codec import OfflineCodecConfig, fit_offline_codec
+
+        p, seed = self.p, self.seed
+        fit_idx = np.random.default_rng(seed).permutation(self.n_train)[: max(64, self.n_train // 4)]
+        ccfg = OfflineCodecConfig(sample_rate=self.wcfg.sample_rate, card=p["card"], seed=seed)
+        codec = fit_offline_codec(self.audio[fit_idx], ccfg, n_vectors=p["fit_vectors"], kmeans_iters=p["kmeans_iters"],
+                                  decoder_steps=p["decoder_steps"], progress=self.progress)
+        codec.save(self.world.path("codec"))
+        return {}
+
+    def tokens(self) -> dict:
+        from divcfg.common.codec import load_codec, reconstruction_metrics
+        from divcfg.common.tokens import write_tokens
+
+        p, audio, clips, n_train = self.p, self.audio, self.clips, self.n_train
+        codec = load_codec(self.world.path("codec"))
+        codes = np.concatenate([codec.encode(audio[i: i + 64]).numpy() for i in range(0, len(audio), 64)])
+        meta = {"codec": "codec", "card": codec.card, "sample_rate": codec.sample_rate,
+                "frame_rate": codec.frame_rate, "world_seed": self.seed}
+        # Training clips get several captions each (rows share codes); held-out clips keep their one prompt.
+        train_rows = [r for c in clips[:n_train] for r in self.recaption(c, p["captions_per_clip"], self.wcfg)]
+        train_codes = np.repeat(codes[:n_train], p["captions_per_clip"], axis=0)
+        for name, part, part_codes in (("tokens.parquet", train_rows, train_codes),
+                                       ("heldout.parquet", clips[n_train:], codes[n_train:])):
+            cols = {"clip_id": [c.clip_id for c in part], "described": [list(c.described) for c in part],
+                    **{f"attr_{a}": [c.attributes[a] for c in part] for a in self.attributes}}
+            write_tokens(self.world.path(name), [c.prompt for c in part], part_codes, meta, cols)
+        distinct = [int(len(np.unique(codes[:, k]))) for k in range(codes.shape[1])]
+        return {"distinct_codes": distinct,
+                "reconstruction": reconstruction_metrics(codec, audio[n_train: n_train + 16])}
+
+    def base(self) -> dict:
+        from divcfg.common.checkpoint import save_policy
+        from divcfg.common.config import PretrainConfig
+        from divcfg.common.policy import build_policy, policy_config
+        from divcfg.common.tokens import read_tokens
+        from divcfg.learner.pretrain import pretrain, pretrain_text
+
+        p, seed, attributes = self.p, self.seed, self.attributes
+        data = read_tokens(self.world.path("tokens.parquet"))
+        k, t = data.codes.shape[1:]
+        pcfg = policy_config(p["model"], n_codebooks=k, card=int(data.meta["card"]), max_frames=t,
+                             **p.get("model_overrides", {}))
+        policy = build_policy(pcfg, seed=seed)
+        # The world's stand-in for a pretrained text encoder: read the described attributes from the captions.
+        labels = np.array([[attributes[a].index(data.columns[f"attr_{a}"][i]) if a in data.columns["described"][i]
+                            else len(attributes[a]) for a in attributes] for i in range(len(data.prompts))])
+        text = pretrain_text(policy, data.prompts, labels, [len(v) for v in attributes.values()],
+                             steps=p["text_steps"], seed=seed)
+        tcfg = PretrainConfig(steps=p["pretrain_steps"], batch_size=p["pretrain_batch"], lr=p["pretrain_lr"],
+                              warmup=min(50, p["pretrain_steps"] // 10), seed=seed,
+                              ckpt_every=max(50, p["pretrain_steps"] // 4))
+        result = pretrain(policy, data.prompts, data.codes, tcfg, str(self.world.path("pretrain")),
+                          progress=self.progress)
+        save_policy(policy, self.world.path("base"), meta={"codec": "../codec", "pretrain": result,
+                                                            "world": self.identity})
+        return {"pretrain_seconds": result.pop("seconds"), "text_seconds": round(text["seconds"], 2),
+                "text_accuracy": dict(zip(attributes, (round(a, 3) for a in text["accuracy"]))), **result}
+
+    def embedders(self) -> dict:
+        from divcfg.common.codec import load_codec
+        from divcfg.reward.embedder import embedder_config, recall_at_1, save_embedder, train_embedder
+
+        p, seed = self.p, self.seed
+        codec = load_codec(self.world.path("codec"))
+        train_decoded, heldout_decoded = self.decoded(codec)
+        recalls = {}
+        # Two independent models: different seeds and different halves of the training clips.
+        for which, s, half in (("reward", seed + 1, slice(0, None, 2)), ("eval", seed + 2, slice(1, None, 2))):
+            ecfg = embedder_config(p["embedder"], seed=s, sample_rate=codec.sample_rate)
+            model = train_embedder(train_decoded[half], codec.sample_rate, ecfg, steps=p["embedder_steps"],
+                                   batch_size=32, lr=1e-3, progress=self.progress)
+            save_embedder(model, self.world.path(f"embedder_{which}"))
+            recalls[which] = recall_at_1(model, heldout_decoded, codec.sample_rate, ecfg.chunk_samples,
+                                         torch.Generator().manual_seed(seed))
+        return {"recall_at_1": recalls}
+
+    def scorer(self) -> dict:
+        from divcfg.common.codec import load_codec
+        from divcfg.reward.scorer import save_scorer, scorer_accuracy, scorer_config, train_scorer
+
+        p, seed, n_train = self.p, self.seed, self.n_train
+        codec = load_codec(self.world.path("codec"))
+        train_decoded, heldout_decoded = self.decoded(codec)
+        labels = np.stack([self.labels(c.attributes) for c in self.clips])
+        train_idx = np.random.default_rng(seed + 3).permutation(n_train)[: p["embedder_clips"]]
+        scfg = scorer_config(p["scorer"], seed=seed, sample_rate=codec.sample_rate)
+        scorer = train_scorer(train_decoded, labels[np.sort(train_idx)], self.attributes, codec.sample_rate, scfg,
+                              steps=p["scorer_steps"], batch_size=32, lr=2e-3, progress=self.progress)
+        save_scorer(scorer, self.world.path("scorer"))
+        # What the codec keeps (common/codec_eval.py): the scorer on held-out clips before and after the round trip.
+        from divcfg.common.codec_eval import codec_figures
+        figures = codec_figures(codec, self.audio[n_train:], round_tripped=heldout_decoded, accuracy=lambda w: (
+            scorer_accuracy(scorer, w, labels[n_train:], codec.sample_rate)))
+        return {"accuracy": figures["accuracy"]["round_trip"], "codec": figures}
+
+    def measure(self) -> dict:
+        measured = _measure(self.world, self.p, self.seed)
+        if self.src:  # the independent judge's ceiling: held-out clips as rendered and through the codec
+            measured["pitch_judge_real"] = self.src.measure_judge(self.world.root)
+        return measured
 
 
 def _decoded(codec, audio: np.ndarray, n: int, n_train: int, seed: int) -> np.ndarray:
@@ -254,9 +309,13 @@ def _report(world: World, state: dict) -> dict:
         "codec_distinct_codes": done["tokens"]["distinct_codes"],
         "text_encoder_accuracy": done["base"].get("text_accuracy"),
         "codec_reconstruction": done["tokens"]["reconstruction"],
+        "codec_figures": done["scorer"].get("codec"),
         "pretrain_loss": {"first": done["base"]["loss_first"], "last": done["base"]["loss_last"]},
         "measured_on": {"prompts": m["prompts"], "samples_per_prompt": m["samples_per_prompt"]},
         "stage_seconds": {s: done[s]["seconds"] for s in STAGES},
+        **({"adherence_judge_cfg1": m["cfg1"].get("adherence_judge"), "adherence_judge_cfg3": m["cfg3"].get(
+            "adherence_judge"), "pitch_judge_real": m["pitch_judge_real"], "music": done["corpus"].get("music")}
+           if "pitch_judge_real" in m else {}),
     }
 
 
@@ -270,6 +329,7 @@ def ensure_world(root: str | os.PathLike, size: str, seed: int = 0, progress: bo
     if not world.is_built():
         print(f"world {size} not found in {root}: building it first", file=sys.stderr)
         build_world(root, size, seed, progress=progress)
+    world.verify()  # a stage's file deleted since the build: names the stage to rebuild
     return world
 
 
@@ -282,12 +342,18 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--threads", type=int, default=0, help="torch threads (0 = all cores)")
     b.add_argument("--no-progress", action="store_true")
+    b.add_argument("--kind", default="procedural", help=f"world kind: {', '.join(KINDS)}")
+    b.add_argument("--soundfont", default=None, help="music: SF2 to render with (default: pretty_midi's TimGM6mb)")
+    b.add_argument("--collections", default=None,
+                   help="music: comma-separated music21 collections (default bach,essen,oneills,ryans,airds)")
     args = ap.parse_args(argv)
     try:
         size_params(args.size)
         report = build_world(args.out or f"worlds/{args.size}", args.size, args.seed,
-                             progress=not args.no_progress, threads=args.threads)
-    except (WorldError, ValueError, FileNotFoundError) as e:
+                             progress=not args.no_progress, threads=args.threads, kind=args.kind,
+                             soundfont=args.soundfont,
+                             collections=tuple(args.collections.split(",")) if args.collections else None)
+    except (WorldError, ValueError, FileNotFoundError, ImportError) as e:
         print(f"divcfg world: error: {e}", file=sys.stderr)
         return 2
     print(json.dumps({k: report[k] for k in ("adherence_cfg1", "adherence_cfg3", "diversity_cfg1", "diversity_cfg3")}))

@@ -20,6 +20,7 @@ def test_recovery_follows_replacements_that_died_before_their_first_result():
     (["--kills", "0"], "--kills must be >= 1, got 0"),
     (["--kill-every", "0"], "--kill-every must be > 0, got 0.0"),
     (["--steps-before", "1"], "--steps-before must be >= 2, got 1"),
+    (["--spares", "-1"], "--spares must be >= 0, got -1"),
 ])
 def test_bad_arguments_are_named(args, words, capsys):
     with pytest.raises(SystemExit) as e:

@@ -52,3 +52,20 @@ def test_registry_lists_the_new_benchmarks(capsys):
     assert bench_main(["--help"]) == 0
     out = capsys.readouterr().out
     assert "learner" in out and "pipeline" in out
+
+
+def test_workers_entries_compare_each_group_size_with_one_worker(tmp_path):
+    """--workers 1,2: two gloo processes; each entry's ratio is the one-worker update time over its own."""
+    from divcfg.bench.learner import TARGET_SPEEDUP_PER_WORKER
+    out = tmp_path / "workers.json"
+    assert main(["--workers", "2", "--preset", "tiny", "--batch-prompts", "3", "--group-size", "2", "--betas", "15",
+                 "--frames", "4", "--repeats", "2", "--warmup", "0", "--json", str(out)]) == 0
+    results = json.loads(out.read_text())["results"]
+    assert [r["name"] for r in results] == ["learner/tiny/b3g2/beta15/workers1", "learner/tiny/b3g2/beta15/workers2"]
+    one = results[0]["value"]
+    for r, n in zip(results, (1, 2)):
+        assert r["value"] == pytest.approx(float(np.median(r["step_all_s"]))) and len(r["step_all_s"]) == 2
+        assert r["baseline_value"] == one and r["ratio"] == pytest.approx(one / r["value"])
+        assert r["samples_per_s"] == pytest.approx(6 / r["value"])
+        assert r["updates_per_s"] == pytest.approx(1 / r["value"])
+        assert r["target"] == TARGET_SPEEDUP_PER_WORKER * n and r["met"] == (r["ratio"] >= r["target"])

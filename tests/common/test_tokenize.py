@@ -31,7 +31,7 @@ def test_wav_folder_to_tokens(tmp_path, codec):
     caps = write_folder(tmp_path / "audio")
     (tmp_path / "caps.jsonl").write_text("\n".join(json.dumps(c) for c in caps))
     result = tokenize_folder(tmp_path / "audio", tmp_path / "caps.jsonl", codec, tmp_path / "t.parquet", seconds=1.0)
-    assert result == {"clips": 3, "resampled": 1, "frames": 25}
+    assert result == {"clips": 3, "resampled": 1, "frames": 25, "skipped": []}
     data = read_tokens(tmp_path / "t.parquet")
     assert data.prompts == ["tone number 0", "tone number 1", "tone number 2"]
     assert data.codes.shape == (3, 4, 25) and data.columns["file"] == ["c0.wav", "c1.wav", "c2.wav"]
@@ -48,14 +48,28 @@ def test_csv_captions(tmp_path, codec):
 def test_bad_inputs(tmp_path, codec):
     (tmp_path / "empty").mkdir()
     (tmp_path / "caps.csv").write_text("c0.wav,a\n")
-    with pytest.raises(TokenizeError, match="holds no .wav files"):
+    with pytest.raises(TokenizeError, match="holds no readable .wav/.flac/.ogg/.mp3 file"):
         tokenize_folder(tmp_path / "empty", tmp_path / "caps.csv", codec, tmp_path / "t.parquet", 1.0)
     write_folder(tmp_path / "audio")
-    with pytest.raises(TokenizeError, match="does not match .*2 WAV file\\(s\\) without a caption"):
+    with pytest.raises(TokenizeError, match="does not match .*2 audio file\\(s\\) without a caption"):
         tokenize_folder(tmp_path / "audio", tmp_path / "caps.csv", codec, tmp_path / "t.parquet", 1.0)
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "x.wav").write_bytes(b"RIFFjunk")
     (tmp_path / "bad.csv").write_text("x.wav,a\n")
-    with pytest.raises(TokenizeError, match="no readable WAV in .*x.wav"):
+    with pytest.raises(TokenizeError, match="holds no readable .*cannot decode audio file .*x.wav"):
         tokenize_folder(tmp_path / "bad", tmp_path / "bad.csv", codec, tmp_path / "t.parquet", 1.0)
     assert not (tmp_path / "t.parquet").exists()
+
+
+def test_undecodable_files_are_skipped_and_counted(tmp_path, codec):
+    import soundfile as sf
+    caps = write_folder(tmp_path / "audio")
+    t = np.arange(16000) / 16000
+    sf.write(tmp_path / "audio" / "f.flac", 0.3 * np.sin(2 * np.pi * 500 * t), 16000)
+    (tmp_path / "audio" / "broken.mp3").write_bytes(b"ID3 junk")
+    caps += [{"file": "f.flac", "caption": "a flac tone"}, {"file": "broken.mp3", "caption": "lost"}]
+    (tmp_path / "caps.jsonl").write_text("\n".join(json.dumps(c) for c in caps))
+    result = tokenize_folder(tmp_path / "audio", tmp_path / "caps.jsonl", codec, tmp_path / "t.parquet", seconds=1.0)
+    assert result["clips"] == 4 and len(result["skipped"]) == 1 and "broken.mp3" in result["skipped"][0]
+    data = read_tokens(tmp_path / "t.parquet")
+    assert data.columns["file"] == ["c0.wav", "c1.wav", "c2.wav", "f.flac"] and data.prompts[-1] == "a flac tone"

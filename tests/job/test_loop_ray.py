@@ -109,17 +109,54 @@ def test_async_keeps_lag_bounded_with_more_actors(ray_local):
     assert acct.used == 8 and acct.generated == acct.used + acct.stale + acct.dropped
 
 
-class SlowRecordingRewardWorker(RewardWorker):
-    """Scores slowly and remembers how many groups each call carried."""
+class GroupCounter:
+    """Counts the groups the rollout actors have generated; ``wait_for(n)`` returns once there are ``n``."""
 
-    def __init__(self, **kwargs):
+    def __init__(self):
+        import asyncio
+        self.n, self.changed = 0, asyncio.Condition()
+
+    async def add(self, k: int) -> None:
+        async with self.changed:
+            self.n += k
+            self.changed.notify_all()
+
+    async def wait_for(self, n: int, timeout_s: float = 120.0) -> int:
+        import asyncio
+        async with self.changed:
+            await asyncio.wait_for(self.changed.wait_for(lambda: self.n >= n), timeout_s)  # a bound, not a pace
+        return self.n
+
+
+class CountingRolloutWorker(RolloutWorker):
+    """A rollout actor that reports each generated group to a :class:`GroupCounter`."""
+
+    def __init__(self, counter, **kwargs):
         super().__init__(**kwargs)
+        self.counter = counter
+
+    def generate_groups(self, items):
+        import ray
+        groups = super().generate_groups(items)
+        ray.get(self.counter.add.remote(len(groups)))
+        return groups
+
+
+class GatedRecordingRewardWorker(RewardWorker):
+    """Holds its first call until ``gate_groups`` groups exist, so others are waiting when it returns (an event,
+    not a sleep: the hold ends when the groups are there, however slow the machine), and remembers how many groups
+    each call carried."""
+
+    def __init__(self, counter, gate_groups: int, **kwargs):
+        super().__init__(**kwargs)
+        self.counter, self.gate_groups = counter, gate_groups
         self.sizes = []
 
     def score(self, groups):
-        import time
+        import ray
+        if not self.sizes:
+            ray.get(self.counter.wait_for.remote(self.gate_groups))
         self.sizes.append(len(groups))
-        time.sleep(0.5)
         return super().score(groups)
 
     def batch_sizes(self):
@@ -128,10 +165,13 @@ class SlowRecordingRewardWorker(RewardWorker):
 
 def test_groups_waiting_for_a_busy_reward_worker_are_scored_together(ray_local):
     import ray
-    reward_cls = ray.remote(num_cpus=0.5, max_restarts=0)(SlowRecordingRewardWorker)
-    topo = RayTopology(remote_rollout_worker(0.5, 0), reward_cls, 3, 1,
-                       dict(policy_factory=TinyPolicy(), n_frames=6, group_size=2),
-                       dict(judges_factory=CodeHistogramJudges))
+    counter = ray.remote(num_cpus=0)(GroupCounter).remote()
+    reward_cls = ray.remote(num_cpus=0.5, max_restarts=0)(GatedRecordingRewardWorker)
+    rollout_cls = ray.remote(num_cpus=0.5, max_restarts=0)(CountingRolloutWorker)
+    # Three actors generate their first groups at once: the reward worker holds the first until all three exist.
+    topo = RayTopology(rollout_cls, reward_cls, 3, 1,
+                       dict(policy_factory=TinyPolicy(), n_frames=6, group_size=2, counter=counter),
+                       dict(judges_factory=CodeHistogramJudges, counter=counter, gate_groups=3))
     losses, acct = collect(run_ray, make_learner(), topo, PromptStream(PROMPTS, 0), steps=3, batch_prompts=3,
                            group_size=2, max_lag=1, mode="async", queue_groups=0, reward_batch=4)
     sizes = ray.get(topo.rewards[0].batch_sizes.remote())

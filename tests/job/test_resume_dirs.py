@@ -1,14 +1,21 @@
 """Which checkpoint a run continues from, and that a fresh start never overwrites another run's checkpoints."""
 import pytest
 
-from divcfg.job.train import resolve_resume
+from divcfg.common.checkpoint import atomic_dir, save_train_state
+from divcfg.job.run_dir import resolve_resume
 
 
 def _checkpoint(run, step, complete=True):
+    """A checkpoint as a run writes it (a train state and a student, under a COMPLETE manifest), or one that a crash
+    cut short before its marker."""
     d = run / "checkpoints" / f"step_{step:06d}"
-    d.mkdir(parents=True)
-    if complete:
-        (d / "COMPLETE").write_text("ok")
+    if not complete:
+        d.mkdir(parents=True)
+        return d
+    with atomic_dir(d) as tmp:
+        save_train_state(tmp, {"step": step})
+        (tmp / "student").mkdir()
+        (tmp / "student" / "config.json").write_text("{}")
     return d
 
 
@@ -57,7 +64,7 @@ def test_resume_config_check_on_kl_reduction(tmp_path):
     """algo.kl_reduction is one of the method's settings; a run saved before it existed used the mean."""
     from omegaconf import OmegaConf
 
-    from divcfg.job.train import _check_resume_config
+    from divcfg.job.run_dir import check_resume_config as _check_resume_config
 
     def saved(algo):
         (tmp_path / ".hydra").mkdir(exist_ok=True)
@@ -73,3 +80,14 @@ def test_resume_config_check_on_kl_reduction(tmp_path):
         _check_resume_config(tmp_path, OmegaConf.merge(old, {"algo": {"kl_reduction": "sum"}}))
     new = saved({"kl_reduction": "sum"})
     _check_resume_config(tmp_path, new)
+
+
+def test_auto_skips_a_newest_checkpoint_that_fails_to_verify_and_says_why(tmp_path, capsys):
+    run = tmp_path / "run"
+    good = _checkpoint(run, 2)
+    bad = _checkpoint(run, 4)
+    (bad / "train_state.json").write_text("{")  # overwritten after its manifest was written
+    assert resolve_resume(run, "auto") == good
+    assert resolve_resume(tmp_path / "other", str(run)) == good
+    err = capsys.readouterr().err
+    assert "skipping checkpoint step_000004" in err and "train_state.json" in err

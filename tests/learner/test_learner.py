@@ -168,3 +168,65 @@ def test_generate_groups_keeps_each_group_with_its_own_prompt():
         assert torch.allclose(lp, own.gather(-1, codes[..., None]).squeeze(-1), atol=1e-4)
         assert not torch.allclose(lp, other.gather(-1, codes[..., None]).squeeze(-1), atol=1e-4)
     assert groups[0].generate_s[0] == groups[1].generate_s[0] and actor.groups_done == 2
+
+
+def test_total_loss_is_the_kl_plus_beta_times_the_weighted_loo_policy_gradient():
+    """``losses/total`` against ``L_distill + β · L_pg`` assembled by hand: importance weights chosen through the
+    behaviour log-probs (one above the clip), the leave-one-out baseline written as a loop. Dropping the weights
+    from either term, or the ``mean`` baseline, moves the total far beyond the tolerance (checked below)."""
+    from divcfg.learner.losses import reverse_kl, sequence_logprob, truncated_importance_weights
+    beta, g, clip, gamma = 0.7, 3, 2.0, 3.0
+    learner = Learner(build_policy(seed=0), beta=beta, guidance_scale=gamma, lr=1e-3, baseline="loo", is_clip=clip,
+                      grad_clip=1.0)
+    batch = make_groups(learner.student, ["a slow melody", "fast drums"], g=g, frames=5)
+    codes = torch.as_tensor(batch.codes, dtype=torch.long)
+    with torch.no_grad():
+        student = learner.student.logits(codes, learner.student.encode_condition(batch.prompt))
+        teacher = learner.teacher.guided_logits(codes, learner.teacher.encode_condition(batch.prompt), gamma)
+    seq_lp = sequence_logprob(student, codes).double()
+    chosen = np.array([0.5, 1.3, 3.0, 0.8, 1.0, 1.7])  # π_θ(y) / μ(y) per sample; 3.0 is clipped to 2.0
+    n_codes = codes.shape[1] * codes.shape[2]
+    batch.logprobs[:] = ((seq_lp.numpy() - np.log(chosen)) / n_codes)[:, None, None]  # log μ(y), spread evenly
+    weights = truncated_importance_weights(seq_lp.float(), torch.as_tensor(batch.logprobs).sum(dim=(1, 2)), clip)
+    assert np.allclose(weights.numpy(), np.minimum(chosen, clip), rtol=1e-4)
+
+    rewards = batch.diversity_reward.astype(np.float64).reshape(-1, g)
+    loo = np.array([[r[i] - np.mean(np.delete(r, i)) for i in range(g)] for r in rewards]).reshape(-1)
+    w = weights.double()  # the chosen ones to float32 rounding, as the learner computes them
+    kl = reverse_kl(student, teacher, weights)[0].item()
+    pg = -(w * torch.as_tensor(loo) * seq_lp).mean().item()
+    metrics = learner.step(batch, g)
+    assert metrics["losses/total"] == pytest.approx(kl + beta * pg, rel=1e-5)
+    assert metrics["losses/pg"] == pytest.approx(pg, rel=1e-5)
+
+    # What the mutations would compute instead: each is far outside the tolerance above.
+    mean_adv = (rewards - rewards.mean(1, keepdims=True)).reshape(-1)
+    unweighted = reverse_kl(student, teacher)[0].item() - beta * (torch.as_tensor(loo) * seq_lp).mean().item()
+    with_mean = kl - beta * (w * torch.as_tensor(mean_adv) * seq_lp).mean().item()
+    for wrong in (unweighted, with_mean):
+        assert abs(wrong - (kl + beta * pg)) > 1e-3 * abs(kl + beta * pg)
+
+
+def test_learner_state_through_a_checkpoint_resumes_the_same_update(tmp_path):
+    """``Learner.state`` -> ``save_train_state`` -> ``load_train_state`` -> ``Learner.load_state`` on a fresh learner:
+    the next update is bit for bit the one the original learner makes (Adam's moments and step count came back)."""
+    from divcfg.common.checkpoint import atomic_dir, load_train_state, save_train_state, snapshot_state
+
+    def fresh():
+        return Learner(build_policy(seed=0), beta=1.0, guidance_scale=3.0, lr=1e-2, baseline="loo", is_clip=2.0,
+                       grad_clip=1.0)
+    a = fresh()
+    batch = make_groups(a.student, ["a slow melody"], g=2, frames=4)
+    a.step(batch, 2)
+    a.nonfinite_total = 2
+    with atomic_dir(tmp_path / "ck") as tmp:
+        save_train_state(tmp, a.state())
+    b = fresh()
+    b.load_state({k: v.clone() for k, v in snapshot_state(a.student).items()}, load_train_state(tmp_path / "ck"))
+    assert b.version == 1 and b.nonfinite_total == 2
+    b.nonfinite_in_a_row = 3  # a finite update resets the run of skipped ones
+    batch.policy_version[:] = [0, 1]  # made one update ago, and at the version the learner now has
+    ma, mb = a.step(batch, 2), b.step(batch, 2)
+    assert b.nonfinite_in_a_row == 0 and mb["rollout/policy_lag_mean"] == 0.5 and mb["rollout/policy_lag_max"] == 1.0
+    assert ma["losses/total"] == mb["losses/total"] and ma["losses/grad_norm"] == mb["losses/grad_norm"] > 0
+    assert all(torch.equal(x, y) for x, y in zip(a.student.state_dict().values(), b.student.state_dict().values()))

@@ -81,3 +81,29 @@ def test_reinforce_hand_computed_and_gradient_direction():
     loss.backward()
     # Minimising the loss raises the log-prob of the positive-advantage sample and lowers the other.
     assert seq_lp.grad[0] < 0 < seq_lp.grad[1]
+
+
+def test_baselines_on_groups_of_a_batch_hand_computed():
+    """``rewards [2, 2, 3]``: each baseline along the last axis only, against a plain loop; G = 1 can't have a LOO."""
+    r = torch.tensor([[[1.0, 2.0, 6.0], [0.0, 3.0, 3.0]], [[4.0, 4.0, 1.0], [2.0, 0.0, 1.0]]])
+    for baseline, b in (("mean", lambda g, i: sum(g) / 3), ("loo", lambda g, i: (sum(g) - g[i]) / 2)):
+        ref = [[[g[i] - b(g, i) for i in range(3)] for g in batch] for batch in r.tolist()]
+        assert torch.allclose(group_advantages(r, baseline), torch.tensor(ref)), baseline
+    with pytest.raises(ValueError, match="the leave-one-out baseline needs groups of >= 2 samples"):
+        group_advantages(torch.ones(4, 1), "loo")
+
+
+def test_losses_of_shares_divided_by_the_whole_batch_add_up_to_the_batch_loss():
+    """``normalizer``: a share's sum over the whole batch's sample count, so two shares add up to the batch's mean."""
+    gen = torch.Generator().manual_seed(7)
+    s, t = torch.randn(4, 2, 3, 5, generator=gen), torch.randn(4, 2, 3, 5, generator=gen)
+    w, adv, lp = torch.tensor([0.5, 1.0, 2.0, 1.5]), torch.tensor([1.0, -2.0, 0.5, 3.0]), torch.randn(4, generator=gen)
+    kl = sum(reverse_kl(s[i:i + 2], t[i:i + 2], w[i:i + 2], normalizer=4)[0] for i in (0, 2))
+    pg = sum(reinforce_loss(lp[i:i + 2], adv[i:i + 2], w[i:i + 2], normalizer=4)[0] for i in (0, 2))
+    assert kl.item() == pytest.approx(reverse_kl(s, t, w)[0].item(), rel=1e-6)
+    assert pg.item() == pytest.approx(reinforce_loss(lp, adv, w)[0].item(), rel=1e-6)
+    unweighted, m = reinforce_loss(lp, adv)  # no weights: each is 1
+    assert unweighted.item() == pytest.approx(reinforce_loss(lp, adv, torch.ones(4))[0].item(), rel=1e-6)
+    assert m == {"pg": pytest.approx(unweighted.item()), "advantage_abs": pytest.approx(1.625)}  # mean |adv|
+    half = reverse_kl(s[:2], t[:2], w[:2])[0].item()
+    assert reverse_kl(s[:2], t[:2], w[:2], normalizer=4)[0].item() == pytest.approx(half / 2, rel=1e-6)

@@ -1,0 +1,64 @@
+"""A/B of offline codec variants on the procedural small world's clips (RESULTS.md "Codec").
+
+    python -m divcfg.bench.codec_ab --variant v2                 # round trip: SNR, STFT distance, speed
+    python -m divcfg.bench.codec_ab --variant v2 --scorer        # + scorer accuracy, original vs round trip
+
+The codec is fitted on the small world's clips 0..299 (as the world build fits it, on fewer clips); figures are on
+held-out clips 9400.. (the small world's held-out split is 9400..9599). With ``--scorer`` a "small" scorer is trained
+for 200 steps on 800 round-tripped training clips, as the world build trains it on decoded audio, and read on all
+200 held-out clips as they are and after the round trip. One torch thread.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+import torch
+
+# Variants measured in RESULTS.md: v1 is codec version 1; v2 is the default of version 2.
+VARIANTS = {"v1": dict(mel_decoder="pinv"), "v2": dict(), "v2_gl16": dict(griffin_lim_iters=16),
+            "v2_mel128": dict(dimension=128), "v2_k8": dict(n_codebooks=8), "v2_ctx2": dict(context=2)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from divcfg.common.captions import ATTRIBUTES, attribute_labels
+    from divcfg.common.codec import OfflineCodecConfig, fit_offline_codec
+    from divcfg.common.codec_eval import codec_figures, round_trip
+    from divcfg.world.procedural import WorldConfig, generate_corpus
+
+    ap = argparse.ArgumentParser(prog="codec_ab", description=__doc__.split("\n")[0])
+    ap.add_argument("--variant", choices=sorted(VARIANTS), default="v2")
+    ap.add_argument("--heldout", type=int, default=32, help="held-out clips for the round-trip figures")
+    ap.add_argument("--scorer", action="store_true", help="also train a scorer and compare its accuracy")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    wcfg = WorldConfig(seed=0, n_clips=9600, duration_s=3.0)
+    n_train_clips = 800 if args.scorer else 300
+    train = generate_corpus(wcfg, start=0, count=n_train_clips)
+    held = generate_corpus(wcfg, start=9400, count=200 if args.scorer else args.heldout)
+    audio = np.stack([c.audio for c in train]).astype(np.float32)
+    held_audio = np.stack([c.audio for c in held]).astype(np.float32)
+    t0 = time.perf_counter()
+    codec = fit_offline_codec(audio[:300], OfflineCodecConfig(card=256, **VARIANTS[args.variant]), n_vectors=20000,
+                              kmeans_iters=15)
+    out = {"variant": args.variant, "fit_s": round(time.perf_counter() - t0, 1)}
+    accuracy = None
+    if args.scorer:
+        from divcfg.reward.scorer import scorer_accuracy, scorer_config, train_scorer
+        labels = np.stack([attribute_labels(c.attributes) for c in train])
+        held_labels = np.stack([attribute_labels(c.attributes) for c in held])
+        scorer = train_scorer(round_trip(codec, audio), labels, ATTRIBUTES, codec.sample_rate,
+                              scorer_config("small", seed=0, sample_rate=codec.sample_rate), steps=200,
+                              batch_size=32, lr=2e-3, progress=False)
+
+        def accuracy(w):
+            return scorer_accuracy(scorer, w, held_labels, codec.sample_rate)
+    out.update(codec_figures(codec, held_audio, accuracy=accuracy, timing_clips=args.heldout))
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

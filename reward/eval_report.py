@@ -1,0 +1,182 @@
+"""The evaluation's statistics and outputs: rows with intervals, the families' fronts and hypervolumes, the claims.
+
+Every interval is a paired bootstrap over prompts (one resample per round, shared by every row and family); a group
+of seeds also gets a t interval over its seeds' means (``*_seed_lo``/``*_seed_hi``), which is the spread of
+training runs that the prompt bootstrap does not see.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from divcfg.reward import intervals as iv
+
+METRICS = ("adherence", "diversity", "diversity_reward_embedder")
+COLUMNS = ["name", "kind", "guidance_scale", "lam", "beta", "seeds",
+           "adherence", "adherence_lo", "adherence_hi", "adherence_seed_lo", "adherence_seed_hi",
+           "diversity", "diversity_lo", "diversity_hi", "diversity_seed_lo", "diversity_seed_hi",
+           "diversity_reward_embedder", "diversity_reward_embedder_lo", "diversity_reward_embedder_hi",
+           "embedder_gap", "embedder_gap_lo", "embedder_gap_hi",
+           "teacher_loglik", "forward_passes_per_token", "frames_per_s", "kl_end"]
+FAMILIES = {"cfg": "base + CFG (γ sweep)", "beta": "β sweep (no CFG)", "merge": "merges (λ sweep)"}
+GAP_FRACTION = 0.10  # claims 1 and 3: "within 10% of the γ = 1 → 3 adherence gap"
+SPEEDUP = 1.8        # claim 5
+
+
+def scores(row: dict, metric: str) -> np.ndarray:
+    """Per-seed, per-prompt scores ``[S, P]`` of a row (None -> NaN)."""
+    return np.asarray([[math.nan if v is None else v for v in run[f"{metric}_by_prompt"]] for run in row["runs"]],
+                      dtype=float)
+
+
+def _mean(values) -> float | None:
+    v = [x for x in values if x is not None]
+    return float(np.mean(v)) if v else None
+
+
+def row_stats(row: dict, idx: np.ndarray) -> dict:
+    """A row's table entry: each metric's mean over seeds, its bootstrap interval and its seeds' t interval."""
+    out = {k: row[k] for k in ("name", "kind", "guidance_scale", "lam", "beta", "theta_d")}
+    out["seeds"] = len(row["runs"])
+    for m in METRICS:
+        ci = iv.mean_interval(scores(row, m), idx)
+        _, slo, shi = iv.seed_interval([run[m] for run in row["runs"]])
+        out.update({m: ci["estimate"], f"{m}_lo": ci["lo"], f"{m}_hi": ci["hi"], f"{m}_seed_lo": slo,
+                    f"{m}_seed_hi": shi})
+    # The reward embedder's diversity minus the held-out one's, paired per prompt: a large gap flags reward hacking
+    gap = iv.difference_interval(scores(row, "diversity_reward_embedder"), scores(row, "diversity"), idx)
+    out.update({"embedder_gap": gap["estimate"], "embedder_gap_lo": gap["lo"], "embedder_gap_hi": gap["hi"]})
+    out["teacher_loglik"] = _mean(run.get("teacher_loglik") for run in row["runs"])
+    out["frames_per_s"] = _mean(run["frames_per_s"] for run in row["runs"])
+    out["forward_passes_per_token"] = row["runs"][0]["forward_passes_per_token"]
+    out["kl_end"] = _mean(t.get("kl_end") for t in row.get("train", []))
+    out["train"] = row.get("train", [])
+    out["runs"] = row["runs"]  # per seed, with the per-prompt scores a later paired comparison needs
+    return out
+
+
+def families(rows: list[dict]) -> dict[str, list[dict]]:
+    """The fronts compared: the CFG sweep, the β sweep (groups, else single checkpoints, with a known β), merges."""
+    trained = [r for r in rows if r["kind"] == "group" and r["beta"] is not None] or \
+        [r for r in rows if r["kind"] == "model" and r["beta"] is not None]
+    fams = {"cfg": [r for r in rows if r["kind"] == "cfg"], "beta": sorted(trained, key=lambda r: r["beta"]),
+            "merge": [r for r in rows if r["kind"] == "merge"]}
+    return {k: v for k, v in fams.items() if v}
+
+
+def summarize(rows: list[dict], rounds: int, seed: int = 0) -> dict:
+    """Everything ``eval.json`` holds: rows with intervals, the reference point, each family's hypervolume, the
+    hypervolume differences against the CFG sweep, and the claims."""
+    n_prompts = len(rows[0]["runs"][0]["diversity_by_prompt"])
+    idx = iv.bootstrap_indices(n_prompts, rounds, seed)
+    stats = [row_stats(r, idx) for r in rows]
+    ref = iv.reference_point(np.asarray([[s["adherence"], s["diversity"]] for s in stats], dtype=float))
+    fams, draws, hv = families(rows), {}, {}
+    for name, members in fams.items():
+        pairs = [(scores(r, "adherence"), scores(r, "diversity")) for r in members]
+        draws[name] = iv.hypervolume_draws(pairs, idx, ref)
+        lo, hi = iv.percentile_interval(draws[name])
+        points = np.asarray([[s["adherence"], s["diversity"]] for s in stats if s["name"] in
+                             {r["name"] for r in members}], dtype=float)
+        front = iv.pareto_front(np.asarray([[iv.point_mean(a), iv.point_mean(d)] for a, d in pairs]))
+        hv[name] = {"label": FAMILIES[name], "rows": [r["name"] for r in members],
+                    "front": [members[i]["name"] for i in front], "estimate": iv.family_hypervolume(pairs, ref),
+                    "lo": lo, "hi": hi, "points": points.tolist()}
+    diffs = {}
+    for name in ("merge", "beta"):
+        if name in draws and "cfg" in draws:
+            lo, hi = iv.percentile_interval(draws[name] - draws["cfg"])
+            diffs[f"{name}_minus_cfg"] = {"estimate": hv[name]["estimate"] - hv["cfg"]["estimate"], "lo": lo,
+                                          "hi": hi}
+    return {"bootstrap": {"rounds": rounds, "seed": seed, "prompts": n_prompts, "level": iv.LEVEL},
+            "reference_point": {"adherence": ref[0], "diversity": ref[1],
+                                "rule": "worst adherence and diversity among all rows, minus 5% of each span"},
+            "rows": stats, "hypervolume": hv, "hypervolume_difference": diffs,
+            "claims": claims(rows, idx, diffs)}
+
+
+def _find(rows, **want):
+    for r in rows:
+        if all(r.get(k) == v for k, v in want.items()):
+            return r
+    return None
+
+
+def _claim(cid, text, statistic, est=None, lo=None, hi=None, threshold=None, holds=None, why=""):
+    verdict = "not measured" if holds is None else "holds" if holds else "fails"
+    return {"id": cid, "claim": text, "statistic": statistic, "estimate": est, "lo": lo, "hi": hi,
+            "threshold": threshold, "verdict": verdict, "note": why}
+
+
+def claims(rows: list[dict], idx: np.ndarray, diffs: dict) -> list[dict]:
+    """The paper's headline claims (METHOD.md), each decided by its interval (the paired bootstrap over prompts).
+    θ_q is the β = 0 row, θ_d the largest β's, and the merge the λ = 0.5 one towards that θ_d."""
+    g1, g3 = _find(rows, kind="cfg", guidance_scale=1.0), _find(rows, kind="cfg", guidance_scale=3.0)
+    trained = families(rows).get("beta", [])
+    q = next((r for r in trained if r["beta"] == 0), None)
+    d = max((r for r in trained if r["beta"] > 0), key=lambda r: r["beta"], default=None)
+    half = next((r for r in rows if r["kind"] == "merge" and r["lam"] == 0.5 and
+                 (d is None or r["theta_d"] in (None, d["name"]))), None)
+    out = []
+    gap = None if g1 is None or g3 is None else \
+        iv.point_mean(scores(g3, "adherence")) - iv.point_mean(scores(g1, "adherence"))
+    bar = None if gap is None else -GAP_FRACTION * gap
+
+    def diff(a, b, m):
+        return iv.difference_interval(scores(a, m), scores(b, m), idx)
+
+    text = "θ_q (β = 0) without CFG reaches base + CFG γ = 3 adherence: the interval lies above −10% of the gap"
+    if q and g3 and gap is not None:
+        c = diff(q, g3, "adherence")
+        out.append(_claim(1, text, f"adherence {q['name']} − γ=3", c["estimate"], c["lo"], c["hi"], bar,
+                          c["lo"] > bar, f"gap γ=1→3 = {gap:.4f}"))
+    else:
+        out.append(_claim(1, text, "adherence θ_q − γ=3", why="needs γ = 1 and 3 rows and a β = 0 row"))
+    text = "θ_d (the largest β) is more diverse than base + CFG at γ = 3: the interval lies above 0"
+    if d and g3:
+        c = diff(d, g3, "diversity")
+        out.append(_claim(2, text, f"diversity {d['name']} − γ=3", c["estimate"], c["lo"], c["hi"], 0.0,
+                          c["lo"] > 0))
+    else:
+        out.append(_claim(2, text, "diversity θ_d − γ=3", why="needs a γ = 3 row and a β > 0 row"))
+    out.append(_claim_merge(half, g3, gap, bar, diff))
+    for cid, name in (("4a", "merge"), ("4b", "beta")):
+        text = f"the {FAMILIES[name]} front beats the CFG front: the hypervolume difference's interval lies above 0"
+        c = diffs.get(f"{name}_minus_cfg")
+        if c:
+            out.append(_claim(cid, text, f"hypervolume {name} − cfg", c["estimate"], c["lo"], c["hi"], 0.0,
+                              c["lo"] > 0))
+        else:
+            out.append(_claim(cid, text, f"hypervolume {name} − cfg", why=f"needs {name} and cfg rows"))
+    out.append(_claim_speed(half, g3))
+    return out
+
+
+def _claim_merge(half, g3, gap, bar, diff) -> dict:
+    text = ("the λ = 0.5 merge keeps CFG-level adherence (its adherence difference against γ = 3 is not below −10% "
+            "of the gap) and adds diversity (its diversity difference's interval lies above 0)")
+    if not (half and g3 and gap is not None):
+        return _claim(3, text, "adherence and diversity λ=0.5 − γ=3",
+                      why="needs a λ = 0.5 merge and γ = 1, 3 rows")
+    a, v = diff(half, g3, "adherence"), diff(half, g3, "diversity")
+    holds = a["lo"] > bar and v["lo"] > 0
+    c = _claim(3, text, f"diversity {half['name']} − γ=3", v["estimate"], v["lo"], v["hi"], 0.0, holds,
+               f"gap γ=1→3 = {gap:.4f}; adherence {half['name']} − γ=3 = {a['estimate']:.4f} "
+               f"[{a['lo']:.4f}, {a['hi']:.4f}] against the bar {bar:.4f}; inside ±10% of the gap on both sides: "
+               f"{bar <= a['lo'] and a['hi'] <= -bar}")
+    # The verdict asks "not worse than CFG by more than 10% of the gap"; inside ±10% on both sides is recorded too
+    c["adherence"] = {**a, "threshold": bar, "inside_band": bool(bar <= a["lo"] and a["hi"] <= -bar)}
+    return c
+
+
+def _claim_speed(half, g3) -> dict:
+    text = f"the merged model generates at ≥ {SPEEDUP}× the frames/s of base + CFG γ = 3 at the same batch"
+    if not (half and g3):
+        return _claim(5, text, "frames/s ratio λ=0.5 / γ=3", why="needs a λ = 0.5 merge and a γ = 3 row")
+    base = g3["runs"][0]["frames_per_s"]
+    mean, lo, hi = iv.seed_interval([r["frames_per_s"] / base for r in half["runs"]])
+    decided = lo if not math.isnan(lo) else mean
+    return _claim(5, text, f"frames/s {half['name']} / γ=3", mean, None if math.isnan(lo) else lo,
+                  None if math.isnan(hi) else hi, SPEEDUP, decided >= SPEEDUP,
+                  "t interval over the merge's seeds (one timing each); one seed: the estimate decides")

@@ -1,0 +1,67 @@
+"""Fréchet audio distance against closed forms and an independent eigenvalue reference."""
+import numpy as np
+import pytest
+
+from divcfg.reward.fad import fad, fad_by_clips, fad_interval, frechet_distance, gaussian_fit, sqrtm_psd
+
+
+def test_diagonal_gaussians_match_the_closed_form():
+    # Diagonal covariances commute: FAD = ‖μa − μb‖² + Σ (√a_i − √b_i)².
+    mu_a, mu_b = np.array([0.0, 1.0, -2.0]), np.array([1.0, 1.0, 0.0])
+    var_a, var_b = np.array([4.0, 1.0, 9.0]), np.array([1.0, 1.0, 0.25])
+    expected = (1 + 0 + 4) + (2 - 1) ** 2 + 0 + (3 - 0.5) ** 2  # = 12.25
+    assert frechet_distance(mu_a, np.diag(var_a), mu_b, np.diag(var_b)) == pytest.approx(expected, abs=1e-12)
+    assert expected == 12.25
+
+
+def test_general_covariances_match_the_eigenvalues_of_the_product():
+    # tr (Σa Σb)^½ = Σ √λ_i(Σa Σb): an independent reference through the non-symmetric product's eigenvalues.
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(5, 5)), rng.normal(size=(5, 5))
+    sa, sb = a @ a.T + 0.1 * np.eye(5), b @ b.T + 0.1 * np.eye(5)
+    mu_a, mu_b = rng.normal(size=5), rng.normal(size=5)
+    lam = np.linalg.eigvals(sa @ sb)
+    expected = np.sum((mu_a - mu_b) ** 2) + np.trace(sa) + np.trace(sb) - 2 * np.sqrt(lam.real).sum()
+    assert frechet_distance(mu_a, sa, mu_b, sb) == pytest.approx(expected, rel=1e-9)
+
+
+def test_sqrtm_psd_squares_back_and_survives_rank_deficiency():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(3, 6))  # rank 3 in 6 dimensions: eigenvalues at 0, a few slightly negative by round-off
+    s = x.T @ x
+    r = sqrtm_psd(s)
+    assert np.allclose(r @ r, s, atol=1e-10) and np.allclose(r, r.T)
+    assert np.isfinite(frechet_distance(np.zeros(6), s, np.ones(6), sqrtm_psd(s)))
+
+
+def test_identical_sets_give_zero_and_shifted_sets_the_mean_shift():
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(40, 64))  # fewer clips than dimensions, as with 4 samples per prompt
+    assert fad(x, x) == pytest.approx(0.0, abs=1e-8)
+    shift = np.zeros(64)
+    shift[0] = 3.0
+    assert fad(x, x + shift) == pytest.approx(9.0, rel=1e-8)  # same covariance: only ‖Δμ‖² remains
+
+
+def test_fit_and_bad_input():
+    mu, sigma = gaussian_fit([[0.0, 2.0], [2.0, 0.0]])
+    assert np.allclose(mu, [1, 1]) and np.allclose(sigma, [[2, -2], [-2, 2]])
+    with pytest.raises(ValueError, match="feature dimensions differ, 3 against 4"):
+        fad(np.zeros((5, 3)), np.zeros((5, 4)))
+    with pytest.raises(ValueError, match="features \\[N >= 2, D\\], got shape \\(1, 3\\)"):
+        fad(np.zeros((1, 3)), np.zeros((5, 3)))
+    with pytest.raises(ValueError, match="NaN"):
+        fad(np.full((3, 2), np.nan), np.zeros((3, 2)))
+
+
+def test_interval_covers_the_estimate_and_size_curve_finds_stability():
+    rng = np.random.default_rng(3)
+    a = rng.normal(size=(300, 4))
+    b = rng.normal(size=(300, 4)) + np.array([2.0, 0, 0, 0])  # true FAD = 4
+    ci = fad_interval(a, b, n_boot=100, seed=0)
+    assert ci["low"] <= ci["fad"] <= ci["high"] and ci["low"] < 4.0 < ci["high"] + 0.5
+    assert (ci["n_a"], ci["n_b"]) == (300, 300)
+    by = fad_by_clips(a, b, sizes=[8, 32, 128, 300, 1000], draws=10, tolerance=0.1)
+    assert [c["clips"] for c in by["curve"]] == [8, 32, 128, 300]  # 1000 is more than the sets hold
+    assert by["curve"][0]["std"] > by["curve"][2]["std"]  # fewer clips, more spread
+    assert by["stable_clips"] in (32, 128, 300)
