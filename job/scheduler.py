@@ -129,7 +129,12 @@ class Scheduler:
             metrics.update({"time/wait_rollouts": t_wait, "time/publish": time.perf_counter() - t0,
                             **self.pool_metrics()})
             self.acct.outstanding = self.outstanding()
-            if on_step(step, batch, metrics, self.acct):
+            try:
+                stop = on_step(step, batch, metrics, self.acct)
+            except self.learner_failure as err:  # lost while its checkpoint was saved: that one never completed
+                step = self.learner_lost(err)
+                continue
+            if stop:
                 break
             step += 1
         self.drain()

@@ -60,6 +60,9 @@ class StepLogger:
         self.writer.add_custom_scalars(CUSTOM_SCALARS)
         self.totals = {"samples": 0, "tokens": 0, "lag_sum": 0.0, "first_step_at": None, "first_samples": 0,
                        "last_step_at": None}
+        # Samples per step of this run: after a lost learner goes back to its last checkpoint the steps since are
+        # trained again, so the kept count overwrites them while ``totals`` (throughput: work done) adds them.
+        self.samples_by_step: dict[int, int] = {}
         self.t_start = time.perf_counter()
 
     def start(self) -> None:
@@ -75,6 +78,7 @@ class StepLogger:
         elapsed = time.perf_counter() - self.t_start
         if batch is not None:
             self.count(batch, metrics, elapsed)
+            self.samples_by_step[i] = len(batch)
         self.add_rates(batch, metrics, acct, elapsed)
         last = i == self.remaining - 1
         if step % self.cfg.logging.every == 0 or last:
@@ -133,7 +137,8 @@ class StepLogger:
         t, wall = self.totals, time.perf_counter() - self.t_start
         steady_s = (t["last_step_at"] or 0.0) - (t["first_step_at"] or 0.0)
         steady = (t["samples"] - t["first_samples"]) / steady_s if steady_s > 0 else t["samples"] / wall
-        return {"samples": t["samples"], "samples_per_s": steady, "samples_per_s_whole_run": t["samples"] / wall,
+        kept = sum(self.samples_by_step.values())
+        return {"samples": kept, "samples_redone": t["samples"] - kept, "samples_per_s": steady, "samples_per_s_whole_run": t["samples"] / wall,
                 "startup_s": t["first_step_at"], "tokens_per_s": steady * t["tokens"] / max(t["samples"], 1),
                 "policy_lag_mean": t["lag_sum"] / max(t["samples"], 1), "wall_s": wall}
 

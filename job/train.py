@@ -135,8 +135,8 @@ def _finish(cfg, run_dir: Path, learner, source, judges, probe_prompts, steps: i
 def _summarise(cfg, run_dir: Path, log, rates: dict, probe_start: dict, probe_end: dict, acct, learner, topology,
                steps: int, world_dir: str) -> dict:
     """summary.json (written atomically), the hparams in TensorBoard, and a one-line digest on stdout."""
-    summary = {"steps": steps, **{k: rates[k] for k in ("samples", "samples_per_s", "samples_per_s_whole_run",
-                                                       "startup_s", "tokens_per_s")}}
+    summary = {"steps": steps, **{k: rates[k] for k in ("samples", "samples_redone", "samples_per_s",
+                                                       "samples_per_s_whole_run", "startup_s", "tokens_per_s")}}
     for key in ("kl", "diversity", "adherence", "diversity_reward_embedder"):
         summary[f"{key}_start"], summary[f"{key}_end"] = probe_start[key], probe_end[key]
     summary.update({

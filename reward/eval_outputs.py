@@ -117,6 +117,8 @@ def write_tensorboard(report: dict, out: Path) -> None:
                 v = r[f"{m}{suffix}"]
                 if v is not None and not math.isnan(v):
                     writer.add_scalar(f"eval/{m}{suffix}/{r['name']}", v, 0)
+        if r.get("fad") is not None:
+            writer.add_scalar(f"eval/fad/{r['name']}", r["fad"], 0)
     for fam, info in report["hypervolume"].items():
         for k in ("estimate", "lo", "hi"):
             writer.add_scalar(f"eval/hypervolume_{k}/{fam}", info[k], 0)

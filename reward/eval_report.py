@@ -18,6 +18,7 @@ COLUMNS = ["name", "kind", "guidance_scale", "lam", "beta", "seeds",
            "diversity", "diversity_lo", "diversity_hi", "diversity_seed_lo", "diversity_seed_hi",
            "diversity_reward_embedder", "diversity_reward_embedder_lo", "diversity_reward_embedder_hi",
            "embedder_gap", "embedder_gap_lo", "embedder_gap_hi",
+           "fad", "fad_seed_lo", "fad_seed_hi",
            "teacher_loglik", "forward_passes_per_token", "frames_per_s", "kl_end"]
 FAMILIES = {"cfg": "base + CFG (γ sweep)", "beta": "β sweep (no CFG)", "merge": "merges (λ sweep)"}
 GAP_FRACTION = 0.10  # claims 1 and 3: "within 10% of the γ = 1 → 3 adherence gap"
@@ -47,6 +48,11 @@ def row_stats(row: dict, idx: np.ndarray) -> dict:
     # The reward embedder's diversity minus the held-out one's, paired per prompt: a large gap flags reward hacking
     gap = iv.difference_interval(scores(row, "diversity_reward_embedder"), scores(row, "diversity"), idx)
     out.update({"embedder_gap": gap["estimate"], "embedder_gap_lo": gap["lo"], "embedder_gap_hi": gap["hi"]})
+    # FAD is a figure of a whole clip set, not per prompt, so it gets no paired bootstrap: the mean over seeds, its
+    # seeds' t interval, and per seed (in ``runs``) the clip-resampling interval of reward/fad.py
+    fads = [run["fad"]["fad"] for run in row["runs"] if run.get("fad")]
+    _, flo, fhi = iv.seed_interval(fads) if fads else (None, None, None)
+    out.update({"fad": _mean(fads), "fad_seed_lo": flo, "fad_seed_hi": fhi})
     out["teacher_loglik"] = _mean(run.get("teacher_loglik") for run in row["runs"])
     out["frames_per_s"] = _mean(run["frames_per_s"] for run in row["runs"])
     out["forward_passes_per_token"] = row["runs"][0]["forward_passes_per_token"]

@@ -167,7 +167,10 @@ def evaluate(world_dir: str, models: list[str], gammas: list[float], merge: tupl
         raise ValueError(f"--prompts {prompts}: the world {world_dir} has {len(heldout)} held-out prompts")
     heldout = heldout[:DEFAULT_PROMPTS if prompts is None else prompts]  # the tiny world has fewer than 96: all
     judges = Judges.load(world_dir)
-    n_frames = read_tokens(world.path("heldout.parquet")).codes.shape[2]
+    heldout_codes = read_tokens(world.path("heldout.parquet")).codes
+    n_frames = heldout_codes.shape[2]
+    # FAD's reference, as world.json's: held-out-embedder features of the held-out clips, decoded as samples are
+    real = judges.embed(judges.decode(heldout_codes), "eval").numpy()
     measured, rows = {}, []
     todo = sum(len(p.members) for p in plans)
     with tqdm(total=todo, desc="eval", disable=not progress) as bar:
@@ -177,7 +180,8 @@ def evaluate(world_dir: str, models: list[str], gammas: list[float], merge: tupl
                 if key not in measured:
                     start = time.perf_counter()
                     measured[key] = measure_policy(make(), judges, heldout, samples, plan.guidance_scale, n_frames,
-                                                   seed=seed, teacher=base(), teacher_scale=3.0, batch=batch)
+                                                   seed=seed, teacher=base(), teacher_scale=3.0, batch=batch,
+                                                   fad_reference=real)
                     measured[key]["measure_s"] = time.perf_counter() - start  # load, sample, decode and judge
                 runs.append({"seed": s, **measured[key]})
                 bar.update(1)

@@ -127,6 +127,8 @@ def test_a_killed_learner_worker_is_rebuilt_from_the_last_checkpoint(tiny_world,
     assert len(killed) == 2
     summary = json.loads((run / "summary.json").read_text())
     assert summary["learner_restarts"] == 2 and summary["steps"] == steps
+    # Steps trained again after a rollback count once in the kept samples; the work redone is counted beside them
+    assert summary["samples"] == steps * batch * 2 and summary["samples_redone"] >= 0
     # Books: every step used one batch once; every generated group was used, stale or dropped.
     assert summary["groups_used"] == steps * batch
     assert summary["groups_generated"] == (summary["groups_used"] + summary["groups_stale"]

@@ -259,3 +259,37 @@ def test_drain_counts_what_is_in_flight_at_the_end():
                                                batch_prompts=1, max_lag=2, mode="async")
     assert acct.used == 2 and acct.stale + acct.unfinished > 0
     balanced(acct, stream, used)
+
+
+def test_a_learner_lost_while_its_checkpoint_is_saved_goes_back_to_the_last_complete_one():
+    """``on_step`` saves the checkpoint, which reads the learner's state from its workers: a worker lost then
+    raises there. The run goes back to the last complete checkpoint (after step 1) as for a loss in ``step``, redoes
+    step 2 and ends with balanced books and every prompt used once."""
+    learner = FakeLearner()
+    learner.failure = (Died,)
+    members = FakeMembers([FakeActor("a")], [FakeReward()], 2, learner)
+    stream = PromptStream(PROMPTS, 0)
+    saved, steps_done, events = {}, [], []
+
+    def on_step(i, batch, metrics, acct):
+        if i == 1 and not saved.get("lost"):
+            saved["lost"] = True
+            raise Died("learner worker, during the checkpoint of step 2")
+        steps_done.append(i)
+        if i == 0:  # the checkpoint after step 1: what recover() restores
+            saved.update(position=stream.position, used=list(learner.used), outstanding=list(acct.outstanding),
+                         books={k: getattr(acct, k) for k in ("generated", "used", "stale", "dropped", "requeued")})
+
+    def recover():
+        learner.used, learner.version = list(saved["used"]), 1
+        stream.position = saved["position"]
+        return 1, saved["outstanding"], saved["books"]
+
+    sched = Scheduler(learner, members, stream, batch_prompts=2, group_size=2, max_lag=0, mode="sync",
+                      recover=recover, on_event=events.append)
+    acct = sched.run(3, on_step)
+    used = [p for ids in learner.used for p in ids]
+    assert steps_done == [0, 1, 2] and acct.failures == {"learner": 1}
+    assert any(e.startswith("learner restart 1: back to step 1") for e in events)
+    assert learner.used == [[0, 1], [2, 3], [4, 5]]
+    balanced(acct, stream, used)

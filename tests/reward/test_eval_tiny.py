@@ -29,6 +29,11 @@ def test_eval_groups_with_bootstrap_writes_intervals_and_hypervolumes(tiny_world
             assert r[f"{m}_lo"] <= r[m] <= r[f"{m}_hi"], (r["name"], m)
             assert len(r["runs"][0][f"{m}_by_prompt"]) == 4
     assert rows["q"]["adherence_seed_lo"] <= rows["q"]["adherence"] <= rows["q"]["adherence_seed_hi"]
+    # FAD per row against the held-out clips: one per seed with its clip-resampling interval, the mean over seeds
+    for r in rows.values():
+        assert r["fad"] == pytest.approx(sum(run["fad"]["fad"] for run in r["runs"]) / r["seeds"]) and r["fad"] > 0
+        assert all(run["fad"]["low"] <= run["fad"]["high"] for run in r["runs"])
+    assert rows["q"]["fad_seed_lo"] <= rows["q"]["fad"] <= rows["q"]["fad_seed_hi"]
     # λ = 0 and 1 are θ_q's and θ_d's weights seed by seed: the same samples, the same scores
     assert rows["merge β=5 λ=0"]["runs"] == rows["q"]["runs"] and rows["merge β=5 λ=1"]["runs"] == rows["d"]["runs"]
     assert rows["q"]["kl_end"] is not None and rows["q"]["train"][0]["steps"] == 1
@@ -43,6 +48,6 @@ def test_eval_groups_with_bootstrap_writes_intervals_and_hypervolumes(tiny_world
     assert set(report["hypervolume_difference"]) == {"merge_minus_cfg", "beta_minus_cfg"}
     assert [c["id"] for c in report["claims"]] == [1, 2, 3, "4a", "4b", 5]
     assert all(c["verdict"] in ("holds", "fails") for c in report["claims"])
-    assert "adherence_lo" in (out / "eval.csv").read_text().splitlines()[0]
+    assert {"adherence_lo", "fad"} <= set((out / "eval.csv").read_text().splitlines()[0].split(","))
     assert (out / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert list((out / "tb").glob("events.out.tfevents.*"))
