@@ -186,6 +186,10 @@ class LearnerConfig:
     workers > 1 on GPUs, 1 or more (NCCL needs a GPU per worker)."""
     num_cpus: float = 1.0
     """CPUs Ray reserves per learner worker."""
+    resources: dict[str, float] = field(default_factory=dict)
+    """Custom Ray resources per learner worker (placement=group), e.g. ``+learner.resources.learner_node=1``: pins
+    the workers' bundles to the nodes that advertise them (deploy/'s learner GPU node type); refused at start when no
+    live node has them."""
     workers: int = 1
     """Learner workers in one torch.distributed group (gloo on CPU, NCCL on GPU). Each step splits the batch by
     whole groups across them, and they make exactly the update one learner makes on the whole batch; needs

@@ -120,7 +120,7 @@ def build_learner(cfg, source: PolicySource, device: str):
     # The workers' device follows learner.num_gpus (learner.device names the driver's in the driver placement).
     return GroupTrainee(lambda: LearnerGroup(spec, workers=cfg.learner.workers, num_gpus=cfg.learner.num_gpus,
                                              num_cpus=cfg.learner.num_cpus, threads=cfg.learner.threads,
-                                             shard=cfg.learner.shard),
+                                             shard=cfg.learner.shard, resources=dict(cfg.learner.resources)),
                         Learner(source.base_policy, device="cpu", **kwargs))
 
 

@@ -65,8 +65,9 @@ def check_shard(shard: str, family: str) -> None:
                                 f"{sorted(FSDP_BLOCKS)} only")
 
 
-def check_resources(workers: int, num_gpus: float, nodes: list[dict]) -> None:
-    """Refuse, before any actor starts, a group no node can hold one worker of (``nodes``: ``ray.nodes()``)."""
+def check_resources(workers: int, num_gpus: float, nodes: list[dict], resources: dict | None = None) -> None:
+    """Refuse, before any actor starts, a group no node can hold one worker of (``nodes``: ``ray.nodes()``;
+    ``resources``: the custom resources each worker's bundle asks for)."""
     if workers < 1:
         raise LearnerGroupError(f"learner.workers={workers}: must be >= 1")
     if num_gpus < 0:
@@ -78,6 +79,16 @@ def check_resources(workers: int, num_gpus: float, nodes: list[dict]) -> None:
     if num_gpus > most:
         raise LearnerGroupError(f"learner.num_gpus={num_gpus} per worker: no node of this cluster has that many "
                                 f"(the most on one node is {most:g})")
+    for name, amount in (resources or {}).items():
+        if name in ("CPU", "GPU") or amount <= 0:
+            raise LearnerGroupError(f"learner.resources.{name}={amount}: custom resources only (CPU and GPU are "
+                                    f"learner.num_cpus and learner.num_gpus), each > 0")
+        held = [n.get("Resources", {}).get(name, 0.0) for n in nodes if n.get("Alive", True)]
+        if max(held, default=0.0) < amount:
+            raise LearnerGroupError(f"learner.resources.{name}={amount:g} per worker: no live node of this cluster "
+                                    f"advertises that much {name!r} (the most on one node is "
+                                    f"{max(held, default=0.0):g}); start the learner nodes with "
+                                    f"--resources='{{\"{name}\": 1}}' or drop the key")
 
 
 class DataParallel:
@@ -256,14 +267,16 @@ class LearnerGroup:
     """
 
     def __init__(self, spec: LearnerSpec, *, workers: int, num_gpus: float = 0.0, num_cpus: float = 1.0,
-                 threads: int = 1, shard: str = "none", device: str = "auto", ready_timeout_s: float = 600.0):
+                 threads: int = 1, shard: str = "none", device: str = "auto", ready_timeout_s: float = 600.0,
+                 resources: dict[str, float] | None = None):
         import ray
         from ray.util.placement_group import placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-        check_resources(workers, num_gpus, ray.nodes())
+        resources = dict(resources or {})
+        check_resources(workers, num_gpus, ray.nodes(), resources)
         check_shard(shard, spec.family)
         device = device if device != "auto" else ("cuda" if num_gpus > 0 else "cpu")
-        bundle = {"CPU": num_cpus, **({"GPU": num_gpus} if num_gpus else {})}
+        bundle = {"CPU": num_cpus, **({"GPU": num_gpus} if num_gpus else {}), **resources}
         self.pg = placement_group([dict(bundle) for _ in range(workers)], strategy="PACK")
         ready, _ = ray.wait([self.pg.ready()], timeout=ready_timeout_s)
         if not ready:
@@ -274,8 +287,8 @@ class LearnerGroup:
         # Named (learner-<group>-<rank>), so an operator or a chaos test can find a worker; unique per group, since
         # a rebuilt group starts while the dead one's names may still be held.
         tag = uuid.uuid4().hex[:8]
-        self.actors = [actor.options(num_cpus=num_cpus, num_gpus=num_gpus, name=f"learner-{tag}-{i}",
-                                     scheduling_strategy=(
+        self.actors = [actor.options(num_cpus=num_cpus, num_gpus=num_gpus, resources=resources,
+                                     name=f"learner-{tag}-{i}", scheduling_strategy=(
             PlacementGroupSchedulingStrategy(placement_group=self.pg, placement_group_bundle_index=i))).remote(threads)
             for i in range(workers)]
         host, port = ray.get(self.actors[0].address.remote())

@@ -184,6 +184,14 @@ def test_bad_group_settings_are_refused_naming_the_key():
         check_resources(1, 8.0, nodes)
     with pytest.raises(LearnerGroupError, match=r"learner.num_gpus=0.5 with learner.workers=2"):
         check_resources(2, 0.5, nodes)
+    # Custom resources pin the bundles to a node type: one live node must advertise them (the dead one does not count)
+    nodes[0]["Resources"]["learner_node"] = 1.0
+    nodes[1]["Resources"]["big_node"] = 1.0
+    check_resources(2, 1.0, nodes, {"learner_node": 1.0})
+    with pytest.raises(LearnerGroupError, match=r"learner.resources.big_node=1 per worker: no live node"):
+        check_resources(1, 1.0, nodes, {"big_node": 1.0})
+    with pytest.raises(LearnerGroupError, match=r"learner.resources.GPU=1.0: custom resources only"):
+        check_resources(1, 1.0, nodes, {"GPU": 1.0})
     with pytest.raises(LearnerGroupError, match=r"learner.shard='zero3'"):
         check_shard("zero3", "divcfg")
     with pytest.raises(LearnerGroupError, match=r"learner.shard=fsdp with model.family=musicgen"):
