@@ -41,6 +41,7 @@ import tempfile
 from pathlib import Path
 
 from divcfg.bench.common import machine_info, print_table, write_results
+from divcfg.common.tb_scalars import read_scalars
 
 MODES = ("sync", "async")
 TARGET_SPEEDUP = 1.3
@@ -58,18 +59,6 @@ def train_args(mode: str, run_dir: Path, world_size: str, world_dir: str, steps:
             "logging.progress=false", "logging.audio_every=0", f"checkpoint.every={steps}",
             "probe.prompts=1", "probe.samples=2",  # the probes are outside the loop; keep them short
             *extra]
-
-
-def read_scalars(run_dir: Path) -> dict[str, dict[int, tuple[float, float]]]:
-    """``{tag: {step: (wall_time, value)}}`` from every event file under ``run_dir/tb``."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    out: dict[str, dict[int, tuple[float, float]]] = {}
-    for events in sorted((run_dir / "tb").glob("events.out.tfevents.*")):
-        acc = EventAccumulator(str(events), size_guidance={"scalars": 0})  # 0: keep every step, no sampling
-        acc.Reload()
-        for tag in acc.Tags()["scalars"]:
-            out.setdefault(tag, {}).update({e.step: (e.wall_time, e.value) for e in acc.Scalars(tag)})
-    return out
 
 
 def read_run(run_dir: str | Path, warmup_steps: int = 1) -> dict:

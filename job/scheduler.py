@@ -103,8 +103,7 @@ class Scheduler:
 
     # ---- the step loop ----------------------------------------------------------------------------------------
     def run(self, steps: int, on_step) -> Accounting:
-        """Train ``steps`` steps. ``on_step(i, batch, metrics, acct)`` may return True to end the run after that step
-        (the books still balance)."""
+        """Train ``steps`` steps; ``on_step(i, batch, metrics, acct)`` returning True ends the run after that step."""
         self.members.publish(self.learner.version, self.learner.weights())
         step = 0
         while step < steps:

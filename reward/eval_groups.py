@@ -62,8 +62,21 @@ def resolve_checkpoint(path: str | os.PathLike) -> Checkpoint:
     arch = {k: v for k, v in header.get("config", {}).items() if k != "preset"}
     train = {k: summary[k] for k in ("kl_start", "kl_end", "adherence_end", "diversity_end", "wall_s",
                                      "samples_per_s", "steps") if k in summary}
+    if summary and (run / "tb").is_dir():
+        train.update(training_curves(run))
     return Checkpoint(p, None if seed is None else int(seed), None if beta is None else float(beta),
                       None if world is None else str(Path(world).resolve()), arch, train)
+
+
+CURVES = {"reward_curve": "rewards/diversity_mean", "kl_curve": "losses/distill_kl"}
+"""The training curves a report shows per run: the diversity reward and the KL to the CFG teacher, per step."""
+
+
+def training_curves(run: Path, bins: int = 10) -> dict:
+    """A finished run's :data:`CURVES` from its TensorBoard events, each in ``bins`` step windows (their means)."""
+    from divcfg.common.tb_scalars import binned_curve, read_scalars
+    scalars = read_scalars(run)
+    return {name: binned_curve(scalars[tag], bins) for name, tag in CURVES.items() if tag in scalars}
 
 
 def parse_group(spec: str) -> tuple[str, list[str]]:

@@ -34,6 +34,8 @@ def write_outputs(report: dict, out: Path) -> None:
         w.writerows(report["rows"])
     (out / "eval.json").write_text(json.dumps(_clean(report), indent=2, ensure_ascii=False))
     pareto_plot(report, out / "pareto.png")
+    if not training_plot(report, out / "training.png"):
+        (out / "training.png").unlink(missing_ok=True)  # an earlier evaluation's, of other runs
     write_tensorboard(report, out)
 
 
@@ -92,6 +94,39 @@ def pareto_plot(report: dict, path: str | os.PathLike) -> None:
     plt.close(fig)
 
 
+def training_plot(report: dict, path: str | os.PathLike) -> bool:
+    """Each trained row's training curves (diversity reward and KL to the CFG teacher, per step window): one thin
+    line per seed and their mean. Returns False (and writes nothing) when no row's runs have curves."""
+    rows = [r for r in report["rows"] if any(t.get("reward_curve") for t in r.get("train", []))]
+    if not rows:
+        return False
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    colors = plt.get_cmap("viridis")(np.linspace(0, 0.9, len(rows)))
+    for r, color in zip(rows, colors):
+        for ax, key in zip(axes, ("reward_curve", "kl_curve")):
+            curves = [t[key] for t in r["train"] if t.get(key)]
+            n = min(len(c) for c in curves)
+            x = [(w["first_step"] + w["last_step"]) / 2 for w in curves[0][:n]]
+            for c in curves:
+                ax.plot(x, [w["mean"] for w in c[:n]], color=color, lw=0.6, alpha=0.5)
+            ax.plot(x, np.mean([[w["mean"] for w in c[:n]] for c in curves], axis=0), color=color, lw=2,
+                    label=f"{r['name']} ({len(curves)} seeds)")
+    axes[0].set_ylabel("diversity reward (reward embedder), window mean")
+    axes[1].set_ylabel("KL to the CFG teacher (losses/distill_kl), window mean")
+    for ax in axes:
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
 def _label(r: dict) -> str:
     if r["kind"] == "cfg":
         return f"γ={r['guidance_scale']:g}"
@@ -125,8 +160,10 @@ def write_tensorboard(report: dict, out: Path) -> None:
     for name, d in report["hypervolume_difference"].items():
         for k in ("estimate", "lo", "hi"):
             writer.add_scalar(f"eval/hypervolume_difference_{k}/{name}", d[k], 0)
-    img = torch.from_numpy(mpimg.imread(out / "pareto.png")[..., :3]).permute(2, 0, 1)
-    writer.add_image("eval/pareto", img, 0)
+    for name in ("pareto", "training"):
+        if (out / f"{name}.png").is_file():
+            img = torch.from_numpy(mpimg.imread(out / f"{name}.png")[..., :3]).permute(2, 0, 1)
+            writer.add_image(f"eval/{name}", img, 0)
     shown = [c for c in COLUMNS if c not in ("kind",)]
     header = "| " + " | ".join(shown) + " |\n|" + "---|" * len(shown) + "\n"
     body = "".join("| " + " | ".join(_fmt(r.get(c)) for c in shown) + " |\n" for r in report["rows"])

@@ -19,7 +19,8 @@ COLUMNS = ["name", "kind", "guidance_scale", "lam", "beta", "seeds",
            "diversity_reward_embedder", "diversity_reward_embedder_lo", "diversity_reward_embedder_hi",
            "embedder_gap", "embedder_gap_lo", "embedder_gap_hi",
            "fad", "fad_seed_lo", "fad_seed_hi",
-           "teacher_loglik", "forward_passes_per_token", "frames_per_s", "kl_end"]
+           "teacher_loglik", "forward_passes_per_token", "frames_per_s", "kl_end", "train_reward_start",
+           "train_reward_end"]
 FAMILIES = {"cfg": "base + CFG (γ sweep)", "beta": "β sweep (no CFG)", "merge": "merges (λ sweep)"}
 GAP_FRACTION = 0.10  # claims 1 and 3: "within 10% of the γ = 1 → 3 adherence gap"
 SPEEDUP = 1.8        # claim 5
@@ -57,6 +58,10 @@ def row_stats(row: dict, idx: np.ndarray) -> dict:
     out["frames_per_s"] = _mean(run["frames_per_s"] for run in row["runs"])
     out["forward_passes_per_token"] = row["runs"][0]["forward_passes_per_token"]
     out["kl_end"] = _mean(t.get("kl_end") for t in row.get("train", []))
+    # The training reward's first and last step windows (eval_groups.training_curves), averaged over seeds
+    curves = [t["reward_curve"] for t in row.get("train", []) if t.get("reward_curve")]
+    out["train_reward_start"] = _mean(c[0]["mean"] for c in curves)
+    out["train_reward_end"] = _mean(c[-1]["mean"] for c in curves)
     out["train"] = row.get("train", [])
     out["runs"] = row["runs"]  # per seed, with the per-prompt scores a later paired comparison needs
     return out

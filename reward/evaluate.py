@@ -217,7 +217,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--bootstrap", type=int, default=1000, help="paired bootstrap rounds over prompts (>= 100)")
     ap.add_argument("--batch", type=int, default=0, help="clips per generate call (0: all of a row's at once)")
     ap.add_argument("--seed", type=int, default=0, help="sampling seed, the same for every row")
-    ap.add_argument("--out", required=True, help="output directory: eval.csv, eval.json, pareto.png, tb/")
+    ap.add_argument("--out", required=True, help="output directory: eval.csv, eval.json, pareto.png, "
+                    "training.png (the trained rows' reward and KL curves), tb/")
     return ap
 
 
@@ -266,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"divcfg eval: error: {e}", file=sys.stderr)
         return 2
     _print_report(report)
-    print(f"wrote {args.out}/eval.csv, eval.json, pareto.png, tb/")
+    print(f"wrote {args.out}/eval.csv, eval.json, pareto.png, training.png, tb/")
     return 0
 
 

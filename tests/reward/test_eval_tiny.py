@@ -50,4 +50,11 @@ def test_eval_groups_with_bootstrap_writes_intervals_and_hypervolumes(tiny_world
     assert all(c["verdict"] in ("holds", "fails") for c in report["claims"])
     assert {"adherence_lo", "fad"} <= set((out / "eval.csv").read_text().splitlines()[0].split(","))
     assert (out / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Each trained row's runs carry their reward and KL curves (one window per logged step here: 1 step)
+    for name in ("q", "d"):
+        for t in rows[name]["train"]:
+            assert [w["first_step"] for w in t["reward_curve"]] == [0] and len(t["kl_curve"]) == 1
+        assert rows[name]["train_reward_end"] == pytest.approx(
+            sum(t["reward_curve"][-1]["mean"] for t in rows[name]["train"]) / 2)
+    assert (out / "training.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert list((out / "tb").glob("events.out.tfevents.*"))
