@@ -346,7 +346,17 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--soundfont", default=None, help="music: SF2 to render with (default: pretty_midi's TimGM6mb)")
     b.add_argument("--collections", default=None,
                    help="music: comma-separated music21 collections (default bach,essen,oneills,ryans,airds)")
+    b = sub.add_parser("listen", help="spectrograms of held-out prompts: original, codec round trip, base model "
+                       "at γ = 1 and 3, students")
+    b.add_argument("world", help="world directory")
+    b.add_argument("--student", action="append", default=[], metavar="NAME=CKPT",
+                   help="a finetuned checkpoint to sample without CFG (repeatable)")
+    b.add_argument("--clips", type=int, default=3, help="held-out prompts (columns)")
+    b.add_argument("--seed", type=int, default=0, help="sampling seed, the same for every model")
+    b.add_argument("--out", required=True, help="output directory: spectrograms.png, tb/")
     args = ap.parse_args(argv)
+    if args.cmd == "listen":
+        return _listen(args)
     try:
         size_params(args.size)
         report = build_world(args.out or f"worlds/{args.size}", args.size, args.seed,
@@ -358,3 +368,21 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(json.dumps({k: report[k] for k in ("adherence_cfg1", "adherence_cfg3", "diversity_cfg1", "diversity_cfg3")}))
     return 0
+
+
+def _listen(args) -> int:
+    from divcfg.world.listen import listen
+    try:
+        students = dict(_named(s) for s in args.student)
+        print(f"wrote {listen(args.world, students, args.out, args.clips, args.seed)}")
+    except (WorldError, ValueError, FileNotFoundError) as e:
+        print(f"divcfg world listen: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _named(spec: str) -> tuple[str, str]:
+    name, sep, path = spec.partition("=")
+    if not sep or not name or not path:
+        raise ValueError(f"--student {spec!r}: expected NAME=CKPT")
+    return name, path
