@@ -37,29 +37,49 @@ def griffin_lim_overlap(magnitude: torch.Tensor, window: torch.Tensor, hop: int,
     """Fast Griffin-Lim for any ``n_fft`` (a multiple of ``hop``; the spectrogram decoder's is 75% overlap), from a
     fixed all-ones initial phase: ``magnitude [B, n_fft/2 + 1, T]`` -> waveform ``[B, (T - 1) · hop]``.
 
-    The same iteration as ``torchaudio.functional.griffinlim`` (tested against it), but the inverse STFT is one
-    ``fold`` (overlap-add) of the windowed frames divided by a window envelope computed once, where ``torch.istft``
-    recomputes the envelope on every iteration.
+    The same iteration as ``torchaudio.functional.griffinlim`` (tested against it), laid out for a CPU, where it is
+    bound by memory traffic (decoding is most of a reward worker's and of the evaluation's time): the spectrogram is
+    kept frames-major (``[B, T, F]``), so both FFTs run over the contiguous last dimension; frames are cut from the
+    signal as strided views (``unfold``); the overlap-add is ``n_fft / hop`` shifted adds, with the window envelope
+    computed once; and the phase projection multiplies the complex spectrogram's real view in place by a real ratio,
+    where ``complex · real`` would first copy the real factor to complex.
     """
     n_fft = window.shape[0]
     if n_fft % hop:
         raise ValueError(f"griffin_lim_overlap needs n_fft a multiple of hop, got n_fft={n_fft}, hop={hop}")
     b, _, t = magnitude.shape
-    full = (t - 1) * hop + n_fft
+    k, pad = n_fft // hop, n_fft // 2
+    mag = magnitude.transpose(1, 2).contiguous()  # [B, T, F]
 
-    def overlap_add(frames: torch.Tensor) -> torch.Tensor:  # [B, n_fft, T] -> [B, full]
-        return F.fold(frames, (1, full), (1, n_fft), stride=(1, hop)).view(frames.shape[0], full)
+    def overlap_add(frames: torch.Tensor) -> torch.Tensor:  # [B, T, n_fft] -> [B, (T + k - 1) · hop]
+        chunks = frames.view(frames.shape[0], t, k, hop)
+        out = chunks.new_zeros(frames.shape[0], t + k - 1, hop)
+        for j in range(k):  # frame i's chunk j lands at output chunk i + j
+            out[:, j: j + t] += chunks[:, :, j]
+        return out.view(frames.shape[0], -1)
 
     # torch.istft divides by the overlap-added window² and trims n_fft / 2 at each end (centred frames).
-    env = overlap_add(window.pow(2)[None, :, None].expand(1, n_fft, t).contiguous())[0]
-    keep = slice(n_fft // 2, n_fft // 2 + (t - 1) * hop)
+    env = overlap_add(window.pow(2).expand(1, t, n_fft).contiguous())[0]
+    keep = slice(pad, pad + (t - 1) * hop)
     inv_env = 1.0 / env[keep].clamp(min=1e-11)
-    w = window[:, None]
 
-    def istft(spec: torch.Tensor) -> torch.Tensor:
-        return overlap_add(torch.fft.irfft(spec, n=n_fft, dim=1) * w)[:, keep] * inv_env
+    def istft(spec: torch.Tensor) -> torch.Tensor:  # [B, T, F] complex -> [B, (T - 1) · hop]
+        return overlap_add(torch.fft.irfft(spec, n=n_fft, dim=-1).mul_(window))[:, keep].mul_(inv_env)
 
-    return _iterate(magnitude, window, hop, n_iter, momentum, istft)
+    def stft(y: torch.Tensor) -> torch.Tensor:  # [B, L] -> [B, T, F], centred frames with reflect padding
+        padded = F.pad(y[:, None], (pad, pad), mode="reflect")[:, 0]
+        return torch.fft.rfft(padded.unfold(-1, n_fft, hop) * window, dim=-1)
+
+    alpha = momentum / (1 + momentum)  # torchaudio's parametrisation of the momentum
+    spec, previous = mag.to(torch.complex64 if mag.dtype == torch.float32 else torch.complex128), None
+    for _ in range(n_iter):
+        rebuilt = stft(istft(spec))
+        spec = rebuilt.clone() if previous is None else torch.sub(rebuilt, previous, alpha=alpha)
+        ratio = spec.abs().add_(1e-16)
+        torch.div(mag, ratio, out=ratio)
+        torch.view_as_real(spec).mul_(ratio.unsqueeze(-1))  # spec · magnitude / |spec|
+        previous = rebuilt
+    return istft(spec)
 
 
 def griffin_lim(magnitude: torch.Tensor, window: torch.Tensor, hop: int, n_iter: int,
