@@ -11,7 +11,7 @@ BENCHMARKS = {
     "coldstart": ("divcfg.bench.coldstart", "where a new rollout actor's or reward worker's startup seconds go"),
     "soak": ("divcfg.bench.soak", "a long tiny-world run with kills and resizes: RSS and object store growth"),
     "learner": ("divcfg.bench.learner", "learner tokens/s and step split vs one student forward"),
-    "griffin-lim": ("divcfg.bench.griffin_lim", "the codec's Griffin-Lim (most of decoding) vs torchaudio or a revision"),
+    "griffin-lim": ("divcfg.bench.griffin_lim", "the codec's Griffin-Lim vs torchaudio or a revision"),
     "pipeline": ("divcfg.bench.pipeline", "the divcfg train loop, async vs sync samples/s, busy fractions, lag"),
 }
 

@@ -138,7 +138,8 @@ class StepLogger:
         steady_s = (t["last_step_at"] or 0.0) - (t["first_step_at"] or 0.0)
         steady = (t["samples"] - t["first_samples"]) / steady_s if steady_s > 0 else t["samples"] / wall
         kept = sum(self.samples_by_step.values())
-        return {"samples": kept, "samples_redone": t["samples"] - kept, "samples_per_s": steady, "samples_per_s_whole_run": t["samples"] / wall,
+        return {"samples": kept, "samples_redone": t["samples"] - kept, "samples_per_s": steady,
+                "samples_per_s_whole_run": t["samples"] / wall,
                 "startup_s": t["first_step_at"], "tokens_per_s": steady * t["tokens"] / max(t["samples"], 1),
                 "policy_lag_mean": t["lag_sum"] / max(t["samples"], 1), "wall_s": wall}
 

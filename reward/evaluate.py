@@ -227,7 +227,7 @@ def _print_report(report: dict) -> None:
         print(f"{r['name']:>22}  γ={r['guidance_scale']:<4g} adherence {_num(r['adherence'])} "
               f"[{_num(r['adherence_lo'])}, {_num(r['adherence_hi'])}]  diversity {_num(r['diversity'])} "
               f"[{_num(r['diversity_lo'])}, {_num(r['diversity_hi'])}] (reward emb "
-              f"{_num(r['diversity_reward_embedder'])})  {_num(r['frames_per_s'])} frames/s")
+              f"{_num(r['diversity_reward_embedder'])})  FAD {_num(r.get('fad'))}  {_num(r['frames_per_s'])} frames/s")
     for c in report["claims"]:
         print(f"claim {c['id']}: {c['verdict']}  {c['statistic']} = {_num(c['estimate'])} "
               f"[{_num(c['lo'])}, {_num(c['hi'])}]")
