@@ -41,7 +41,9 @@ def test_ray_resume_replays_outstanding_prompts_and_continues_the_step_count(tin
 
     used_prompts.clear()
     assert main(args + ["run.resume=auto", "learner.steps=4"]) == 0
-    assert used_prompts[0] == sorted(outstanding)[:2]  # the first step of the resumed run replays them first
+    # The first step of the resumed run replays them first: with one left outstanding (how many depends on how far
+    # the actor ran ahead), that step takes it and the stream's next prompt.
+    assert set(sorted(outstanding)[:2]) <= set(used_prompts[0])
     second_run = [p for step in used_prompts for p in step]
     assert len(used_prompts) == 2 and not set(first_run) & set(second_run)
     end = load_train_state(run / "checkpoints" / "step_000004")
