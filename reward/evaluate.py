@@ -51,27 +51,29 @@ def plan_rows(world_dir, base: Callable, gammas, models, merge, lams, groups, me
     from divcfg.reward.eval_groups import check_group, resolve_checkpoint, seed_of
 
     paths = [*models, *(merge or ()), *(c for cs in groups.values() for c in cs)]
+    # Each checkpoint's files (config, summary, TensorBoard curves) are read once, here
+    checkpoints = {path: resolve_checkpoint(path) for path in paths}
     for path in paths:
-        if policy_family(resolve_checkpoint(path).path) == "musicgen":
+        if policy_family(checkpoints[path].path) == "musicgen":
             raise ValueError(f"{path} is a MusicGen checkpoint: divcfg eval compares checkpoints with the world's own "
                              f"base model, codec and clip length, so it can't take MusicGen yet. Listen with "
                              f"`divcfg sample {path}`; a run's summary.json has its KL, diversity and adherence")
     plans = [RowPlan(f"base γ={g:g}", "cfg", g, members=[(0, ("base", g), base)]) for g in gammas]
     for path in models:
-        c = resolve_checkpoint(path)
+        c = checkpoints[path]
         name = Path(path).name if Path(path).name != "student" else Path(path).parent.name
         plans.append(RowPlan(name, "model", beta=c.beta, members=[(0, ("ckpt", str(c.path)), _loader(c.path))],
                              train=[c.train] if c.train else []))
     resolved = {}
     for name, ckpts in groups.items():
-        resolved[name] = [resolve_checkpoint(p) for p in ckpts]
+        resolved[name] = [checkpoints[p] for p in ckpts]
         check_group(name, resolved[name], world_dir)
         cs = resolved[name]
         plans.append(RowPlan(name, "group", beta=cs[0].beta, train=[c.train for c in cs if c.train],
                              members=[(seed_of(c, i), ("ckpt", str(c.path)), _loader(c.path))
                                       for i, c in enumerate(cs)]))
     if merge:
-        plans += _merge_rows(resolve_checkpoint(merge[0]), resolve_checkpoint(merge[1]), lams)
+        plans += _merge_rows(checkpoints[merge[0]], checkpoints[merge[1]], lams)
     plans += _group_merge_rows(resolved, lams, merge_with)
     names = [p.name for p in plans]
     if len(set(names)) != len(names):
