@@ -1,5 +1,6 @@
 """The Ray modes against the in-process reference: at policy lag 0, sync, async and local compute the same losses."""
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -156,6 +157,10 @@ class GatedRecordingRewardWorker(RewardWorker):
         import ray
         if not self.sizes:
             ray.get(self.counter.wait_for.remote(self.gate_groups))
+            # The counter counts a group when its actor makes it, before the actor's call returns it to the driver;
+            # a CI run under load saw this call's result reach the driver first, so every later group came alone.
+            # Returning a finished call takes milliseconds: a second's margin orders them.
+            time.sleep(1.0)
         self.sizes.append(len(groups))
         return super().score(groups)
 
