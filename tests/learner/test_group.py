@@ -103,7 +103,11 @@ def assert_same_state(learner, state):
     assert version == ref_version == 1 and opt.keys() == ref_opt.keys() and student.keys() == ref_student.keys()
     for i in ref_opt:  # the moments are the gradients: held to float rounding
         for k in ref_opt[i]:
-            np.testing.assert_allclose(opt[i][k], ref_opt[i][k], atol=1e-9, rtol=1e-4, err_msg=f"{i}/{k}")
+            # Rounding is relative to the summands, not to their sum: where a gradient entry nearly cancels (an
+            # AMD EPYC run saw 2.6e-6 off by 1.5e-9), its error is float rounding of the tensor's own scale.
+            scale = float(np.abs(ref_opt[i][k]).max()) if np.size(ref_opt[i][k]) else 0.0
+            np.testing.assert_allclose(opt[i][k], ref_opt[i][k], atol=max(1e-9, 1e-5 * scale), rtol=1e-4,
+                                       err_msg=f"{i}/{k}")
 
 
 CASES = [(0.0, "mean", "none"), (0.0, "sum", "none"), (2.0, "mean", "none"), (2.0, "sum", "none"),
