@@ -1,6 +1,8 @@
-"""Benchmark ``pipeline``: the full ``divcfg train`` loop for a fixed number of steps, async against sync.
+"""Benchmark ``pipeline``: the full ``divcfg train`` loop for a fixed number of steps, async against sync, or (with
+``--compare placement``) the learner as a group of Ray actors (``learner.placement=group``, the default) against the
+learner inside the driver (``learner.placement=driver``), both async.
 
-Both modes run on the same resources (``actors.count``, ``reward.count``, threads and world), one after the other in
+Both variants run on the same resources (``actors.count``, ``reward.count``, threads and world), one after the other in
 this process through the real entry point (``divcfg train`` overrides, Hydra included), on one private local Ray
 instance sized for the default ``actors.num_cpus`` and ``reward.num_cpus`` (extra overrides must leave those alone).
 With ``--repeats`` > 1 the order alternates so that slow drift in the machine's load hits both modes alike. Each run
@@ -26,7 +28,9 @@ both edges are small.
 
 Entries: ``pipeline/<size>/samples_per_s`` (async, baseline sync, target async/sync >= 1.3),
 ``pipeline/<size>/learner_busy`` (async, baseline sync), ``pipeline/<size>/actor_busy`` (async, baseline sync) and
-``pipeline/<size>/<mode>/policy_lag`` (max lag over the run, target <= ``algo.max_policy_lag``).
+``pipeline/<size>/<mode>/policy_lag`` (max lag over the run, target <= ``algo.max_policy_lag``). With ``--compare
+placement`` the same entries under ``pipeline/<size>/placement/`` (group, baseline driver; no target: the group
+moves the learner off the driver, and this measures what that costs or gains).
 
 Run: ``divcfg bench pipeline --world-size small --steps 30 --json /tmp/bench_pipeline.json``.
 """
@@ -45,16 +49,22 @@ from divcfg.common.tb_scalars import read_scalars
 
 MODES = ("sync", "async")
 TARGET_SPEEDUP = 1.3
+# What a benchmark compares: (baseline variant, measured variant, each variant's overrides, target of the ratio).
+COMPARISONS = {
+    "mode": ("sync", "async", {"sync": ("learner.mode=sync",), "async": ("learner.mode=async",)}, TARGET_SPEEDUP),
+    "placement": ("driver", "group", {v: ("learner.mode=async", f"learner.placement={v}") for v in ("driver", "group")},
+                  None),
+}
 LEARNER_PHASES = ("teacher", "forward_backward", "update", "publish")
 # Written at the end of every step by train.py's on_step; its event times mark the step boundaries.
 STEP_MARK = "throughput/samples_per_s"
 
 
-def train_args(mode: str, run_dir: Path, world_size: str, world_dir: str, steps: int, actors: int, reward: int,
-               beta: float, extra: tuple[str, ...] = ()) -> list[str]:
-    """``divcfg train`` overrides of one benchmark run."""
+def train_args(variant: str, run_dir: Path, world_size: str, world_dir: str, steps: int, actors: int, reward: int,
+               beta: float, extra: tuple[str, ...] = (), comparison: str = "mode") -> list[str]:
+    """``divcfg train`` overrides of one benchmark run: ``variant`` of ``comparison`` (e.g. async of mode)."""
     return [f"world.size={world_size}", f"world.dir={world_dir}", f"run.dir={run_dir}",
-            f"learner.mode={mode}", f"learner.steps={steps}", f"actors.count={actors}", f"reward.count={reward}",
+            *COMPARISONS[comparison][2][variant], f"learner.steps={steps}", f"actors.count={actors}", f"reward.count={reward}",
             f"algo.beta={beta}", "logging.every=1",  # per-step scalars: the window is cut at step boundaries
             "logging.progress=false", "logging.audio_every=0", f"checkpoint.every={steps}",
             "probe.prompts=1", "probe.samples=2",  # the probes are outside the loop; keep them short
@@ -105,10 +115,11 @@ def _median(runs: list[dict], key: str) -> float:
     return statistics.median(r[key] for r in runs)
 
 
-def compare(runs: dict[str, list[dict]], world_size: str) -> list[dict]:
-    """Result entries from the runs of each mode (medians over repeats; the lag is the worst over repeats)."""
-    a, s = runs["async"], runs["sync"]
-    prefix = f"pipeline/{world_size}"
+def compare(runs: dict[str, list[dict]], world_size: str, comparison: str = "mode") -> list[dict]:
+    """Result entries from the runs of each variant (medians over repeats; the lag is the worst over repeats)."""
+    base, new, _, target = COMPARISONS[comparison]
+    a, s = runs[new], runs[base]
+    prefix = f"pipeline/{world_size}" + ("" if comparison == "mode" else f"/{comparison}")
     shared = dict(steps=a[0]["steps"], window_steps=a[0]["window_steps"], actors=a[0]["actors"],
                   reward_workers=a[0]["reward_workers"], repeats=len(a))
     sps, sps_base = _median(a, "samples_per_s"), _median(s, "samples_per_s")
@@ -116,7 +127,7 @@ def compare(runs: dict[str, list[dict]], world_size: str) -> list[dict]:
     busy, busy_base = _median(a, "learner_busy"), _median(s, "learner_busy")
     results = [
         dict(name=f"{prefix}/samples_per_s", value=sps, unit="samples/s", baseline_value=sps_base,
-             ratio=sps / sps_base, target=TARGET_SPEEDUP, met=sps / sps_base >= TARGET_SPEEDUP,
+             ratio=sps / sps_base, target=target, met=None if target is None else sps / sps_base >= target,
              whole_run_value=whole, whole_run_baseline=whole_base, whole_run_ratio=whole / whole_base,
              runs=runs, **shared),
         dict(name=f"{prefix}/learner_busy", value=busy, unit="fraction", baseline_value=busy_base,
@@ -128,7 +139,7 @@ def compare(runs: dict[str, list[dict]], world_size: str) -> list[dict]:
              baseline_value=_median(s, "actor_busy"), ratio=_median(a, "actor_busy") / _median(s, "actor_busy"),
              target=None, met=None, **shared),
     ]
-    for mode in MODES:
+    for mode in (base, new):
         lag = max(r["policy_lag_max"] for r in runs[mode])
         bound = runs[mode][0]["max_policy_lag"]
         results.append(dict(name=f"{prefix}/{mode}/policy_lag", value=lag, unit="versions (max)", baseline_value=None,
@@ -140,9 +151,9 @@ def compare(runs: dict[str, list[dict]], world_size: str) -> list[dict]:
 def print_runs(runs: dict[str, list[dict]], file=None) -> None:
     """One line per run: steady-state and whole-run throughput, busy and wait fractions, lag, start-up."""
     print("\nruns (steady = after the warm-up steps; whole = summary.json):", file=file)
-    print(f"{'mode':<6} {'steady sps':>10} {'whole sps':>9} {'learner busy':>12} {'wait':>6} {'lag mean/max':>12} "
+    print(f"{'run':<6} {'steady sps':>10} {'whole sps':>9} {'learner busy':>12} {'wait':>6} {'lag mean/max':>12} "
           f"{'first step s':>12} {'mean step s':>11}", file=file)
-    for mode in MODES:
+    for mode in runs:
         for r in runs[mode]:
             print(f"{mode:<6} {r['samples_per_s']:>10.3g} {r['whole_run_samples_per_s']:>9.3g} "
                   f"{r['learner_busy']:>12.2f} {r['wait_fraction']:>6.2f} "
@@ -150,15 +161,31 @@ def print_runs(runs: dict[str, list[dict]], file=None) -> None:
                   f"{r['mean_window_step_s']:>11.2f}", file=file)
 
 
-def run(world_size: str = "small", world_dir: str | None = None, steps: int = 30, actors: int = 2, reward: int = 1,
-        beta: float = 0.0, repeats: int = 1, warmup_steps: int = 1, out_dir: str | None = None,
-        json_out: str | None = None, extra: tuple[str, ...] = ()) -> list[dict]:
+def _private_ray(actors: int, reward: int) -> None:
+    """A private instance that every run joins: a plain ray.init() would attach to any cluster already running on
+    this machine (another job's), and train would then refuse to pass its resource request to it. The logical CPUs
+    are what train asks for when it starts Ray itself, so every actor, reward worker and learner worker is placed."""
     import ray
 
-    from divcfg.job.train import main as train_main  # `divcfg train`; bench sits below cli
-    from divcfg.common.config import ActorsConfig, RewardConfig
-    from divcfg.common.world_dir import World, WorldError
+    from divcfg.common.config import ActorsConfig, LearnerConfig, RewardConfig
+    need = actors * ActorsConfig().num_cpus + reward * RewardConfig().num_cpus + LearnerConfig().num_cpus
+    ray.init(address="local", num_cpus=max(math.ceil(need), os.cpu_count() or 1), include_dashboard=False,
+             log_to_driver=False, runtime_env={"env_vars": {  # as train's own: workers import this checkout
+                 "OMP_NUM_THREADS": "1",
+                 "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]),
+                                                os.environ.get("PYTHONPATH", "")])}})
 
+
+def run(world_size: str = "small", world_dir: str | None = None, steps: int = 30, actors: int = 2, reward: int = 1,
+        beta: float = 0.0, repeats: int = 1, warmup_steps: int = 1, out_dir: str | None = None,
+        json_out: str | None = None, extra: tuple[str, ...] = (), comparison: str = "mode") -> list[dict]:
+    import ray
+
+    from divcfg.common.world_dir import World, WorldError
+    from divcfg.job.train import main as train_main  # `divcfg train`; bench sits below cli
+
+    if comparison not in COMPARISONS:
+        raise ValueError(f"--compare {comparison!r}: must be one of {', '.join(COMPARISONS)}")
     world_dir = world_dir or f"worlds/{world_size}"
     if not World(world_dir).is_built():  # train would build it first, which takes minutes for small
         raise WorldError(f"no built {world_size} world in {world_dir}: run `divcfg world build --size {world_size} "
@@ -168,29 +195,22 @@ def run(world_size: str = "small", world_dir: str | None = None, steps: int = 30
     out = Path(out_dir or tempfile.mkdtemp(prefix="divcfg-bench-pipeline-"))
     own_ray = not ray.is_initialized()
     if own_ray:
-        # A private instance that both runs join: a plain ray.init() would attach to any cluster already running on
-        # this machine (another job's), and train would then refuse to pass its resource request to it. The logical
-        # CPUs are what train asks for when it starts Ray itself, so every actor and reward worker is placed.
-        need = actors * ActorsConfig().num_cpus + reward * RewardConfig().num_cpus
-        ray.init(address="local", num_cpus=max(math.ceil(need), os.cpu_count() or 1), include_dashboard=False,
-                 log_to_driver=False, runtime_env={"env_vars": {  # as train's own: workers import this checkout
-                     "OMP_NUM_THREADS": "1",
-                     "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]),
-                                                    os.environ.get("PYTHONPATH", "")])}})
-    runs: dict[str, list[dict]] = {m: [] for m in MODES}
+        _private_ray(actors, reward)
+    variants = COMPARISONS[comparison][:2]
+    runs: dict[str, list[dict]] = {v: [] for v in variants}
     try:
         for i in range(repeats):
-            for mode in (MODES if i % 2 == 0 else MODES[::-1]):
-                run_dir = out / f"{mode}-{i}"
-                code = train_main(train_args(mode, run_dir, world_size, world_dir, steps, actors, reward, beta,
-                                            extra))
+            for v in (variants if i % 2 == 0 else variants[::-1]):
+                run_dir = out / f"{v}-{i}"
+                code = train_main(train_args(v, run_dir, world_size, world_dir, steps, actors, reward, beta,
+                                             extra, comparison))
                 if code:
-                    raise RuntimeError(f"divcfg train learner.mode={mode} exited with status {code} ({run_dir})")
-                runs[mode].append(read_run(run_dir, warmup_steps))
+                    raise RuntimeError(f"divcfg train ({comparison} {v}) exited with status {code} ({run_dir})")
+                runs[v].append(read_run(run_dir, warmup_steps))
     finally:
         if own_ray and ray.is_initialized():
             ray.shutdown()
-    results = compare(runs, world_size)
+    results = compare(runs, world_size, comparison)
     print_table(results)
     print_runs(runs)
     if json_out:
@@ -210,10 +230,12 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=1, help="runs per mode, alternating which mode goes first")
     ap.add_argument("--out-dir", help="where the runs are written (default: a new temporary directory)")
     ap.add_argument("--json", dest="json_out")
+    ap.add_argument("--compare", default="mode", choices=sorted(COMPARISONS),
+                    help="mode: async against sync; placement: the learner group against the learner in the driver")
     ap.add_argument("overrides", nargs="*", help="more `divcfg train` overrides for both modes, e.g. algo.group_size=8")
     args = ap.parse_args(argv)
     run(args.world_size, args.world_dir, args.steps, args.actors, args.reward_workers, args.beta, args.repeats,
-        args.warmup_steps, args.out_dir, args.json_out, tuple(args.overrides))
+        args.warmup_steps, args.out_dir, args.json_out, tuple(args.overrides), args.compare)
     return 0
 
 

@@ -194,11 +194,12 @@ class LearnerConfig:
     """Learner workers in one torch.distributed group (gloo on CPU, NCCL on GPU). Each step splits the batch by
     whole groups across them, and they make exactly the update one learner makes on the whole batch; needs
     algo.batch_prompts >= workers."""
-    placement: str = "driver"
-    """Where the learner runs in the Ray modes: driver (one Learner inside the job's driver) or group (a LearnerGroup
-    of ``workers`` Ray actors; the driver keeps a CPU copy of the student for probes and checkpoints, and a lost
-    worker is rebuilt from the last checkpoint; give each worker a GPU with num_gpus). learner.mode=local always
-    runs it in the driver."""
+    placement: str = "group"
+    """Where the learner runs in the Ray modes: group (a LearnerGroup of ``workers`` Ray actors, also at 1: the
+    driver stays a light scheduler that needs no GPU, keeps a CPU copy of the student for probes and checkpoints,
+    and rebuilds a group that lost a worker from the last checkpoint; give each worker a GPU with num_gpus, which
+    learner.device=auto does on a driver that sees one) or driver (one Learner inside the job's driver, which dies
+    with it). learner.mode=local always runs it in the driver."""
     shard: str = "none"
     """none (each worker holds the whole student; DDP averages gradients) or fsdp (FSDP2 shards the student, its
     gradients and its Adam state across the workers between steps; model.family=divcfg only)."""

@@ -141,21 +141,6 @@ def parse_env_pairs(items: Sequence[str] | None) -> dict[str, str]:
     return out
 
 
-def parse_resource_pairs(items: Sequence[str] | None) -> dict[str, float]:
-    """``["learner_node=1", ...]`` -> ``{"learner_node": 1.0}`` with a clear error for malformed items."""
-    out: dict[str, float] = {}
-    for item in items or ():
-        key, sep, value = item.partition("=")
-        try:
-            amount = float(value)
-        except ValueError:
-            amount = None
-        if not sep or not key or amount is None:
-            raise SubmitError(f"bad --learner-resource {item!r}: expected NAME=AMOUNT", exit_code=2)
-        out[key] = amount
-    return out
-
-
 def build_runtime_env(
     working_dir: str | None,
     env_vars: Mapping[str, str] | None,

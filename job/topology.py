@@ -110,15 +110,18 @@ def build_learner(cfg, source: PolicySource, device: str):
                   amp=cfg.learner.amp, kl_reduction=cfg.algo.kl_reduction)
     if cfg.learner.mode == "local" or cfg.learner.placement == "driver":
         return Learner(source.base_policy, device=device, **kwargs)
-    if cfg.learner.num_gpus == 0 and device == "cuda":
+    num_gpus = cfg.learner.num_gpus
+    if num_gpus == 0 and device == "cuda":
         # The group's workers see only the GPUs they reserve: without one, the learner would silently run on CPU.
-        raise ValueError(f"learner.placement=group with learner.device={cfg.learner.device} (cuda here) and "
-                         f"learner.num_gpus=0: give each worker a GPU with learner.num_gpus=1, or use "
-                         f"learner.placement=driver")
+        if cfg.learner.device != "auto":
+            raise ValueError(f"learner.placement=group with learner.device={cfg.learner.device} and "
+                             f"learner.num_gpus=0: give each worker a GPU with learner.num_gpus=1, or use "
+                             f"learner.placement=driver")
+        num_gpus = 1.0  # auto on a driver that sees a GPU: each worker reserves one, as the driver's learner used it
     from divcfg.learner.group import LearnerGroup, LearnerSpec
     spec = LearnerSpec(source.policy_factory, kwargs, cfg.model.family)
-    # The workers' device follows learner.num_gpus (learner.device names the driver's in the driver placement).
-    return GroupTrainee(lambda: LearnerGroup(spec, workers=cfg.learner.workers, num_gpus=cfg.learner.num_gpus,
+    # The workers' device follows num_gpus (learner.device names the driver's in the driver placement).
+    return GroupTrainee(lambda: LearnerGroup(spec, workers=cfg.learner.workers, num_gpus=num_gpus,
                                              num_cpus=cfg.learner.num_cpus, threads=cfg.learner.threads,
                                              shard=cfg.learner.shard, resources=dict(cfg.learner.resources)),
                         Learner(source.base_policy, device="cpu", **kwargs))

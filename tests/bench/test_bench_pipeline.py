@@ -100,3 +100,18 @@ def test_pipeline_on_the_tiny_world(tiny_world, tmp_path):
     assert 0 < results["pipeline/tiny/actor_busy"]["baseline_value"] <= 1  # sync: each step's own groups
     # Async, 2-step window: its groups may have been generated up to max_policy_lag (2) updates earlier.
     assert 0 < results["pipeline/tiny/actor_busy"]["value"] <= 3
+
+
+def test_placement_compares_the_learner_group_with_the_learner_in_the_driver(tmp_path):
+    args = {v: train_args(v, tmp_path / "r", "tiny", "w", steps=5, actors=2, reward=1, beta=0.0,
+                          comparison="placement") for v in ("driver", "group")}
+    assert set(args["driver"]) ^ set(args["group"]) == {"learner.placement=driver", "learner.placement=group"}
+    assert "learner.mode=async" in args["driver"] and "learner.mode=async" in args["group"]
+    runs = {"driver": [read_run(_fake_run(tmp_path / "d", "async", [4.0, 6.0, 8.0], 0.2, [1.5] * 3, [0, 1, 1]))],
+            "group": [read_run(_fake_run(tmp_path / "g", "async", [4.0, 5.0, 6.0], 0.2, [0.1] * 3, [0, 1, 2]))]}
+    results = {r["name"]: r for r in compare(runs, "tiny", "placement")}
+    assert set(results) == {"pipeline/tiny/placement/samples_per_s", "pipeline/tiny/placement/learner_busy",
+                            "pipeline/tiny/placement/actor_busy", "pipeline/tiny/placement/driver/policy_lag",
+                            "pipeline/tiny/placement/group/policy_lag"}
+    sps = results["pipeline/tiny/placement/samples_per_s"]
+    assert sps["ratio"] == pytest.approx(2.0) and sps["target"] is None and sps["met"] is None

@@ -208,6 +208,12 @@ def test_rayjob_structure():
     assert "world.size=small" in entry
     assert any(a.startswith("run.dir=/mnt/shared/runs/") for a in entry)
     assert "run.resume=auto" in entry  # a whole-job retry continues the run instead of being refused
+    # The learner group is placed by overrides on the node type that advertises learner_node; the driver reserves
+    # nothing (no entrypoint GPUs: it stays on the CPU head).
+    assert "learner.num_gpus=1" in entry and "+learner.resources.learner_node=1" in entry
+    assert "entrypointNumGpus" not in spec
+    advertised = [g.get("resources", {}) for g in spec["rayClusterSpec"]["workerGroupSpecs"]]
+    assert any("learner_node" in r for r in advertised), advertised
     assert spec["shutdownAfterJobFinishes"] is True
     assert isinstance(spec["backoffLimit"], int) and spec["backoffLimit"] >= 1
     yaml.safe_load(spec.get("runtimeEnvYAML", "{}"))  # must itself be YAML

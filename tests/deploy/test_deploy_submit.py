@@ -468,26 +468,14 @@ def test_cli_parses_intermixed_overrides(monkeypatch):
     assert sub.main(["--env", "NOEQUALS", "a=1"]) == 2
 
 
-def test_learner_placement_reaches_the_job_request(token_file, capsys):
-    """--learner-gpus / --learner-resource become the job's entrypoint resources: the driver (which runs the learner)
-    is placed on a GPU node with that resource instead of the CPU head."""
+def test_the_driver_is_submitted_without_gpus_and_the_learner_is_placed_by_overrides(token_file, capsys):
+    """The learner is a group of Ray actors (learner.placement=group by default): the job request reserves nothing
+    for the driver, and the learner's GPUs and node resources travel as overrides of the entrypoint."""
     tok, f = token_file
     with FakeDashboard(tok) as dash:
         rc = sub.main(["world.size=small", "--address", dash.address, "--token-file", str(f), "--no-working-dir",
-                       "--job-id", "placed", "--learner-gpus", "1", "--learner-resource", "learner_node=1"])
+                       "--job-id", "placed", "learner.num_gpus=1", "+learner.resources.learner_node=1"])
         assert rc == 0, capsys.readouterr().err
         req = dash.jobs["placed"]
-    assert req["entrypoint_num_gpus"] == 1 and req["entrypoint_resources"] == {"learner_node": 1.0}
-
-
-@pytest.mark.parametrize("args,message", [
-    (["--learner-gpus", "-1"], "--learner-gpus must be >= 0, got -1.0"),
-    (["--learner-resource", "learner_node"], "bad --learner-resource 'learner_node': expected NAME=AMOUNT"),
-    (["--learner-resource", "learner_node=x"], "bad --learner-resource 'learner_node=x': expected NAME=AMOUNT"),
-    (["--learner-resource", "learner_node=0"], "--learner-resource learner_node=0.0: the amount must be > 0"),
-])
-def test_bad_learner_placement_is_named(token_file, capsys, args, message):
-    tok, f = token_file
-    with FakeDashboard(tok) as dash:
-        assert sub.main(["--address", dash.address, "--token-file", str(f), "--no-working-dir", *args]) == 2
-    assert message in capsys.readouterr().err
+    assert "entrypoint_num_gpus" not in req and "entrypoint_resources" not in req
+    assert "learner.num_gpus=1" in req["entrypoint"] and "+learner.resources.learner_node=1" in req["entrypoint"]
