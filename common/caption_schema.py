@@ -24,6 +24,9 @@ class CaptionSchema:
     """attribute -> its values, in label order."""
     phrases: dict[str, dict[str, tuple[str, ...]]]
     """attribute -> value -> the phrases (lower case) whose presence in a caption means that value."""
+    scored: tuple[str, ...] | None = None
+    """The attributes the trained scorer's adherence counts: those it reads from decoded audio well above chance
+    (the world's scorer stage decides, reward/scorer.py: ``attributes_above_chance``); None counts them all."""
     _meaning: dict[str, tuple[str, str]] = field(init=False, repr=False, compare=False)
     _regex: re.Pattern = field(init=False, repr=False, compare=False)
 
@@ -43,6 +46,10 @@ class CaptionSchema:
                         raise ValueError(f"caption schema: phrase {phrase!r} names both {meaning[phrase]} and "
                                          f"{(name, value)}")
         object.__setattr__(self, "_meaning", meaning)
+        unknown = set(self.scored or ()) - set(self.attributes)
+        if unknown:
+            raise ValueError(f"caption schema: scored attributes {sorted(unknown)} are not in the table "
+                             f"{list(self.attributes)}")
         # Longest first, so "a minor key" wins over a shorter phrase at the same position; hyphens are part of a
         # word, so "low" never matches inside "low-pitched" or "slow".
         alternatives = "|".join(re.escape(p) for p in sorted(meaning, key=len, reverse=True)) or r"(?!)"
@@ -58,6 +65,10 @@ class CaptionSchema:
                 raise ValueError(f"prompt {prompt!r} gives {name} two values: {found[name]!r} and {value!r}")
         return {name: found[name] for name in self.attributes if name in found}
 
+    def scored_only(self, requested: dict[str, str]) -> dict[str, str]:
+        """``requested`` without the attributes the scorer does not count (all of it when ``scored`` is None)."""
+        return dict(requested) if self.scored is None else {k: v for k, v in requested.items() if k in self.scored}
+
     def labels(self, attributes: dict[str, str]) -> np.ndarray:
         """int64 ``[len(self.attributes)]``: each attribute's value index, in table order."""
         out = []
@@ -69,15 +80,20 @@ class CaptionSchema:
 
     def to_dict(self) -> dict:
         return {"attributes": {k: list(v) for k, v in self.attributes.items()},
-                "phrases": {k: {v: list(p) for v, p in vs.items()} for k, vs in self.phrases.items()}}
+                "phrases": {k: {v: list(p) for v, p in vs.items()} for k, vs in self.phrases.items()},
+                **({"scored": list(self.scored)} if self.scored is not None else {})}
 
     @staticmethod
     def from_dict(d: dict, where: str = "caption schema") -> "CaptionSchema":
         if not isinstance(d, dict) or not isinstance(d.get("attributes"), dict) or not isinstance(d.get("phrases"),
                                                                                                    dict):
             raise ValueError(f"{where}: expected {{'attributes': {{...}}, 'phrases': {{...}}}}")
+        scored = d.get("scored")
+        if scored is not None and not (isinstance(scored, list) and all(isinstance(a, str) for a in scored)):
+            raise ValueError(f"{where}: 'scored' must be a list of attribute names, got {scored!r}")
         return CaptionSchema({k: tuple(v) for k, v in d["attributes"].items()},
-                             {k: {v: tuple(p) for v, p in vs.items()} for k, vs in d["phrases"].items()})
+                             {k: {v: tuple(p) for v, p in vs.items()} for k, vs in d["phrases"].items()},
+                             tuple(scored) if scored is not None else None)
 
     def save(self, world_dir: str | os.PathLike) -> None:
         path = os.path.join(os.fspath(world_dir), SCHEMA_FILE)

@@ -170,7 +170,8 @@ def write_tensorboard(report: dict, out: Path) -> None:
     writer.add_text("eval/table", header + body, 0)
     claims = "| claim | statistic | estimate | 95% interval | threshold | verdict |\n|---|---|---|---|---|---|\n"
     claims += "".join(f"| {c['id']} | {c['statistic']} | {_n(c['estimate'])} | [{_n(c['lo'])}, {_n(c['hi'])}] | "
-                      f"{_n(c['threshold'])} | {c['verdict']} |\n" for c in report["claims"])
+                      f"{_n(c['threshold'])} | {c['verdict']} |\n"
+                      for c in report["claims"] + report.get("claims_judge", []))
     writer.add_text("eval/claims", claims, 0)
     writer.close()
 

@@ -13,8 +13,10 @@ import numpy as np
 from divcfg.reward import intervals as iv
 
 METRICS = ("adherence", "diversity", "diversity_reward_embedder")
+JUDGE = "adherence_judge"  # the independent judge's adherence, in worlds that configure one (reward/pitch_judge.py)
 COLUMNS = ["name", "kind", "guidance_scale", "lam", "beta", "seeds",
            "adherence", "adherence_lo", "adherence_hi", "adherence_seed_lo", "adherence_seed_hi",
+           JUDGE, f"{JUDGE}_lo", f"{JUDGE}_hi", f"{JUDGE}_seed_lo", f"{JUDGE}_seed_hi",
            "diversity", "diversity_lo", "diversity_hi", "diversity_seed_lo", "diversity_seed_hi",
            "diversity_reward_embedder", "diversity_reward_embedder_lo", "diversity_reward_embedder_hi",
            "embedder_gap", "embedder_gap_lo", "embedder_gap_hi",
@@ -41,7 +43,7 @@ def row_stats(row: dict, idx: np.ndarray) -> dict:
     """A row's table entry: each metric's mean over seeds, its bootstrap interval and its seeds' t interval."""
     out = {k: row[k] for k in ("name", "kind", "guidance_scale", "lam", "beta", "theta_d")}
     out["seeds"] = len(row["runs"])
-    for m in METRICS:
+    for m in METRICS + ((JUDGE,) if has_judge([row]) else ()):
         ci = iv.mean_interval(scores(row, m), idx)
         _, slo, shi = iv.seed_interval([run[m] for run in row["runs"]])
         out.update({m: ci["estimate"], f"{m}_lo": ci["lo"], f"{m}_hi": ci["hi"], f"{m}_seed_lo": slo,
@@ -65,6 +67,11 @@ def row_stats(row: dict, idx: np.ndarray) -> dict:
     out["train"] = row.get("train", [])
     out["runs"] = row["runs"]  # per seed, with the per-prompt scores a later paired comparison needs
     return out
+
+
+def has_judge(rows: list[dict]) -> bool:
+    """Whether every run of ``rows`` was also scored by the independent judge (per prompt)."""
+    return all(f"{JUDGE}_by_prompt" in run for r in rows for run in r["runs"])
 
 
 def families(rows: list[dict]) -> dict[str, list[dict]]:
@@ -104,7 +111,10 @@ def summarize(rows: list[dict], rounds: int, seed: int = 0) -> dict:
             "reference_point": {"adherence": ref[0], "diversity": ref[1],
                                 "rule": "worst adherence and diversity among all rows, minus 5% of each span"},
             "rows": stats, "hypervolume": hv, "hypervolume_difference": diffs,
-            "claims": claims(rows, idx, diffs)}
+            "claims": claims(rows, idx, diffs),
+            # Claims 1 and 3 again, with the independent judge's adherence (it reads fewer attributes: its own gap)
+            **({"claims_judge": [c for c in claims(rows, idx, diffs, JUDGE) if c["id"] in (1, 3)]}
+               if has_judge(rows) else {})}
 
 
 def _find(rows, **want):
@@ -120,9 +130,10 @@ def _claim(cid, text, statistic, est=None, lo=None, hi=None, threshold=None, hol
             "threshold": threshold, "verdict": verdict, "note": why}
 
 
-def claims(rows: list[dict], idx: np.ndarray, diffs: dict) -> list[dict]:
+def claims(rows: list[dict], idx: np.ndarray, diffs: dict, adherence: str = "adherence") -> list[dict]:
     """The paper's headline claims (METHOD.md), each decided by its interval (the paired bootstrap over prompts).
-    θ_q is the β = 0 row, θ_d the largest β's, and the merge the λ = 0.5 one towards that θ_d."""
+    θ_q is the β = 0 row, θ_d the largest β's, and the merge the λ = 0.5 one towards that θ_d. ``adherence``: the
+    trained scorer's (``adherence``) or the independent judge's (``adherence_judge``), for claims 1 and 3."""
     g1, g3 = _find(rows, kind="cfg", guidance_scale=1.0), _find(rows, kind="cfg", guidance_scale=3.0)
     trained = families(rows).get("beta", [])
     q = next((r for r in trained if r["beta"] == 0), None)
@@ -131,7 +142,7 @@ def claims(rows: list[dict], idx: np.ndarray, diffs: dict) -> list[dict]:
                  (d is None or r["theta_d"] in (None, d["name"]))), None)
     out = []
     gap = None if g1 is None or g3 is None else \
-        iv.point_mean(scores(g3, "adherence")) - iv.point_mean(scores(g1, "adherence"))
+        iv.point_mean(scores(g3, adherence)) - iv.point_mean(scores(g1, adherence))
     bar = None if gap is None else -GAP_FRACTION * gap
 
     def diff(a, b, m):
@@ -139,8 +150,8 @@ def claims(rows: list[dict], idx: np.ndarray, diffs: dict) -> list[dict]:
 
     text = "θ_q (β = 0) without CFG reaches base + CFG γ = 3 adherence: the interval lies above −10% of the gap"
     if q and g3 and gap is not None:
-        c = diff(q, g3, "adherence")
-        out.append(_claim(1, text, f"adherence {q['name']} − γ=3", c["estimate"], c["lo"], c["hi"], bar,
+        c = diff(q, g3, adherence)
+        out.append(_claim(1, text, f"{adherence} {q['name']} − γ=3", c["estimate"], c["lo"], c["hi"], bar,
                           c["lo"] > bar, f"gap γ=1→3 = {gap:.4f}"))
     else:
         out.append(_claim(1, text, "adherence θ_q − γ=3", why="needs γ = 1 and 3 rows and a β = 0 row"))
@@ -151,7 +162,7 @@ def claims(rows: list[dict], idx: np.ndarray, diffs: dict) -> list[dict]:
                           c["lo"] > 0))
     else:
         out.append(_claim(2, text, "diversity θ_d − γ=3", why="needs a γ = 3 row and a β > 0 row"))
-    out.append(_claim_merge(half, g3, gap, bar, diff))
+    out.append(_claim_merge(half, g3, gap, bar, diff, adherence))
     for cid, name in (("4a", "merge"), ("4b", "beta")):
         text = f"the {FAMILIES[name]} front beats the CFG front: the hypervolume difference's interval lies above 0"
         c = diffs.get(f"{name}_minus_cfg")
@@ -164,16 +175,16 @@ def claims(rows: list[dict], idx: np.ndarray, diffs: dict) -> list[dict]:
     return out
 
 
-def _claim_merge(half, g3, gap, bar, diff) -> dict:
+def _claim_merge(half, g3, gap, bar, diff, adherence: str = "adherence") -> dict:
     text = ("the λ = 0.5 merge keeps CFG-level adherence (its adherence difference against γ = 3 is not below −10% "
             "of the gap) and adds diversity (its diversity difference's interval lies above 0)")
     if not (half and g3 and gap is not None):
         return _claim(3, text, "adherence and diversity λ=0.5 − γ=3",
                       why="needs a λ = 0.5 merge and γ = 1, 3 rows")
-    a, v = diff(half, g3, "adherence"), diff(half, g3, "diversity")
+    a, v = diff(half, g3, adherence), diff(half, g3, "diversity")
     holds = a["lo"] > bar and v["lo"] > 0
     c = _claim(3, text, f"diversity {half['name']} − γ=3", v["estimate"], v["lo"], v["hi"], 0.0, holds,
-               f"gap γ=1→3 = {gap:.4f}; adherence {half['name']} − γ=3 = {a['estimate']:.4f} "
+               f"gap γ=1→3 = {gap:.4f}; {adherence} {half['name']} − γ=3 = {a['estimate']:.4f} "
                f"[{a['lo']:.4f}, {a['hi']:.4f}] against the bar {bar:.4f}; inside ±10% of the gap on both sides: "
                f"{bar <= a['lo'] and a['hi'] <= -bar}")
     # The verdict asks "not worse than CFG by more than 10% of the gap"; inside ±10% on both sides is recorded too

@@ -230,7 +230,7 @@ def _print_report(report: dict) -> None:
               f"[{_num(r['adherence_lo'])}, {_num(r['adherence_hi'])}]  diversity {_num(r['diversity'])} "
               f"[{_num(r['diversity_lo'])}, {_num(r['diversity_hi'])}] (reward emb "
               f"{_num(r['diversity_reward_embedder'])})  FAD {_num(r.get('fad'))}  {_num(r['frames_per_s'])} frames/s")
-    for c in report["claims"]:
+    for c in report["claims"] + report.get("claims_judge", []):
         print(f"claim {c['id']}: {c['verdict']}  {c['statistic']} = {_num(c['estimate'])} "
               f"[{_num(c['lo'])}, {_num(c['hi'])}]")
 

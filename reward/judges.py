@@ -62,7 +62,9 @@ class Judges:
         """Quality score ``[N]``: mean scorer probability of the attributes each prompt asks for."""
         probs = self.scorer.predict_proba(wav, self.codec.sample_rate)
         if self.schema is not None:
-            return adherence(probs, [self.schema.parse(p) for p in prompts], self.schema.attributes)
+            # Only the attributes the scorer reads well above chance count (captions.json's "scored").
+            requested = [self.schema.scored_only(self.schema.parse(p)) for p in prompts]
+            return adherence(probs, requested, self.schema.attributes)
         return adherence(probs, [parse_prompt(p) for p in prompts], ATTRIBUTES)
 
     def judge_adherence(self, wav: torch.Tensor, prompts: list[str]) -> torch.Tensor:

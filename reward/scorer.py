@@ -267,6 +267,29 @@ def scorer_accuracy(model: AttributeScorer, clips: np.ndarray, labels: np.ndarra
     return {name: c / wav.shape[0] for name, c in correct.items()}
 
 
+def attributes_above_chance(accuracy: dict[str, float], labels: np.ndarray, attributes: Attributes,
+                            z: float = 3.0) -> tuple[list[str], dict[str, dict]]:
+    """The attributes a scorer reads well above chance, and each attribute's figures.
+
+    ``accuracy``: per-attribute top-1 accuracy on ``labels [N, n_attributes]`` (held-out clips). Chance is what
+    always answering the most common value scores on those clips, ``c``; an attribute is kept when its accuracy is at
+    least ``z`` binomial standard errors above it, ``c + z·sqrt(c(1 - c) / N)``. Returns ``(kept, report)`` with
+    ``report[name] = {accuracy, chance, bar, kept}``."""
+    y = np.asarray(labels)
+    if y.ndim != 2 or y.shape[1] != len(attributes) or len(y) == 0:
+        raise ValueError(f"labels: expected [N >= 1, {len(attributes)}], got {list(y.shape)}")
+    kept, report = [], {}
+    for j, name in enumerate(attributes):
+        chance = float(np.bincount(y[:, j], minlength=len(attributes[name])).max() / len(y))
+        bar = chance + z * float(np.sqrt(chance * (1 - chance) / len(y)))
+        ok = bool(accuracy[name] >= bar) and chance < 1.0  # one value only: nothing to read
+        report[name] = {"accuracy": round(float(accuracy[name]), 4), "chance": round(chance, 4),
+                        "bar": round(bar, 4), "kept": ok}
+        if ok:
+            kept.append(name)
+    return kept, report
+
+
 def save_scorer(model: AttributeScorer, directory: str | os.PathLike) -> None:
     """Write ``model`` to ``directory`` (``model.safetensors`` + ``config.json`` with the attribute table)."""
     write_checkpoint(directory, model.state_dict(),

@@ -216,7 +216,10 @@ class _Builder:
         from divcfg.common.codec_eval import codec_figures
         figures = codec_figures(codec, self.audio[n_train:], round_tripped=heldout_decoded, accuracy=lambda w: (
             scorer_accuracy(scorer, w, labels[n_train:], codec.sample_rate)))
-        return {"accuracy": figures["accuracy"]["round_trip"], "codec": figures}
+        stage = {"accuracy": figures["accuracy"]["round_trip"], "codec": figures}
+        if self.src is not None:  # a world of real music keeps only the attributes its scorer reads (captions.json)
+            stage["attributes"] = self.src.keep_scored(figures["accuracy"]["round_trip"], labels[n_train:])
+        return stage
 
     def measure(self) -> dict:
         measured = _measure(self.world, self.p, self.seed)
@@ -306,6 +309,7 @@ def _report(world: World, state: dict) -> dict:
         "prompt_nats_per_clip": m.get("prompt_nats_per_clip"),
         "embedder_recall_at_1": done["embedders"]["recall_at_1"],
         "scorer_accuracy": done["scorer"]["accuracy"],
+        **({"scorer_attributes": done["scorer"]["attributes"]} if "attributes" in done["scorer"] else {}),
         "codec_distinct_codes": done["tokens"]["distinct_codes"],
         "text_encoder_accuracy": done["base"].get("text_accuracy"),
         "codec_reconstruction": done["tokens"]["reconstruction"],

@@ -178,6 +178,20 @@ class MusicSource:
         """world.json's corpus figures (empty on a resumed build that did not remake the corpus)."""
         return {k: v for k, v in self.facts.items() if k != "clips"}
 
+    def keep_scored(self, accuracy: dict[str, float], heldout_labels: np.ndarray) -> dict:
+        """Keep, for the trained scorer's adherence, only the attributes it reads from decoded held-out audio well
+        above chance (reward/scorer.py: ``attributes_above_chance``); the others stay in the captions (the base
+        model reads them) but no longer count. Saved in captions.json; returns world.json's figures."""
+        from dataclasses import replace
+
+        from divcfg.reward.scorer import attributes_above_chance
+
+        kept, report = attributes_above_chance(accuracy, heldout_labels, self.attributes)
+        self.schema = replace(self.schema, scored=tuple(kept))
+        self.schema.save(self.world_dir)
+        return {"kept": kept, "dropped": [a for a in report if not report[a]["kept"]], "by_attribute": report,
+                "rule": "held-out round-trip accuracy >= chance (most common value) + 3 binomial SE"}
+
     def measure_judge(self, world_dir: str | os.PathLike) -> dict:
         """The independent judge's accuracy per attribute on the held-out clips, as rendered and after the codec's
         round trip: its ceiling, and what the codec's decoding costs it."""

@@ -154,6 +154,33 @@ def test_a_claim_fails_when_its_interval_straddles_the_bar():
     assert claim1["verdict"] == "not measured"
 
 
+def test_the_independent_judge_decides_claims_1_and_3_by_its_own_adherence():
+    from divcfg.reward.eval_report import summarize
+    rng = np.random.default_rng(2)
+    noise = lambda s=1: rng.normal(0, 0.01, size=(s, 40))  # noqa: E731
+    rows = [_row("base γ=1", "cfg", 0.40 + noise(), 0.76 + noise()),
+            _row("base γ=3", "cfg", 0.56 + noise(), 0.55 + noise(), gamma=3.0),
+            _row("q", "group", 0.56 + noise(2), 0.53 + noise(2), beta=0.0),
+            _row("d", "group", 0.45 + noise(2), 0.80 + noise(2), beta=15.0),
+            _row("merge β=15 λ=0.5", "merge", 0.555 + noise(2), 0.70 + noise(2), lam=0.5, beta=15.0, theta_d="d")]
+    assert "claims_judge" not in summarize(rows, 200)  # no judge in these runs: nothing to decide
+    # The judge hears γ = 3 well above γ = 1 (gap 0.2) but q and the merge far below γ = 3 (−0.1 < −10% of the gap).
+    judge = {"base γ=1": 0.5, "base γ=3": 0.7, "q": 0.6, "d": 0.5, "merge β=15 λ=0.5": 0.6}
+    for r in rows:
+        for run in r["runs"]:
+            by = judge[r["name"]] + rng.normal(0, 0.01, 40)
+            run["adherence_judge"], run["adherence_judge_by_prompt"] = float(by.mean()), by.tolist()
+    report = summarize(rows, 200)
+    scorer = {c["id"]: c["verdict"] for c in report["claims"]}
+    heard = {c["id"]: c for c in report["claims_judge"]}
+    assert scorer[1] == scorer[3] == "holds" and set(heard) == {1, 3}
+    assert heard[1]["verdict"] == heard[3]["verdict"] == "fails"
+    assert heard[1]["estimate"] == pytest.approx(-0.1, abs=0.01) and heard[1]["threshold"] == pytest.approx(-0.02,
+                                                                                                           abs=0.003)
+    q = next(r for r in report["rows"] if r["name"] == "q")
+    assert q["adherence_judge"] == pytest.approx(0.6, abs=0.01) and q["adherence_judge_lo"] < q["adherence_judge"]
+
+
 def test_a_relative_codec_path_is_relative_to_the_checkpoint(tmp_path):
     """The world's base model names its codec as ../codec: its world is the directory above it."""
     save_policy(build_policy(seed=0), tmp_path / "world" / "base", meta={"codec": "../codec"})

@@ -10,6 +10,7 @@ import torch
 from divcfg.reward.scorer import (
     AttributeScorer,
     adherence,
+    attributes_above_chance,
     load_scorer,
     save_scorer,
     scorer_accuracy,
@@ -49,6 +50,25 @@ def test_adherence_hand_computed():
         adherence(probs, [{"waveform": "triangle"}, {}, {}], table)
     with pytest.raises(ValueError, match="tempo"):
         adherence(probs, [{"tempo": "fast"}, {}, {}], table)
+
+
+def test_attributes_above_chance_hand_computed():
+    # 100 clips. register: 80 low / 20 high, so chance is 0.8 and the bar 0.8 + 3·sqrt(0.8·0.2/100) = 0.92.
+    # waveform: 50 / 50, chance 0.5, bar 0.5 + 3·0.05 = 0.65.
+    labels = np.zeros((100, 2), np.int64)
+    labels[80:, 0] = 1
+    labels[50:, 1] = 1
+    kept, report = attributes_above_chance({"register": 0.91, "waveform": 0.66}, labels, ATTRIBUTES)
+    assert kept == ["waveform"]
+    assert report["register"] == {"accuracy": 0.91, "chance": 0.8, "bar": 0.92, "kept": False}
+    assert report["waveform"]["bar"] == pytest.approx(0.65) and report["waveform"]["kept"] is True
+    kept, _ = attributes_above_chance({"register": 0.93, "waveform": 0.64}, labels, ATTRIBUTES)
+    assert kept == ["register"]
+    # One value only: nothing to read, whatever the accuracy.
+    kept, _ = attributes_above_chance({"register": 1.0, "waveform": 1.0}, np.zeros((10, 2), np.int64), ATTRIBUTES)
+    assert kept == []
+    with pytest.raises(ValueError, match=r"labels: expected \[N >= 1, 2\]"):
+        attributes_above_chance({}, np.zeros((3, 1), np.int64), ATTRIBUTES)
 
 
 def test_tempogram_peaks_at_the_beat_period():

@@ -42,8 +42,13 @@ def test_music_world_builds_end_to_end(tmp_path):
     # The ceiling is well above chance on the clips as rendered (register has three values, mode two).
     assert judge["rendered"]["register"] > 0.6 and judge["rendered"]["mode"] > 0.6, judge
     assert info["adherence_judge_cfg1"] is not None and info["adherence_judge_cfg3"] is not None
+    # The scorer counts only the attributes it reads above chance; world.json says which were dropped and why.
+    chosen = info["scorer_attributes"]
+    assert set(chosen["kept"]) | set(chosen["dropped"]) == set(music["attribute_counts"])
+    assert all(chosen["by_attribute"][a]["accuracy"] >= chosen["by_attribute"][a]["bar"] for a in chosen["kept"])
     # The judges read the world's own schema: music captions parse to music attributes.
     judges = Judges.load(out)
+    assert judges.schema.scored == tuple(chosen["kept"])
     assert judges.schema.parse("a slow Bach chorale for strings") == {"style": "bach-chorale",
                                                                        "instrument": "strings", "tempo": "slow"}
     # Built from another kind: refused, as a world of another size or seed is.

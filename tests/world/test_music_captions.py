@@ -46,6 +46,25 @@ def test_schema_round_trips_as_data(tmp_path):
         loaded.parse("a slow tune at a fast tempo")
 
 
+def test_scored_attributes_round_trip_and_filter_what_counts(tmp_path):
+    from dataclasses import replace
+
+    from divcfg.common.caption_schema import load_schema
+
+    assert SCHEMA.scored is None and SCHEMA.scored_only({"tempo": "slow", "mode": "minor"}) == {"tempo": "slow",
+                                                                                              "mode": "minor"}
+    scored = replace(SCHEMA, scored=("mode", "instrument"))
+    scored.save(tmp_path)
+    loaded = load_schema(tmp_path)
+    assert loaded.scored == ("mode", "instrument")
+    assert loaded.scored_only({"tempo": "slow", "mode": "minor"}) == {"mode": "minor"}
+    with pytest.raises(ValueError, match=r"scored attributes \['loudness'\]"):
+        replace(SCHEMA, scored=("loudness",))
+    (tmp_path / "captions.json").write_text('{"attributes": {}, "phrases": {}, "scored": "mode"}')
+    with pytest.raises(ValueError, match="'scored' must be a list"):
+        load_schema(tmp_path)
+
+
 def test_attribute_rules():
     assert [meter_of(t) for t in ("2/4", "4/4", "2/2", "3/4", "3/8", "6/8", "9/8", "12/8", "5/8", "3+2/8", None)] == [
         "duple", "duple", "duple", "triple", "triple", "compound", "compound", "compound", None, None, None]
