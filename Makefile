@@ -4,6 +4,9 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 # Arguments for the main job, e.g. `make run ARGS="algo.beta=15 actors.count=4"`.
 ARGS   ?=
+# The world `make run` trains on (built first when missing): real music (README "Real-music world"). For the
+# procedural world instead: `make run WORLD="world.size=small"`.
+WORLD  ?= world.kind=music world.dir=worlds/music_small
 
 .PHONY: run test test-slow test-all bench clean
 
@@ -17,7 +20,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 run: $(VENV)/.installed
-	$(VENV)/bin/divcfg train $(ARGS)
+	$(VENV)/bin/divcfg train $(WORLD) $(ARGS)
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q

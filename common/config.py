@@ -61,6 +61,10 @@ class WorldRef:
     """World size: tiny (tests) or small (quickstart and acceptance runs)."""
     dir: str = "worlds/${world.size}"
     """Where the world lives; built there first if missing."""
+    kind: str = "procedural"
+    """What a missing world is built as: procedural (synthetic tones) or music (real works from music21's corpus
+    rendered with a SoundFont, judged also by Basic Pitch; `make run` uses it, in worlds/music_small). A world that is
+    already built is used as it is, whatever its kind."""
     seed: int = 0
     """Seed of the world build."""
 

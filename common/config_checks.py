@@ -69,6 +69,7 @@ def _check_algo(a) -> None:
 
 def _check_roles(cfg) -> None:
     check(cfg.world.size in ("tiny", "small"), "world.size", cfg.world.size, "must be tiny or small")
+    check(cfg.world.kind in ("procedural", "music"), "world.kind", cfg.world.kind, "must be procedural or music")
     check(cfg.actors.count >= 1, "actors.count", cfg.actors.count, "must be >= 1")
     check(cfg.actors.spares >= 0, "actors.spares", cfg.actors.spares, "must be >= 0")
     check(cfg.reward.spares >= 0, "reward.spares", cfg.reward.spares, "must be >= 0")

@@ -59,7 +59,8 @@ def _train(cfg) -> dict:
         _init_ray(cfg)  # joins or starts the cluster first: a resource request it can't meet fails before any work
     torch.set_num_threads(cfg.learner.threads)
     torch.manual_seed(cfg.run.seed)
-    world = ensure_world(cfg.world.dir, cfg.world.size, cfg.world.seed, progress=cfg.logging.progress)
+    world = ensure_world(cfg.world.dir, cfg.world.size, cfg.world.seed, progress=cfg.logging.progress,
+                         kind=cfg.world.kind)
     world_dir = str(world.root.resolve())
     steps = cfg.learner.steps or WORLD_STEPS[cfg.world.size]
     # The policy source: where the base model and the codec come from.

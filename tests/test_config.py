@@ -21,6 +21,7 @@ def test_defaults_validate():
     ("algo.baseline", "median", "algo.baseline='median': must be none, mean or loo"),
     ("algo.kl_reduction", "max", "algo.kl_reduction='max': must be mean or sum"),
     ("world.size", "huge", "world.size='huge': must be tiny or small"),
+    ("world.kind", "jazz", "world.kind='jazz': must be procedural or music"),
     ("learner.mode", "fast", "learner.mode='fast'"),
     ("model.family", "jax", "model.family='jax': must be divcfg or musicgen"),
     ("model.family", "musicgen", "model.musicgen=None: model.family=musicgen needs a Hub id"),

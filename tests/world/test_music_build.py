@@ -55,3 +55,17 @@ def test_music_world_builds_end_to_end(tmp_path):
     again = subprocess.run([cli, "world", "build", "--size", "tiny", "--out", str(out), "--no-progress"],
                            capture_output=True, text=True, timeout=600)
     assert again.returncode == 2 and "'kind': 'music'" in again.stderr
+
+
+def test_a_missing_world_is_built_as_the_kind_the_job_asks(tmp_path, monkeypatch):
+    """`divcfg train world.kind=music` builds a missing world as real music (what `make run` does)."""
+    from divcfg.world import build
+    seen = {}
+
+    def building(root, size, seed, progress=True, kind="procedural"):
+        seen.update(root=str(root), size=size, kind=kind)
+        raise build.WorldError("stopped before the build")
+    monkeypatch.setattr(build, "build_world", building)
+    with pytest.raises(build.WorldError, match="stopped before the build"):
+        build.ensure_world(tmp_path / "w", "tiny", kind="music", progress=False)
+    assert seen == {"root": str(tmp_path / "w"), "size": "tiny", "kind": "music"}
