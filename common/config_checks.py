@@ -97,7 +97,5 @@ def _check_learner(cfg) -> None:
     check(cfg.learner.num_gpus >= 0, "learner.num_gpus", cfg.learner.num_gpus, "must be >= 0")
     check(cfg.learner.num_cpus >= 0, "learner.num_cpus", cfg.learner.num_cpus, "must be >= 0")
     check(cfg.learner.shard in ("none", "fsdp"), "learner.shard", cfg.learner.shard, "must be none or fsdp")
-    check(cfg.learner.shard != "fsdp" or cfg.model.family == "divcfg", "learner.shard", cfg.learner.shard,
-          f"FSDP sharding is implemented for model.family=divcfg only, not {cfg.model.family}")
     check(cfg.probe.samples >= 2, "probe.samples", cfg.probe.samples, "diversity needs >= 2 samples per prompt")
     check(cfg.checkpoint.every >= 1, "checkpoint.every", cfg.checkpoint.every, "must be >= 1")

@@ -32,10 +32,13 @@ SHARDS = ("none", "fsdp")
 # divcfg's policy computes every layer's cross-attention keys before running the layers (one pass over the text),
 # outside each layer's forward, where a per-layer unit's weights would still be sharded: so the whole student is
 # one unit, gathered for the forward and backward and sharded again (with its gradients and Adam state) between
-# steps. MusicGen is not in it yet: its student and teacher share the frozen T5's parameter objects, which sharding
-# the student would replace, and no sharded MusicGen step has been tested.
+# steps. MusicGen's decoder layers run whole inside their own forward, so each trained layer is a unit and only one
+# layer's full weights exist at a time. Frozen parameters (MusicGen's T5, divcfg's frozen text encoder, the layers
+# below model.train_layers) are never sharded: the teacher shares those parameter objects with the student.
 FSDP_BLOCKS: dict[str, Callable[[torch.nn.Module], list[torch.nn.Module]]] = {
     "divcfg": lambda policy: [],
+    "musicgen": lambda policy: [layer for layer in policy.decoder.model.decoder.layers
+                                if any(p.requires_grad for p in layer.parameters())],
 }
 
 
@@ -114,9 +117,10 @@ class DataParallel:
                                            process_group=self.group)
         from torch.distributed.fsdp import fully_shard
         # One FSDP unit per block, so only one block's full weights exist at a time; the root holds the rest.
+        frozen = {p for p in module.parameters() if not p.requires_grad}
         for block in FSDP_BLOCKS[self.family](module.student):
-            fully_shard(block)
-        fully_shard(module)
+            fully_shard(block, ignored_params=frozen & set(block.parameters()) or None)
+        fully_shard(module, ignored_params=frozen or None)
         return module
 
     def reduce(self, sums: torch.Tensor, maxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
