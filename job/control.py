@@ -77,7 +77,8 @@ def start_control(run_name: str, target: int):
     # Pinned to the driver's node: anywhere else, losing that node would take the scaling control (and the run,
     # which polls it) down while the driver is still healthy.
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-    actor = ray.remote(num_cpus=0)(PoolControl).options(
+    # Polled every step: its calls' task events would pile up in the GCS as the members' would (actors/rollout.py).
+    actor = ray.remote(num_cpus=0, enable_task_events=False)(PoolControl).options(
         name=control_name(run_name), namespace=NAMESPACE, get_if_exists=True, scheduling_strategy=here).remote(target)
     ray.get(actor.set_target.remote(target))
     return actor

@@ -287,7 +287,7 @@ class LearnerGroup:
             ray.util.remove_placement_group(self.pg)
             raise TimeoutError(f"the cluster could not reserve learner.workers={workers} × {bundle} in "
                                f"{ready_timeout_s:g} s")
-        actor = ray.remote(LearnerGroupActor)
+        actor = ray.remote(enable_task_events=False)(LearnerGroupActor)  # as the members': actors/rollout.py
         # Named (learner-<group>-<rank>), so an operator or a chaos test can find a worker; unique per group, since
         # a rebuilt group starts while the dead one's names may still be held.
         tag = uuid.uuid4().hex[:8]

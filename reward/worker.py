@@ -79,5 +79,6 @@ class RewardWorker:
 
 
 def remote_reward_worker(num_cpus: float, num_gpus: float):
+    """The Ray shell, as actors/rollout.py's (no restarts, no task events: see there why)."""
     import ray
-    return ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=0)(RewardWorker)
+    return ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=0, enable_task_events=False)(RewardWorker)
