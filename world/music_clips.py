@@ -187,10 +187,13 @@ class MusicSource:
         from divcfg.reward.scorer import attributes_above_chance
 
         kept, report = attributes_above_chance(accuracy, heldout_labels, self.attributes)
+        # A scorer that reads nothing above chance (a tiny world's can) can't choose: adherence then counts all.
+        note = {} if kept else {"note": "no attribute above chance: all of them count"}
+        kept = kept or list(self.attributes)
         self.schema = replace(self.schema, scored=tuple(kept))
         self.schema.save(self.world_dir)
-        return {"kept": kept, "dropped": [a for a in report if not report[a]["kept"]], "by_attribute": report,
-                "rule": "held-out round-trip accuracy >= chance (most common value) + 3 binomial SE"}
+        return {"kept": kept, "dropped": [a for a in self.attributes if a not in kept], "by_attribute": report,
+                "rule": "held-out round-trip accuracy >= chance (most common value) + 3 binomial SE", **note}
 
     def measure_judge(self, world_dir: str | os.PathLike) -> dict:
         """The independent judge's accuracy per attribute on the held-out clips, as rendered and after the codec's

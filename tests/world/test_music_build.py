@@ -45,7 +45,8 @@ def test_music_world_builds_end_to_end(tmp_path):
     # The scorer counts only the attributes it reads above chance; world.json says which were dropped and why.
     chosen = info["scorer_attributes"]
     assert set(chosen["kept"]) | set(chosen["dropped"]) == set(music["attribute_counts"])
-    assert all(chosen["by_attribute"][a]["accuracy"] >= chosen["by_attribute"][a]["bar"] for a in chosen["kept"])
+    assert all(chosen["by_attribute"][a]["accuracy"] >= chosen["by_attribute"][a]["bar"] for a in chosen["kept"]) \
+        or "note" in chosen  # none above chance: all kept, and said so
     # The judges read the world's own schema: music captions parse to music attributes.
     judges = Judges.load(out)
     assert judges.schema.scored == tuple(chosen["kept"])
@@ -69,3 +70,21 @@ def test_a_missing_world_is_built_as_the_kind_the_job_asks(tmp_path, monkeypatch
     with pytest.raises(build.WorldError, match="stopped before the build"):
         build.ensure_world(tmp_path / "w", "tiny", kind="music", progress=False)
     assert seen == {"root": str(tmp_path / "w"), "size": "tiny", "kind": "music"}
+
+
+def test_a_scorer_that_reads_nothing_above_chance_keeps_every_attribute(tmp_path):
+    import numpy as np
+
+    from divcfg.common.caption_schema import load_schema
+    from divcfg.common.world_dir import size_params
+    from divcfg.world.music_clips import music_source
+    src = music_source("tiny", size_params("tiny"), 0, tmp_path)
+    names = list(src.attributes)
+    labels = np.zeros((40, len(names)), np.int64)
+    labels[::2] = 1  # two values half and half: chance 0.5, bar 0.74
+    weak = src.keep_scored(dict.fromkeys(names, 0.5), labels)
+    assert weak["kept"] == names and weak["dropped"] == [] and "note" in weak
+    assert load_schema(tmp_path).scored == tuple(names)
+    strong = src.keep_scored({**dict.fromkeys(names, 0.5), names[0]: 0.9}, labels)
+    assert strong["kept"] == names[:1] and strong["dropped"] == names[1:] and "note" not in strong
+    assert load_schema(tmp_path).scored == (names[0],)
