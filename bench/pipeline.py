@@ -64,7 +64,8 @@ def train_args(variant: str, run_dir: Path, world_size: str, world_dir: str, ste
                beta: float, extra: tuple[str, ...] = (), comparison: str = "mode") -> list[str]:
     """``divcfg train`` overrides of one benchmark run: ``variant`` of ``comparison`` (e.g. async of mode)."""
     return [f"world.size={world_size}", f"world.dir={world_dir}", f"run.dir={run_dir}",
-            *COMPARISONS[comparison][2][variant], f"learner.steps={steps}", f"actors.count={actors}", f"reward.count={reward}",
+            *COMPARISONS[comparison][2][variant], f"learner.steps={steps}", f"actors.count={actors}",
+            f"reward.count={reward}",
             f"algo.beta={beta}", "logging.every=1",  # per-step scalars: the window is cut at step boundaries
             "logging.progress=false", "logging.audio_every=0", f"checkpoint.every={steps}",
             "probe.prompts=1", "probe.samples=2",  # the probes are outside the loop; keep them short

@@ -124,8 +124,9 @@ def submit(overrides: list[str], address: str, *, working_dir: str | None = ".",
     ``run.resume`` is given), so with ``run.dir`` on shared storage the new attempt resumes from the last checkpoint.
     ``timeout_s`` bounds each attempt's wait.  Returns the id of the last attempt.
 
-    The driver is a light scheduler that needs no GPU: the learner is a group of Ray actors (``learner.placement=group``,
-    the default), placed by ``learner.num_gpus`` and ``learner.resources`` among the overrides.
+    The driver is a light scheduler that needs no GPU: the learner is a group of Ray actors
+    (``learner.placement=group``, the default), placed by ``learner.num_gpus`` and ``learner.resources`` among the
+    overrides.
     """
     _check_options(max_retries, timeout_s, job_id)
 

@@ -183,7 +183,8 @@ def _claim_merge(half, g3, gap, bar, diff, adherence: str = "adherence") -> dict
                       why="needs a λ = 0.5 merge and γ = 1, 3 rows")
     a, v = diff(half, g3, adherence), diff(half, g3, "diversity")
     holds = a["lo"] > bar and v["lo"] > 0
-    c = _claim(3, text, f"diversity {half['name']} − γ=3", v["estimate"], v["lo"], v["hi"], 0.0, holds,
+    judged = "" if adherence == "adherence" else f" ({adherence} on the bar)"  # claims_judge's claim 3 says so
+    c = _claim(3, text, f"diversity {half['name']} − γ=3{judged}", v["estimate"], v["lo"], v["hi"], 0.0, holds,
                f"gap γ=1→3 = {gap:.4f}; {adherence} {half['name']} − γ=3 = {a['estimate']:.4f} "
                f"[{a['lo']:.4f}, {a['hi']:.4f}] against the bar {bar:.4f}; inside ±10% of the gap on both sides: "
                f"{bar <= a['lo'] and a['hi'] <= -bar}")

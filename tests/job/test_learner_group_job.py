@@ -129,9 +129,9 @@ def test_a_killed_learner_worker_is_rebuilt_from_the_last_checkpoint(tiny_world,
     thread.join(timeout=5)
     assert len(killed) == 3
     summary = json.loads((run / "summary.json").read_text())
-    print("learner chaos:", json.dumps({k: summary[k] for k in ("steps", "learner_restarts", "samples", "samples_redone",
-                                                                 "groups_generated", "groups_used", "groups_stale",
-                                                                 "groups_dropped", "wall_s")}))
+    shown = ("steps", "learner_restarts", "samples", "samples_redone", "groups_generated", "groups_used",
+             "groups_stale", "groups_dropped", "wall_s")
+    print("learner chaos:", json.dumps({k: summary[k] for k in shown}))
     assert summary["learner_restarts"] == 3 and summary["steps"] == steps
     # Steps trained again after a rollback count once in the kept samples; the work redone is counted beside them
     assert summary["samples"] == steps * batch * 2 and summary["samples_redone"] >= 0
