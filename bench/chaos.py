@@ -26,6 +26,10 @@ import numpy as np
 
 from divcfg.bench.common import machine_info, print_table, write_results
 
+# Targets with warm spares (actors.spares, reward.spares >= 1): recovery median and max in seconds, and samples/s
+# during the kills as a share of samples/s before them.
+SPARES_MEDIAN_S, SPARES_MAX_S, SPARES_KEPT = 3.0, 10.0, 0.5
+
 
 class Killer(threading.Thread):
     """Every ``every`` seconds, kills one random member that is up (it has returned a result) and not yet killed,
@@ -161,7 +165,7 @@ def run(world: str, actors: int = 2, reward_workers: int = 1, kills: int = 10, k
     killer.halt.set()
     wall = time.perf_counter() - t0
     ray.shutdown()
-    results = _figures(phases, killer, topo, acct, stream, t0, kills)
+    results = _figures(phases, killer, topo, acct, stream, t0, kills, spares)
     results.append(_entry("run", wall, "s", steps=len(phases.steps), loadavg_1m_start=round(load_start, 2),
                           actors=actors, reward_workers=reward_workers, spares=spares, kill_every_s=kill_every,
                           group_size=algo.group_size, batch_prompts=algo.batch_prompts))
@@ -178,8 +182,9 @@ def _entry(name, value, unit, target=None, met=None, baseline=None, **extra) -> 
                 met=met, **extra)
 
 
-def _figures(phases: Phases, killer: Killer, topo, acct, stream, t0: float, kills: int) -> list[dict]:
-    """Recoveries, the books (nothing lost, nothing used twice, no partial group) and throughput per phase."""
+def _figures(phases: Phases, killer: Killer, topo, acct, stream, t0: float, kills: int, spares: int = 0) -> list[dict]:
+    """Recoveries, the books (nothing lost, nothing used twice, no partial group) and throughput per phase. With warm
+    spares, the recovery and throughput targets apply (RELIABILITY.md); without, the figures are the baseline."""
     per_kill = [{"role": k["role"], "at_s": round(k["t"] - t0, 2),
                  "recovery_s": None if (r := recovery_s(topo, k)) is None else round(r, 2)} for k in killer.kills]
     recovered = [k["recovery_s"] for k in per_kill if k["recovery_s"] is not None]
@@ -190,22 +195,59 @@ def _figures(phases: Phases, killer: Killer, topo, acct, stream, t0: float, kill
                  requeued=acct.requeued, unfinished=acct.unfinished, failures=dict(acct.failures))
     # The first step waits for the actors to start; the baseline window opens when it ends.
     before = phases.samples_per_s(phases.steps[0][0], "kills_start")
+    during = phases.samples_per_s("kills_start", "recovered")
     after = phases.samples_per_s("recovered", phases.steps[-1][0])
+    median, worst = (statistics.median(recovered), max(recovered)) if recovered else (None, None)
+    kept = during / before if during and before else None
+
+    def target(value, bound, below=True):  # (target, met) where spares are on, else no target
+        if not spares:
+            return dict(target=None, met=None)
+        return dict(target=bound, met=None if value is None else (value <= bound if below else value >= bound))
     return [
         _entry("kills", len(killer.kills), "kills", target=kills, met=len(killer.kills) >= kills,
                rollout=sum(k["role"] == "rollout" for k in per_kill),
                reward=sum(k["role"] == "reward" for k in per_kill)),
         _entry("recovered", len(recovered), "kills", target=len(per_kill), met=len(recovered) == len(per_kill)),
-        _entry("recovery_median", statistics.median(recovered) if recovered else None, "s", kills=per_kill),
-        _entry("recovery_max", max(recovered) if recovered else None, "s"),
+        _entry("recovery_median", median, "s", kills=per_kill, **target(median, SPARES_MEDIAN_S)),
+        _entry("recovery_max", worst, "s", **target(worst, SPARES_MAX_S)),
         _entry("groups_lost", lost, "groups", target=0, met=lost == 0, books=books),
         _entry("groups_duplicated", duplicates, "groups", target=0, met=duplicates == 0),
         _entry("partial_groups_at_learner", phases.partial, "groups", target=0, met=phases.partial == 0),
         _entry("samples_per_s_before", before, "samples/s"),
-        _entry("samples_per_s_during", phases.samples_per_s("kills_start", "recovered"), "samples/s",
-               baseline=before),
+        _entry("samples_per_s_during", during, "samples/s", baseline=before),
+        _entry("throughput_kept_during_kills", kept, "ratio", **target(kept, SPARES_KEPT, below=False)),
         _entry("samples_per_s_after", after, "samples/s", baseline=before),
     ]
+
+
+def compare(world: str, settings: list[int], json_out: str | None = None, **kw) -> list[dict]:
+    """The chaos run once per number of warm spares, in one call (same machine, same load, back to back), each
+    setting's figures named ``chaos/spares=K/...``, and the recovery median and throughput kept of each setting
+    against the first one's."""
+    runs = {k: run(world, spares=k, **kw) for k in settings}
+    results = [dict(r, name=r["name"].replace("chaos/", f"chaos/spares={k}/", 1)) for k, rs in runs.items() for r in rs]
+    first = {r["name"]: r for r in runs[settings[0]]}
+    for k in settings[1:]:
+        this = {r["name"]: r for r in runs[k]}
+        for name in ("recovery_median", "throughput_kept_during_kills"):
+            a, b = this[f"chaos/{name}"]["value"], first[f"chaos/{name}"]["value"]
+            results.append(_entry(f"spares={k}_against_{settings[0]}/{name}", a, first[f"chaos/{name}"]["unit"],
+                                  baseline=b))
+    if json_out:
+        write_results(json_out, results, machine_info("cpu"))
+    print_table(results)
+    return results
+
+
+def _spares(text: str) -> list[int]:
+    try:
+        out = [int(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--spares must be integers separated by commas, got {text!r}") from None
+    if any(k < 0 for k in out) or len(set(out)) != len(out):
+        raise argparse.ArgumentTypeError(f"--spares must be distinct numbers >= 0, got {text!r}")
+    return out
 
 
 def main(argv=None) -> int:
@@ -213,7 +255,9 @@ def main(argv=None) -> int:
     ap.add_argument("--world", default="worlds/tiny", help="tiny world directory (built there if missing)")
     ap.add_argument("--actors", type=int, default=2, help="rollout actors")
     ap.add_argument("--reward-workers", type=int, default=1)
-    ap.add_argument("--spares", type=int, default=0, help="warm spares per role (actors.spares, reward.spares)")
+    ap.add_argument("--spares", type=_spares, default=[0],
+                    help="warm spares per role (actors.spares, reward.spares); several, e.g. 0,1, run one after the "
+                         "other in this call and are compared against the first")
     ap.add_argument("--kills", type=int, default=10, help="kills to make (>= 1)")
     ap.add_argument("--kill-every", type=float, default=3.0, help="seconds between kills (> 0)")
     ap.add_argument("--steps-before", type=int, default=6, help="learner steps before the first kill (>= 2)")
@@ -222,14 +266,18 @@ def main(argv=None) -> int:
     ap.add_argument("--max-minutes", type=float, default=20.0, help="stop the run after this long, whatever happened")
     ap.add_argument("--json", dest="json_out")
     args = ap.parse_args(argv)
-    for name, low in (("actors", 1), ("reward_workers", 1), ("kills", 1), ("steps_before", 2), ("steps_after", 1),
-                      ("spares", 0)):
+    for name, low in (("actors", 1), ("reward_workers", 1), ("kills", 1), ("steps_before", 2), ("steps_after", 1)):
         if getattr(args, name) < low:
             ap.error(f"--{name.replace('_', '-')} must be >= {low}, got {getattr(args, name)}")
     if args.kill_every <= 0:
         ap.error(f"--kill-every must be > 0, got {args.kill_every}")
-    results = run(args.world, args.actors, args.reward_workers, args.kills, args.kill_every, args.steps_before,
-                  args.steps_after, args.seed, args.max_minutes, args.json_out, args.spares)
+    kw = dict(actors=args.actors, reward_workers=args.reward_workers, kills=args.kills, kill_every=args.kill_every,
+              steps_before=args.steps_before, steps_after=args.steps_after, seed=args.seed,
+              max_minutes=args.max_minutes)
+    if len(args.spares) == 1:
+        results = run(args.world, spares=args.spares[0], json_out=args.json_out, **kw)
+    else:
+        results = compare(args.world, args.spares, json_out=args.json_out, **kw)
     return 0 if all(r["met"] is not False for r in results) else 1
 
 

@@ -20,7 +20,9 @@ def test_recovery_follows_replacements_that_died_before_their_first_result():
     (["--kills", "0"], "--kills must be >= 1, got 0"),
     (["--kill-every", "0"], "--kill-every must be > 0, got 0.0"),
     (["--steps-before", "1"], "--steps-before must be >= 2, got 1"),
-    (["--spares", "-1"], "--spares must be >= 0, got -1"),
+    (["--spares", "-1"], "--spares must be distinct numbers >= 0, got '-1'"),
+    (["--spares", "0,x"], "--spares must be integers separated by commas, got '0,x'"),
+    (["--spares", "1,1"], "--spares must be distinct numbers >= 0, got '1,1'"),
 ])
 def test_bad_arguments_are_named(args, words, capsys):
     with pytest.raises(SystemExit) as e:
@@ -41,3 +43,19 @@ def test_short_chaos_run_loses_nothing(tiny_world, tmp_path):
     assert sum(books["failures"].values()) == 3  # each kill noticed once
     assert results["chaos/samples_per_s_after"]["value"] > 0
     assert (tmp_path / "chaos.json").is_file()
+
+
+def test_compare_names_each_setting_and_takes_ratios_against_the_first(monkeypatch, tmp_path):
+    import divcfg.bench.chaos as chaos
+
+    def fake_run(world, spares, **kw):  # what run() returns, trimmed to the figures compare reads
+        median, kept = {0: (20.0, 0.2), 1: (2.0, 0.8)}[spares]
+        return [chaos._entry("recovery_median", median, "s"),
+                chaos._entry("throughput_kept_during_kills", kept, "ratio")]
+    monkeypatch.setattr(chaos, "run", fake_run)
+    out = {r["name"]: r for r in chaos.compare("w", [0, 1], json_out=str(tmp_path / "c.json"), kills=3)}
+    assert out["chaos/spares=0/recovery_median"]["value"] == 20.0
+    assert out["chaos/spares=1/recovery_median"]["value"] == 2.0
+    assert out["chaos/spares=1_against_0/recovery_median"]["ratio"] == pytest.approx(0.1)
+    assert out["chaos/spares=1_against_0/throughput_kept_during_kills"]["ratio"] == pytest.approx(4.0)
+    assert (tmp_path / "c.json").is_file()

@@ -16,9 +16,26 @@ def test_growth_compares_the_first_and_last_three_samples_after_the_mark():
     g = growth(samples, mark_s=10)
     # driver: median(100, 110, 90) = 100 -> median(120, 130, 125) = 125; the sample before the mark is ignored.
     assert g["driver:1"]["ratio"] == pytest.approx(1.25)
-    # store: median(100, 100, 100) -> median(100, 100, 300) = 100.
+    assert g["driver:1"]["statistic"] == "median of 3"
+    # store: its floor, min over the first and the last 6 samples after the mark: 100 -> 100.
     assert g["object_store"]["ratio"] == pytest.approx(1.0)
     assert "ray::RolloutWorker:7" not in g  # killed before the end: not a long-lived process
+
+
+def test_the_object_store_is_judged_by_its_floor_not_by_snapshots_in_flight():
+    # One resident snapshot (2) with one to three more in flight at any sample: the swings are not growth.
+    swings = [2, 4, 6, 2, 8, 4, 2, 4, 2, 6, 8, 2, 4]
+    g = growth([_sample(10 * i, 100, store=v) for i, v in enumerate(swings)], mark_s=0)
+    assert g["object_store"]["ratio"] == pytest.approx(1.0)
+    assert g["object_store"]["statistic"] == "minimum of 6"
+    # A leak raises the floor: one more snapshot held from the middle on doubles it.
+    leaking = swings[:6] + [v + 2 for v in swings[6:]]
+    g = growth([_sample(10 * i, 100, store=v) for i, v in enumerate(leaking)], mark_s=0)
+    assert g["object_store"]["ratio"] == pytest.approx(2.0)
+    # An empty store at both ends is no growth; empty, then not, has no ratio.
+    assert growth([_sample(0, 1, store=0), _sample(10, 1, store=0)], 0)["object_store"]["ratio"] == 1.0
+    empty_then_not = [_sample(10 * i, 1, store=0 if i < 6 else 5) for i in range(12)]
+    assert growth(empty_then_not, 0)["object_store"]["ratio"] is None
 
 
 def test_process_labels():
