@@ -18,6 +18,9 @@ idle worker, counts 0):
                 second, identical call
   other         the rest of the total: Ray's calls and the gaps between phases
 
+and ``cpu_s``: the CPU seconds (all threads) the member's process has used by its first result, which a start
+costs its node whatever else runs there (the wall-clock phases stretch with the load; this does not).
+
 Settings: ``cold`` (the job's Ray instance as ``divcfg train`` starts it) and ``preload`` (the same, plus Ray's
 ``worker_process_setup_hook`` set to :func:`preload_torch`, so that a worker process Ray started before the creation
 call may already hold torch). ``process_age_s`` per member: how long its worker process existed before the creation
@@ -110,7 +113,7 @@ def _start_one(kind: str, cls, kwargs: dict, ref, items, group) -> dict:
     ray.kill(member, no_restart=True)
     p = phases(submit, done, startup)
     return dict(kind=kind, total=done - submit, **p, process_age_s=submit - startup["process_start"],
-                second_call=second, warmup_excess=max(0.0, p["first_call"] - second), result=result)
+                cpu_s=startup.get("cpu_s_at_first_result", float("nan")), second_call=second, warmup_excess=max(0.0, p["first_call"] - second), result=result)
 
 
 def run_setting(world_dir: str, setting: str, n: int, settle_s: float) -> list[dict]:
@@ -170,10 +173,11 @@ def summarise(rows: list[dict], settings: list[str]) -> list[dict]:
             entry = dict(name=f"coldstart/{setting}/{kind}/total", value=total, unit="s", baseline_value=base,
                          ratio=total / base if base else None, target=None, met=None,
                          max=max(r["total"] for r in mine), n=len(mine))
-            for p in (*PHASES, "warmup_excess", "second_call"):
+            for p in (*PHASES, "warmup_excess", "second_call", "cpu_s"):
                 vals = [r[p] for r in mine]
-                entry[p] = {"median": statistics.median(vals), "max": max(vals),
-                            "share_of_total": statistics.median(vals) / total if total else None}
+                entry[p] = {"median": statistics.median(vals), "max": max(vals)}
+                if p in PHASES:
+                    entry[p]["share_of_total"] = statistics.median(vals) / total if total else None
             results.append(entry)
     return results
 

@@ -44,6 +44,8 @@ class RewardWorker:
             # One bad group must not sink the others: fall back to scoring them one at a time.
             out = [self._score_one(g) for g in groups]
         self.startup.setdefault("first_call_end", time.time())
+        # The CPU this process has used by its first result (all its threads): what a start costs the node.
+        self.startup.setdefault("cpu_s_at_first_result", time.process_time())
         return out
 
     def _score_one(self, group: RolloutBatch) -> RolloutBatch | None:
