@@ -260,3 +260,57 @@ def test_overlap_griffin_lim_matches_torchaudio(n_iter):
     assert (fast - ref).norm() / ref.norm() < (1e-5 if n_iter == 1 else 1e-3)
     with pytest.raises(ValueError, match="n_fft a multiple of hop, got n_fft=256, hop=60"):
         griffin_lim_overlap(mag, window, 60, 1)
+
+
+def test_a_policy_checkpoint_whose_tensors_do_not_match_its_config_is_refused_naming_them(tmp_path):
+    """load_policy names the missing tensors and (the first five of) the unexpected ones; either alone refuses."""
+    from dataclasses import asdict
+
+    from divcfg.common.checkpoint import save_weights
+    policy = build_policy(seed=0)
+    state = {k: v for k, v in policy.state_dict().items() if k != "pos"}
+    extra = {f"extra.{i}": torch.zeros(1) for i in range(7)}
+    save_weights(tmp_path / "both", "policy", {**state, **extra}, asdict(policy.cfg))
+    with pytest.raises(CheckpointError) as e:
+        load_policy(tmp_path / "both")
+    assert str(e.value) == (f"checkpoint {tmp_path / 'both'} does not match its config: missing ['pos'], "
+                            "unexpected ['extra.0', 'extra.1', 'extra.2', 'extra.3', 'extra.4']")
+    save_weights(tmp_path / "missing", "policy", state, asdict(policy.cfg))
+    with pytest.raises(CheckpointError, match=r"missing \['pos'\], unexpected \[\]$"):
+        load_policy(tmp_path / "missing")
+    save_weights(tmp_path / "extra", "policy", {**policy.state_dict(), "extra.0": torch.zeros(1)}, asdict(policy.cfg))
+    with pytest.raises(CheckpointError, match=r"missing \[\], unexpected \['extra.0'\]$"):
+        load_policy(tmp_path / "extra")
+
+
+def test_a_policy_saved_before_word_features_and_the_pooled_condition_loads(tmp_path):
+    """A config.json from before ``text_word_buckets`` and ``cond_pool`` existed reads as 0 and False."""
+    from dataclasses import asdict
+
+    from divcfg.common.checkpoint import save_weights
+    policy = build_policy(seed=0, text_word_buckets=0, cond_pool=False)
+    old = {k: v for k, v in asdict(policy.cfg).items() if k not in ("text_word_buckets", "cond_pool")}
+    save_weights(tmp_path / "old", "policy", policy.state_dict(), old, meta={"step": 9})
+    back = load_policy(tmp_path / "old")
+    assert back.cfg.text_word_buckets == 0 and back.cfg.cond_pool is False
+    assert back.state_dict().keys() == policy.state_dict().keys()
+    assert all(torch.equal(v, back.state_dict()[k]) for k, v in policy.state_dict().items())
+
+
+def test_loading_a_musicgen_checkpoint_offline_passes_local_files_only_to_the_hub_loader(tmp_path, monkeypatch):
+    """``load_musicgen_policy(..., local_files_only=True)`` must reach transformers' loader (no network), and the
+    default must not."""
+    pytest.importorskip("transformers")
+    from divcfg.common import musicgen
+    from divcfg.common.checkpoint import load_musicgen_policy, save_weights
+
+    def loader(name, local_files_only=False):
+        raise RuntimeError(f"load {name} local_files_only={local_files_only}")
+
+    monkeypatch.setattr(musicgen, "load_musicgen", loader)
+    save_weights(tmp_path / "mg", "policy", {"w": torch.zeros(1)},
+                 {"family": "musicgen", "musicgen": "someone/musicgen-x", "train_layers": 0, "text_max_len": 8})
+    with pytest.raises(RuntimeError, match="^load someone/musicgen-x local_files_only=True$"):
+        load_musicgen_policy(tmp_path / "mg", local_files_only=True)
+    with pytest.raises(RuntimeError, match="^load someone/musicgen-x local_files_only=False$"):
+        load_musicgen_policy(tmp_path / "mg")

@@ -224,3 +224,47 @@ def test_resume_auto_picks_the_newest_checkpoint_that_verifies_and_says_what_it_
     assert why[3] == f"checkpoint file {steps[1] / 'student' / 'model.safetensors'} is missing (listed in " \
                      f"{steps[1] / 'COMPLETE'})"
     assert newest_verified_checkpoint(tmp_path / "nothing") == (None, [])
+
+
+def test_overwriting_a_checkpoint_leaves_only_the_new_one(tmp_path):
+    """The old directory is set aside, the new one renamed into place, and the old one removed: nothing is left
+    beside the checkpoint (a run that checkpoints to one path would otherwise keep every old copy)."""
+    path = tmp_path / "ck"
+    save_weights(path, "policy", {"w": torch.ones(2)}, {"n": 1}, meta={"step": 1})
+    save_weights(path, "policy", {"w": torch.zeros(3)}, {"n": 2}, meta={"step": 2})
+    assert os.listdir(tmp_path) == ["ck"]
+    state, config, meta = load_weights(path, "policy")
+    assert torch.equal(state["w"], torch.zeros(3)) and config == {"n": 2} and meta == {"step": 2}
+
+
+def test_a_checkpoint_of_another_kind_is_refused_naming_both_kinds(tmp_path):
+    save_weights(tmp_path / "codec", "codec", {"w": torch.ones(2)}, {})
+    with pytest.raises(CheckpointError) as e:
+        load_weights(tmp_path / "codec", "policy")
+    assert str(e.value) == f"checkpoint {tmp_path / 'codec'} holds a 'codec', expected a 'policy'"
+    assert torch.equal(load_weights(tmp_path / "codec")[0]["w"], torch.ones(2))  # no kind asked: any kind loads
+
+
+def test_resume_auto_says_which_entry_or_train_state_a_checkpoint_lacks(tmp_path):
+    run = tmp_path / "run"
+    policy, opt = trained_adam(steps=1)
+    good = save_run_checkpoint(run, 1, policy, opt)
+    with atomic_dir(run / "checkpoints" / "step_000002") as tmp:  # a student, no train state
+        save_policy(policy, tmp / "student")
+    with atomic_dir(run / "checkpoints" / "step_000003") as tmp:  # a train state, no student
+        save_train_state(tmp, train_state(opt, 3))
+    newest, skipped = newest_verified_checkpoint(run)
+    assert newest == good
+    ck2, ck3 = run / "checkpoints" / "step_000002", run / "checkpoints" / "step_000003"
+    assert skipped == [(ck3, f"checkpoint {ck3} lacks student"),
+                       (ck2, f"checkpoint {ck2} holds no train state (train_state.json or train_state.pt)")]
+
+
+def test_an_old_checkpoint_with_a_cut_json_file_is_refused_by_parsing(tmp_path):
+    """A checkpoint with the old ``ok`` marker (no manifest) has its .json files parsed, as its .safetensors."""
+    path = save_weights(tmp_path / "ck", "policy", {"w": torch.ones(2)}, {"n": 1})
+    (path / "COMPLETE").write_text("ok\n")
+    verify_checkpoint(path)
+    (path / "config.json").write_text('{"kind": "policy", "con')
+    with pytest.raises(CheckpointError, match=r"checkpoint file .*/ck/config.json is truncated or corrupt: "):
+        verify_checkpoint(path)

@@ -26,8 +26,11 @@ def used_prompts(monkeypatch):
 def test_ray_resume_replays_outstanding_prompts_and_continues_the_step_count(tiny_world, tmp_path, used_prompts):
     from divcfg.cli import main
     run = tmp_path / "run"
-    # One actor and one reward worker: groups reach the learner in the order they were launched.
+    # One actor and one reward worker: groups reach the learner in the order they were launched. The learner in the
+    # driver, so that the fixture's patch of Learner.step sees every step (a learner group's workers are processes
+    # of their own); where the learner runs does not change the books or the stream this test is about.
     args = ["train", "world.size=tiny", f"world.dir={tiny_world}", f"run.dir={run}", "learner.mode=async",
+            "learner.placement=driver",
             "actors.count=1", "actors.num_cpus=0.5", "actors.groups_per_call=1", "reward.count=1",
             "reward.num_cpus=0.5", "algo.batch_prompts=2", "algo.group_size=2", "algo.max_policy_lag=2",
             "checkpoint.every=1", "probe.prompts=1", "probe.samples=2", "logging.progress=false",

@@ -230,3 +230,86 @@ def test_learner_state_through_a_checkpoint_resumes_the_same_update(tmp_path):
     assert b.nonfinite_in_a_row == 0 and mb["rollout/policy_lag_mean"] == 0.5 and mb["rollout/policy_lag_max"] == 1.0
     assert ma["losses/total"] == mb["losses/total"] and ma["losses/grad_norm"] == mb["losses/grad_norm"] > 0
     assert all(torch.equal(x, y) for x, y in zip(a.student.state_dict().values(), b.student.state_dict().values()))
+
+
+def test_a_step_reports_each_metric_the_step_log_charts():
+    """The metric names are read by the step log's TensorBoard layout (job/step_log.py) and the learner benchmark:
+    the losses, the rollout statistics and the step's time split, each time non-negative."""
+    learner = Learner(build_policy(seed=0), beta=1.0, guidance_scale=3.0, lr=1e-3, baseline="loo", is_clip=2.0,
+                      grad_clip=1.0)
+    batch = make_groups(learner.student, ["a slow melody"], g=2, frames=4)
+    m = learner.step(batch, 2)
+    times = {"time/teacher", "time/forward_backward", "time/update"}
+    assert set(m) == {"losses/distill_kl", "losses/pg", "losses/total", "losses/grad_norm", "rollout/is_weight_mean",
+                      "rollout/policy_lag_mean", "rollout/policy_lag_max"} | times
+    assert all(m[k] >= 0 for k in times)
+    learner.beta = 0.0
+    assert "losses/pg" not in learner.step(batch, 2)
+
+
+class _Parallel:
+    """The ``parallel`` interface of a learner-group worker (learner/group.py's DataParallel) in one process."""
+
+    def __init__(self, fused_adam: bool):
+        self.fused_adam, self.grad_scale, self.wrapped = fused_adam, 1.0, None
+
+    def wrap(self, module):
+        self.wrapped = module
+        return module
+
+    def reduce(self, sums, maxes):
+        return sums, maxes
+
+
+def test_adam_is_fused_unless_the_group_wrapper_says_it_cannot_be():
+    """Fused Adam for one learner and a DDP worker; not where ``parallel.fused_adam`` is False (FSDP's shards)."""
+    assert Learner(build_policy(seed=0), beta=1.0, guidance_scale=3.0, lr=1e-3, baseline="loo", is_clip=2.0,
+                   grad_clip=1.0).opt.defaults["fused"] is True
+    for fused in (True, False):
+        parallel = _Parallel(fused)
+        learner = Learner(build_policy(seed=0), beta=1.0, guidance_scale=3.0, lr=1e-3, baseline="loo", is_clip=2.0,
+                          grad_clip=1.0, parallel=parallel)
+        assert learner.opt.defaults["fused"] is fused
+        assert learner.forward_student is parallel.wrapped and parallel.wrapped.student is learner.student
+
+
+def test_beta_zero_trains_groups_of_one_without_rewards():
+    """β = 0 (pure distillation) admits algo.group_size=1 (common/config_checks.py) and needs no reward: the policy
+    gradient is skipped, not computed and multiplied by zero (the leave-one-out baseline refuses groups of one, and a
+    NaN reward times zero is NaN, which would skip every update)."""
+    learner = Learner(build_policy(seed=0), beta=0.0, guidance_scale=3.0, lr=1e-3, baseline="loo", is_clip=2.0,
+                      grad_clip=1.0)
+    batch = make_groups(learner.student, ["a slow melody", "fast drums"], g=1, frames=4)
+    batch.diversity_reward[:] = np.nan  # not scored
+    m = learner.step(batch, 1)
+    assert learner.version == 1 and learner.nonfinite_total == 0 and "losses/pg" not in m
+    assert np.isfinite(m["losses/total"]) and m["losses/total"] == pytest.approx(m["losses/distill_kl"], rel=1e-5)
+
+
+def test_an_fsdp_worker_resumes_from_a_single_learners_checkpoint():
+    """learner.shard=fsdp, one worker in this process: ``load_state`` lays the whole tensors of a single learner's
+    checkpoint out as the worker's DTensors (parameters and Adam's moments), saves them back unchanged and makes the
+    single learner's next update."""
+    from divcfg.learner.group import LearnerGroupWorker, LearnerSpec, free_port
+    if torch.distributed.is_initialized():
+        pytest.skip("this process already belongs to a process group")
+    spec = LearnerSpec(lambda: build_policy(seed=0), dict(beta=1.0, guidance_scale=3.0, lr=1e-2, baseline="loo",
+                                                           is_clip=2.0, grad_clip=1.0))
+    one = spec.build("cpu")
+    batch = make_groups(one.student, ["a slow melody"], g=2, frames=4)
+    one.step(batch, 2)
+    saved = ({k: v.clone() for k, v in one.full_student_state().items()}, one.state())
+    worker = LearnerGroupWorker(spec, 0, 1, f"tcp://127.0.0.1:{free_port()}", shard="fsdp")
+    try:
+        worker.load_state(*saved)
+        assert type(next(iter(worker.learner.opt.state.values()))["exp_avg"]).__name__ == "DTensor"
+        student, state = worker.state()
+        assert student.keys() == saved[0].keys() and all(torch.equal(student[k], saved[0][k]) for k in student)
+        for i, st in saved[1]["optimizer"]["state"].items():
+            assert all(torch.equal(state["optimizer"]["state"][i][k], v) for k, v in st.items())
+        assert worker.step(batch, 2, len(batch))["losses/total"] == one.step(batch, 2)["losses/total"]
+        weights = worker.weights()
+        for k, v in one.weights().items():
+            np.testing.assert_allclose(weights[k], v, atol=1e-6, err_msg=k)
+    finally:
+        worker.close()
