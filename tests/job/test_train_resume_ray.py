@@ -6,7 +6,9 @@ import pytest
 from divcfg.common.checkpoint import load_train_state
 from divcfg.learner.learner import Learner
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow]
+# In the default suite (two short `divcfg train` runs on a local Ray instance, 1-2 minutes on 2 cores): resume in
+# Ray mode is the path a preempted cluster job takes.
+pytestmark = [pytest.mark.ray]
 
 
 @pytest.fixture
