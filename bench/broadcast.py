@@ -51,7 +51,7 @@ def run(sizes_mb=(10, 100, 1000), actors=(1, 2, 4), repeats: int = 3, json_out: 
 
     own = not ray.is_initialized()
     if own:
-        ray.init(num_cpus=max(actors), include_dashboard=False, log_to_driver=False,
+        ray.init(address="local", num_cpus=max(actors), include_dashboard=False, log_to_driver=False,
                  object_store_memory=max(int(max(sizes_mb) * 2**20 * 3), 100 * 2**20))
     readers = [ray.remote(num_cpus=1)(WeightReader).remote() for _ in range(max(actors))]
     ray.get([r.set_weights.remote(0, {"x": np.zeros(1, np.float32)}) for r in readers])  # actors up

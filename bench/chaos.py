@@ -132,8 +132,9 @@ def _setup(world: str, actors: int, reward_workers: int, seed: int, spares: int 
     world_dir, base = str(w.root.resolve()), str(w.path("base").resolve())
     n_frames = read_tokens(w.path("heldout.parquet")).codes.shape[2]
     prompts = list(dict.fromkeys(read_tokens(w.path("tokens.parquet")).prompts))
-    ray.init(num_cpus=max(2, int(np.ceil(0.5 * (actors + reward_workers + 2 * spares)))), include_dashboard=False,
-             log_to_driver=False, runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
+    # A private instance (address="local"): a plain ray.init() attaches to any Ray already running on the machine.
+    ray.init(address="local", num_cpus=max(2, int(np.ceil(0.5 * (actors + reward_workers + 2 * spares)))),
+             include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
     learner = Learner(load_policy(base), beta=algo.beta, guidance_scale=algo.guidance_scale, lr=algo.lr,
                       baseline=algo.baseline, is_clip=algo.is_clip, grad_clip=learner_cfg.grad_clip)
     topo = RayTopology(remote_rollout_worker(0.5, 0), remote_reward_worker(0.5, 0), actors, reward_workers,

@@ -54,7 +54,7 @@ def test_two_actors_receive_by_broadcast_what_the_object_store_delivers():
     import ray
     from divcfg.learner.group import free_port
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         actors = [ray.remote(num_cpus=0)(Actor).remote() for _ in range(2)]
         address = GroupAddress("127.0.0.1", free_port(), world_size=3)

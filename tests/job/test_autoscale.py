@@ -47,7 +47,7 @@ def test_the_request_reaches_the_cluster():
     import ray
     from ray._private.ray_constants import AUTOSCALER_RESOURCE_REQUEST_CHANNEL
     from ray.experimental.internal_kv import _internal_kv_get
-    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
     try:
         AutoscaleRequest(1, 4, {"CPU": 1}, [{"CPU": 1}])(3)
         assert json.loads(_internal_kv_get(AUTOSCALER_RESOURCE_REQUEST_CHANNEL)) == [{"CPU": 1}] * 4

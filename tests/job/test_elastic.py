@@ -22,7 +22,7 @@ def ray_local():
     import ray
     import test_loop_ray
     ray.cloudpickle.register_pickle_by_value(test_loop_ray)
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, namespace="divcfg")
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False, namespace="divcfg")
     yield ray
     ray.shutdown()
 

@@ -21,7 +21,7 @@ def ray_local():
     import ray
     import test_loop_ray
     ray.cloudpickle.register_pickle_by_value(test_loop_ray)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
 

@@ -234,7 +234,7 @@ def test_learner_group_on_ray_steps_and_checkpoints_as_one_learner():
 
     from divcfg.learner.group import LearnerGroup
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         with pytest.raises(LearnerGroupError, match="learner.num_gpus=1"):
             LearnerGroup(spec(2.0, "mean"), workers=2, num_gpus=1.0)  # this cluster has no GPU
