@@ -274,7 +274,13 @@ class Scheduler:
         checkpoint, and go on from it as a resume does; returns the run's step to continue from."""
         self.fail("learner", err)
         self.abandon()
-        step, outstanding, books = self.recover()
+        while True:
+            try:
+                step, outstanding, books = self.recover()
+                weights = self.learner.weights()
+                break
+            except self.learner_failure as again:  # lost again while it was rebuilt (a preemption wave): retried
+                self.fail("learner", again)
         failures = dict(self.acct.failures)
         self.acct = Accounting(**{k: v for k, v in books.items() if k in ("generated", "used", "stale", "dropped",
                                                                           "requeued")})
@@ -287,7 +293,7 @@ class Scheduler:
         self.launched = self.acct.used + self.acct.stale + self.acct.dropped  # nothing is in flight now
         self.event(f"learner restart {failures.get('learner', 0)}: back to step {step} from the last checkpoint, "
                    f"{len(outstanding)} prompts replayed")
-        self.members.publish(self.learner.version, self.learner.weights())
+        self.members.publish(self.learner.version, weights)
         return step
 
     def abandon(self, timeout_s: float = DRAIN_TIMEOUT_S) -> None:

@@ -32,7 +32,7 @@ class DyingLearner(FakeLearner):
         return super().step(batch, group_size)
 
 
-def run_with_checkpoints(learner, steps, every, **kw):
+def run_with_checkpoints(learner, steps, every, recover_dies: int = 0, max_role_failures: int = 2, **kw):
     """The scheduler over fakes, with an in-memory checkpoint every ``every`` steps holding what run_dir.py saves
     (step, version, stream position, books); ``recover`` goes back to the newest one, as train.py's does."""
     members = FakeMembers([FakeActor("a")], [FakeReward()], 2, learner)
@@ -47,11 +47,17 @@ def run_with_checkpoints(learner, steps, every, **kw):
                           "books": {k: v for k, v in vars(acct).items() if k != "lags"},
                           "outstanding": list(acct.outstanding)})
 
+    dies = [recover_dies]
+
     def recover():
+        if dies[0]:  # the rebuilt group lost a worker while it loaded the checkpoint
+            dies[0] -= 1
+            raise Died("learner worker 1, while the group was rebuilt")
         ck = saved[-1]
         learner.version, stream.position = ck["version"], ck["position"]
         return ck["step"], ck["outstanding"], dict(ck["books"])
-    sched = Scheduler(learner, members, stream, group_size=2, recover=recover, max_role_failures=2, **kw)
+    sched = Scheduler(learner, members, stream, group_size=2, recover=recover, max_role_failures=max_role_failures,
+                      **kw)
     return sched.run(steps, on_step), stream, on_step_calls
 
 
@@ -76,6 +82,20 @@ def test_async_recovery_replays_the_outstanding_prompts_and_balances_the_books()
     assert stream.position == acct.generated + acct.unfinished
 
 
+def test_a_learner_lost_again_while_it_is_rebuilt_is_retried_and_counted():
+    """A second worker lost during the rebuild (a wave of preemptions) is one more failure in a row, and the rebuild
+    is tried again; the run ends as the hand-counted single loss does. At max_role_failures it stops the run."""
+    learner = DyingLearner(dies_on={4})
+    acct, stream, on_step_calls = run_with_checkpoints(learner, 4, 2, recover_dies=1, max_role_failures=3,
+                                                       batch_prompts=2, max_lag=0, mode="sync")
+    assert learner.used == [[0, 1], [2, 3], [4, 5], [4, 5], [6, 7]] and on_step_calls == [0, 1, 2, 2, 3]
+    assert acct.failures == {"learner": 2} and learner.version == 4
+    assert (acct.generated, acct.used, acct.stale, acct.dropped, acct.unfinished) == (8, 8, 0, 0, 0)
+    with pytest.raises(RoleFailures, match="2 consecutive learner failures"):
+        run_with_checkpoints(DyingLearner(dies_on={4}), 4, 2, recover_dies=1, batch_prompts=2, max_lag=0,
+                             mode="sync")
+
+
 def test_a_learner_lost_max_role_failures_times_in_a_row_stops_the_run():
     learner = DyingLearner(dies_on={2, 3})
     with pytest.raises(RoleFailures, match="2 consecutive learner failures"):
@@ -91,9 +111,12 @@ def kill_a_learner_worker_after(checkpoints, killed: list, timeout_s: float = 60
     named learner-<group>-<rank>; a rebuilt group has a new name)."""
     def run():
         import ray
-        deadline = time.monotonic() + timeout_s
+        deadline, last_kill = time.monotonic() + timeout_s, 0.0
         for checkpoint in checkpoints:
-            while time.monotonic() < deadline and not (checkpoint / "COMPLETE").is_file():
+            # Written after the last kill: a checkpoint the run had made before it went back does not count (on a
+            # loaded machine the run can be past step 4 when the kill after step 2 lands).
+            marker = checkpoint / "COMPLETE"
+            while time.monotonic() < deadline and not (marker.is_file() and marker.stat().st_mtime > last_kill):
                 time.sleep(0.2)
             names: list[str] = []
             while time.monotonic() < deadline and not names:  # a group rebuilt after the last kill may still start
@@ -103,6 +126,7 @@ def kill_a_learner_worker_after(checkpoints, killed: list, timeout_s: float = 60
             if names:
                 ray.kill(ray.get_actor(names[0]), no_restart=True)
                 killed.append(names[0])
+                last_kill = time.time()
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     return thread
