@@ -69,7 +69,8 @@ class RolloutWorker:
         self.busy_s += seconds
         self.startup.setdefault("first_call_end", time.time())
         # The CPU this process has used by its first result (all its threads): what a start costs the node.
-        self.startup.setdefault("cpu_s_at_first_result", time.process_time())
+        if "cpu_s_at_first_result" not in self.startup:  # once: not a clock read on every later call
+            self.startup["cpu_s_at_first_result"] = time.process_time()
         share = seconds / len(items)  # each group's part of the call: a step's sum counts the call once
         return [new_group(prompt_id=pid, prompt=prompt, group_id=gid, codes=codes[i * g:(i + 1) * g],
                           logprobs=logprobs[i * g:(i + 1) * g], policy_version=self.version, generate_s=share)

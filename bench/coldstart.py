@@ -113,7 +113,8 @@ def _start_one(kind: str, cls, kwargs: dict, ref, items, group) -> dict:
     ray.kill(member, no_restart=True)
     p = phases(submit, done, startup)
     return dict(kind=kind, total=done - submit, **p, process_age_s=submit - startup["process_start"],
-                cpu_s=startup.get("cpu_s_at_first_result", float("nan")), second_call=second, warmup_excess=max(0.0, p["first_call"] - second), result=result)
+                cpu_s=startup.get("cpu_s_at_first_result", float("nan")), second_call=second,
+                warmup_excess=max(0.0, p["first_call"] - second), result=result)
 
 
 def run_setting(world_dir: str, setting: str, n: int, settle_s: float) -> list[dict]:

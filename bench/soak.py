@@ -135,7 +135,7 @@ def growth(samples: list[dict], mark_s: float) -> dict[str, dict]:
         vals = [s["rss"][key] for s in after if key in s["rss"]]
         out[key] = _ratio(statistics.median(vals[:3]), statistics.median(vals[-3:]), "median of 3")
     if all(s["object_store"] is not None for s in after):
-        # The store holds the newest weights plus the snapshots still on their way to actors (one to four here),
+        # The store holds the newest weights plus the snapshots still on their way to actors (one to nine in the 30-minute run),
         # so any one sample moves in whole snapshots. Objects that leak stay, and raise the floor under those
         # swings; a median of 3 samples instead compares how many snapshots happened to be in flight.
         vals = [s["object_store"] for s in after]

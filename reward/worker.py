@@ -45,7 +45,8 @@ class RewardWorker:
             out = [self._score_one(g) for g in groups]
         self.startup.setdefault("first_call_end", time.time())
         # The CPU this process has used by its first result (all its threads): what a start costs the node.
-        self.startup.setdefault("cpu_s_at_first_result", time.process_time())
+        if "cpu_s_at_first_result" not in self.startup:  # once: not a clock read on every later call
+            self.startup["cpu_s_at_first_result"] = time.process_time()
         return out
 
     def _score_one(self, group: RolloutBatch) -> RolloutBatch | None:
