@@ -2,8 +2,10 @@
 
     python -m divcfg.bench.codec_ab --variant v2                 # round trip: SNR, STFT distance, speed
     python -m divcfg.bench.codec_ab --variant v2 --scorer        # + scorer accuracy, original vs round trip
+    python -m divcfg.bench.codec_ab --variant v3 --fit-clips 2350  # the learned head, fitted as the small world's
 
-The codec is fitted on the small world's clips 0..299 (as the world build fits it, on fewer clips); figures are on
+The codec is fitted on the small world's clips 0..299 (``--fit-clips``; the world build fits it on a quarter of the
+training clips, 2350); figures are on
 held-out clips 9400.. (the small world's held-out split is 9400..9599). With ``--scorer`` a "small" scorer is trained
 for 200 steps on 800 round-tripped training clips, as the world build trains it on decoded audio, and read on all
 200 held-out clips as they are and after the round trip. One torch thread.
@@ -17,8 +19,11 @@ import time
 import numpy as np
 import torch
 
-# Variants measured in RESULTS.md: v1 is codec version 1; v2 is the default of version 2.
+# Variants measured in RESULTS.md: v1 is codec version 1; v2 is the default of version 2; v3 (the learned head) is
+# what the small world builds with --fit-clips 2350. n_vectors and kmeans_iters are the codebooks' fit.
 VARIANTS = {"v1": dict(mel_decoder="pinv"), "v2": dict(), "v2_gl16": dict(griffin_lim_iters=16),
+            "v3": dict(head_steps=2500),
+            "v3_card1024": dict(head_steps=2500, card=1024, n_vectors=80000, kmeans_iters=20),
             "v2_mel128": dict(dimension=128), "v2_k8": dict(n_codebooks=8), "v2_ctx2": dict(context=2)}
 
 
@@ -31,25 +36,27 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="codec_ab", description=__doc__.split("\n")[0])
     ap.add_argument("--variant", choices=sorted(VARIANTS), default="v2")
     ap.add_argument("--heldout", type=int, default=32, help="held-out clips for the round-trip figures")
+    ap.add_argument("--fit-clips", type=int, default=300, help="clips the codec is fitted on (from clip 0)")
     ap.add_argument("--scorer", action="store_true", help="also train a scorer and compare its accuracy")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     wcfg = WorldConfig(seed=0, n_clips=9600, duration_s=3.0)
-    n_train_clips = 800 if args.scorer else 300
+    n_train_clips = max(800 if args.scorer else 0, args.fit_clips)
     train = generate_corpus(wcfg, start=0, count=n_train_clips)
     held = generate_corpus(wcfg, start=9400, count=200 if args.scorer else args.heldout)
     audio = np.stack([c.audio for c in train]).astype(np.float32)
     held_audio = np.stack([c.audio for c in held]).astype(np.float32)
     t0 = time.perf_counter()
-    codec = fit_offline_codec(audio[:300], OfflineCodecConfig(card=256, **VARIANTS[args.variant]), n_vectors=20000,
-                              kmeans_iters=15)
+    variant = {"card": 256, "n_vectors": 20000, "kmeans_iters": 15, **VARIANTS[args.variant]}
+    fit = {k: variant.pop(k) for k in ("n_vectors", "kmeans_iters")}
+    codec = fit_offline_codec(audio[: args.fit_clips], OfflineCodecConfig(**variant), **fit)
     out = {"variant": args.variant, "fit_s": round(time.perf_counter() - t0, 1)}
     accuracy = None
     if args.scorer:
         from divcfg.reward.scorer import scorer_accuracy, scorer_config, train_scorer
         labels = np.stack([attribute_labels(c.attributes) for c in train])
         held_labels = np.stack([attribute_labels(c.attributes) for c in held])
-        scorer = train_scorer(round_trip(codec, audio), labels, ATTRIBUTES, codec.sample_rate,
+        scorer = train_scorer(round_trip(codec, audio[:800]), labels[:800], ATTRIBUTES, codec.sample_rate,
                               scorer_config("small", seed=0, sample_rate=codec.sample_rate), steps=200,
                               batch_size=32, lr=2e-3, progress=False)
 

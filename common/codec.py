@@ -39,9 +39,12 @@ ENCODEC_24KHZ_BANDWIDTHS = {1.5: 2, 3.0: 4, 6.0: 8, 12.0: 16, 24.0: 32}
 ENCODEC_24KHZ_FILE = "encodec_24khz-d7cc33bc.th"
 
 # 1: log-mel frames decoded by the mel filterbank's pseudo-inverse and Griffin-Lim at 50% overlap;
-# 2: a spectrogram decoder fitted on the corpus predicts linear log-magnitude at 4 sub-frames (vocoder.py).
-# A codec directory of another version is refused: its codes mean something else to the decoder.
-CODEC_VERSION = 2
+# 2: a spectrogram decoder fitted on the corpus predicts linear log-magnitude at 4 sub-frames (vocoder.py);
+# 3: a learned head corrects that prediction (vocoder_head.py). A version-2 directory is a version-3 codec without
+# the head, so it still loads; a codec directory of any other version is refused: its codes mean something else to
+# the decoder.
+CODEC_VERSION = 3
+READABLE_CODEC_VERSIONS = (2, 3)
 
 # encodec 0.1.1 uses the old weight_norm API; the warning is the package's, not ours.
 warnings.filterwarnings("ignore", message=".*weight_norm.*is deprecated", category=FutureWarning)
@@ -82,6 +85,13 @@ class OfflineCodecConfig:
     griffin_lim_iters: int = 8
     """Spectrogram decoder: Griffin-Lim iterations (decoding time grows linearly with them; 8 and 16 measured
     within 0.01 of each other in multi-resolution STFT distance, RESULTS.md "Codec")."""
+    head_steps: int = 0
+    """Spectrogram decoder: Adam steps of the learned head that corrects the ridge's log-magnitude (vocoder_head.py;
+    0: no head, codec version 2's decoder). The world build sets it per size."""
+    head_hidden: int = 768
+    """Spectrogram decoder's head: width of its two hidden layers."""
+    head_context: int = 2
+    """Spectrogram decoder's head: neighbouring codec frames either side that it reads."""
     seed: int = 0
     """Seed of the random encoder weights and the k-means fit."""
 
@@ -241,7 +251,8 @@ def build_offline_model(cfg: OfflineCodecConfig):
         raise ValueError(f"codec mel_decoder must be spectrogram or pinv, got {cfg.mel_decoder!r}")
     if cfg.encoder == "mel":
         encoder = MelEncoder(cfg.sample_rate, hop, cfg.dimension)
-        decoder = (SpectrogramDecoder(cfg.dimension, hop, cfg.context, cfg.subframes, cfg.griffin_lim_iters)
+        decoder = (SpectrogramDecoder(cfg.dimension, hop, cfg.context, cfg.subframes, cfg.griffin_lim_iters,
+                                      cfg.head_hidden if cfg.head_steps else 0, cfg.head_context)
                    if cfg.mel_decoder == "spectrogram" else MelDecoder(encoder))
     else:
         encoder = SEANetEncoder(**kw)
@@ -282,10 +293,10 @@ def load_codec(dirpath: str | os.PathLike) -> Codec:
         raise CodecError(f"codec directory {dirpath} is incomplete or unreadable ({e}); {REBUILD_HINT}") from None
     if "offline" in config:
         found = config.get("codec_version", 1)  # version 1 did not record its version
-        if found != CODEC_VERSION:
+        if found not in READABLE_CODEC_VERSIONS:
             raise CodecError(f"codec directory {dirpath} holds an offline codec of version {found}; this divcfg "
-                             f"decodes version {CODEC_VERSION}; {REBUILD_HINT}")
-        cfg = OfflineCodecConfig(**config["offline"])
+                             f"decodes versions {' and '.join(map(str, READABLE_CODEC_VERSIONS))}; {REBUILD_HINT}")
+        cfg = OfflineCodecConfig(**config["offline"])  # version 2 has no head_* fields: head_steps=0, no head
         model = build_offline_model(cfg)
         model.load_state_dict(state)
         return Codec(model, cfg.n_codebooks, "offline", {"offline": asdict(cfg), "codec_version": CODEC_VERSION})

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from divcfg.common.codec import CODEC_VERSION, Codec, OfflineCodecConfig, build_offline_model, mel_loss
+from divcfg.common.vocoder_head import fit_head
 
 
 def kmeans(x: torch.Tensor, n_clusters: int, iters: int, generator: torch.Generator) -> torch.Tensor:
@@ -98,16 +99,18 @@ def fit_spectral_decoder(model, wavs: np.ndarray, n_frames: int = 40000, ridge: 
     dec.bias.copy_(mean)
 
 
-@torch.no_grad()
-def fit_spectrogram_decoder(model, wavs: np.ndarray, batch: int = 64) -> None:
+def fit_spectrogram_decoder(model, wavs: np.ndarray, head_steps: int = 0, seed: int = 0, batch: int = 64) -> None:
     """Fit the :class:`SpectrogramDecoder` on ``wavs [N, samples]``: from the latents the codes decode to (what it
-    sees at decode time), to each clip's own log-magnitude."""
-    def batches():
-        for i in range(0, len(wavs), batch):
-            x = torch.as_tensor(wavs[i: i + batch], dtype=torch.float32)
-            codes = model.quantizer.encode(model.encoder(x[:, None]), 1, None)
-            yield model.quantizer.decode(codes), x
-    model.decoder.fit(batches())
+    sees at decode time), to each clip's own log-magnitude; the ridge in closed form, then (with ``head_steps``) its
+    learned head (:func:`~divcfg.common.vocoder_head.fit_head`)."""
+    with torch.no_grad():
+        emb = torch.cat([model.quantizer.decode(model.quantizer.encode(
+            model.encoder(torch.as_tensor(wavs[i: i + batch], dtype=torch.float32)[:, None]), 1, None))
+            for i in range(0, len(wavs), batch)])
+        model.decoder.fit((emb[i: i + batch], torch.as_tensor(wavs[i: i + batch], dtype=torch.float32))
+                          for i in range(0, len(wavs), batch))
+    if head_steps:
+        fit_head(model.decoder, emb, wavs, head_steps, seed=seed)
 
 
 def fit_offline_codec(wavs: np.ndarray, cfg: OfflineCodecConfig, n_vectors: int = 20000, kmeans_iters: int = 20,
@@ -117,7 +120,7 @@ def fit_offline_codec(wavs: np.ndarray, cfg: OfflineCodecConfig, n_vectors: int 
     model.eval()
     fit_codebooks(model, wavs, n_vectors=n_vectors, iters=kmeans_iters, seed=cfg.seed)
     if cfg.encoder == "mel" and cfg.mel_decoder == "spectrogram":
-        fit_spectrogram_decoder(model, wavs)
+        fit_spectrogram_decoder(model, wavs, cfg.head_steps, seed=cfg.seed)
     elif cfg.encoder == "mel":
         pass  # the pseudo-inverse mel decoder is fixed: nothing to fit
     elif cfg.decoder == "spectral":

@@ -6,13 +6,16 @@ frames already costs 1.83; log-mel frames turned back to linear magnitude by the
 4.59 before any quantisation (harmonics inside a wide mel band come back as a flat smear); quantisation adds 0.3.
 So :class:`SpectrogramDecoder` predicts the log-magnitude itself from the quantised latents (a ridge regression
 fitted in closed form, so the build stays cheap on CPU) at four sub-frames per codec frame, and runs Griffin-Lim at
-75% overlap, where Griffin-Lim from exact magnitudes costs 0.89 instead of 1.83.
+75% overlap, where Griffin-Lim from exact magnitudes costs 0.89 instead of 1.83. Codec version 3 adds a learned head
+to that regression (vocoder_head.py).
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from divcfg.common.vocoder_head import LogMagnitudeHead, context_features
 
 
 def _iterate(magnitude: torch.Tensor, window: torch.Tensor, hop: int, n_iter: int, momentum: float,
@@ -140,10 +143,13 @@ class SpectrogramDecoder(torch.nn.Module):
 
     Each codec frame's latent, with ``context`` neighbours either side, predicts the log-magnitude of ``subframes``
     STFT frames (hop ``hop / subframes``, ``n_fft = 4 · hop / subframes``: 75% overlap) by a linear map
-    ``weight [(2·context + 1)·D + 1, subframes · F]`` fitted by :meth:`fit`; Griffin-Lim then rebuilds the phase.
+    ``weight [(2·context + 1)·D + 1, subframes · F]`` fitted by :meth:`fit`; with ``head_hidden`` a learned
+    :class:`~divcfg.common.vocoder_head.LogMagnitudeHead` adds its correction (codec version 3); Griffin-Lim then
+    rebuilds the phase.
     """
 
-    def __init__(self, dimension: int, hop: int, context: int = 1, subframes: int = 4, n_iter: int = 16):
+    def __init__(self, dimension: int, hop: int, context: int = 1, subframes: int = 4, n_iter: int = 16,
+                 head_hidden: int = 0, head_context: int = 2):
         super().__init__()
         if hop % subframes:
             raise ValueError(f"codec hop {hop} is not a multiple of subframes={subframes}")
@@ -152,18 +158,20 @@ class SpectrogramDecoder(torch.nn.Module):
         self.n_bins = self.n_fft // 2 + 1
         self.register_buffer("weight", torch.zeros((2 * context + 1) * dimension + 1, subframes * self.n_bins))
         self.register_buffer("window", torch.hann_window(self.n_fft))
+        self.head = (LogMagnitudeHead(dimension, subframes * self.n_bins, head_hidden, head_context)
+                     if head_hidden else None)
 
     def features(self, emb: torch.Tensor) -> torch.Tensor:
         """``[B, D, T]`` -> ``[B, T, (2·context + 1)·D + 1]``: each frame with its neighbours (edges repeated), and 1."""
-        c, t = self.context, emb.shape[-1]
-        padded = F.pad(emb, (c, c), mode="replicate") if c else emb
-        cols = torch.cat([padded[:, :, i: i + t] for i in range(2 * c + 1)], dim=1).transpose(1, 2)
+        cols = context_features(emb, self.context)
         return torch.cat([cols, cols.new_ones(*cols.shape[:2], 1)], dim=-1)
 
     def log_magnitude(self, emb: torch.Tensor) -> torch.Tensor:
         """``[B, D, T]`` -> ``[B, F, T · subframes]``."""
         b, _, t = emb.shape
         out = self.features(emb) @ self.weight  # [B, T, subframes · F]
+        if self.head is not None:
+            out = out + self.head(emb)
         return out.view(b, t * self.subframes, self.n_bins).transpose(1, 2)
 
     def target(self, wav: torch.Tensor, n_frames: int) -> torch.Tensor:

@@ -25,14 +25,15 @@ _NEEDS_AUDIO = ("corpus", "codec", "tokens", "embedders", "scorer")  # a resumed
 # Everything that differs between sizes. tiny: < 2 min on 2 cores (tests); small: < 20 min (quickstart, acceptance).
 SIZES: dict[str, dict] = {
     "tiny": dict(n_clips=260, n_heldout=40, duration_s=2.0, card=64, fit_vectors=4000, kmeans_iters=8,
-                 decoder_steps=0, captions_per_clip=2, model="tiny", pretrain_steps=150, pretrain_batch=16,
+                 decoder_steps=0, head_steps=100, captions_per_clip=2, model="tiny", pretrain_steps=150,
+                 pretrain_batch=16,
                  pretrain_lr=3e-3, text_steps=40, model_overrides=dict(freeze_text=True),
                  embedder="tiny", embedder_steps=60, embedder_clips=200, scorer="tiny", scorer_steps=60,
                  measure_prompts=6, measure_samples=4),
     # small: 9600 clips so that pretraining sees each about 8 times; with 3200 it memorised them (train loss 1.6,
     # held-out 3.0) and ignored the prompt.
     "small": dict(n_clips=9600, n_heldout=200, duration_s=3.0, card=256, fit_vectors=20000, kmeans_iters=15,
-                  decoder_steps=0, captions_per_clip=3, model="small",
+                  decoder_steps=0, head_steps=2500, captions_per_clip=3, model="small",
                   model_overrides=dict(dim=128, n_layers=4, n_heads=4, text_layers=2, freeze_text=True),
                   text_steps=200, pretrain_steps=3000, pretrain_batch=32, pretrain_lr=2e-3,
                   embedder="small", embedder_steps=250, embedder_clips=1200, scorer="small", scorer_steps=200,

@@ -126,7 +126,8 @@ class _Builder:
 
         p, seed = self.p, self.seed
         fit_idx = np.random.default_rng(seed).permutation(self.n_train)[: max(64, self.n_train // 4)]
-        ccfg = OfflineCodecConfig(sample_rate=self.wcfg.sample_rate, card=p["card"], seed=seed)
+        ccfg = OfflineCodecConfig(sample_rate=self.wcfg.sample_rate, card=p["card"], head_steps=p["head_steps"],
+                                  seed=seed)
         codec = fit_offline_codec(self.audio[fit_idx], ccfg, n_vectors=p["fit_vectors"], kmeans_iters=p["kmeans_iters"],
                                   decoder_steps=p["decoder_steps"], progress=self.progress)
         codec.save(self.world.path("codec"))

@@ -217,7 +217,7 @@ def test_codec_dir_of_an_old_version_or_incomplete_is_refused(codec, tmp_path):
     from divcfg.common.codec import Codec, CodecError
     # What a version-1 codec wrote: its configuration without a version.
     Codec(codec.model, codec.n_codebooks, "offline", {"offline": codec.config["offline"]}).save(tmp_path / "codec")
-    with pytest.raises(CodecError, match="offline codec of version 1; this divcfg decodes version 2; rebuild it: "
+    with pytest.raises(CodecError, match="offline codec of version 1; this divcfg decodes versions 2 and 3; rebuild it: "
                                          ".*divcfg world build"):
         load_codec(tmp_path / "codec")
     codec.save(tmp_path / "c2")
@@ -314,3 +314,53 @@ def test_loading_a_musicgen_checkpoint_offline_passes_local_files_only_to_the_hu
         load_musicgen_policy(tmp_path / "mg", local_files_only=True)
     with pytest.raises(RuntimeError, match="^load someone/musicgen-x local_files_only=False$"):
         load_musicgen_policy(tmp_path / "mg")
+
+
+# ---- codec version 3: the spectrogram decoder's learned head ---------------------------------------------------------
+@pytest.fixture(scope="module")
+def head_codec():
+    return fit_offline_codec(tones(96), OfflineCodecConfig(card=64, head_steps=150, head_hidden=64), n_vectors=3000,
+                             kmeans_iters=8)
+
+
+def test_the_head_starts_as_the_ridge_and_training_lowers_the_held_out_l1(codec, head_codec):
+    from divcfg.common.vocoder import SpectrogramDecoder
+    from divcfg.common.vocoder_head import fit_head
+    # An untrained head adds exactly zero: the decoder is version 2's.
+    ridge = codec.model.decoder
+    with_head = SpectrogramDecoder(64, ridge.hop, ridge.context, ridge.subframes, ridge.n_iter, head_hidden=32)
+    with_head.weight.copy_(ridge.weight)
+    emb = codec.model.quantizer.decode(codec.model.quantizer.encode(codec.model.encoder(
+        torch.as_tensor(tones(4, seed=3))[:, None]), 1, None))
+    assert torch.equal(with_head.log_magnitude(emb), ridge.log_magnitude(emb))
+    # Trained, the head lowers the L1 of log-magnitudes on clips it never saw, against the same ridge.
+    dec, model = head_codec.model.decoder, head_codec.model
+    held = torch.as_tensor(tones(16, seed=9))
+    e = model.quantizer.decode(model.quantizer.encode(model.encoder(held[:, None]), 1, None))
+    target = dec.target(held, e.shape[-1])
+    head, dec.head = dec.head, None
+    ridge_l1 = (dec.log_magnitude(e) - target).abs().mean()
+    dec.head = head
+    head_l1 = (dec.log_magnitude(e) - target).abs().mean()
+    assert head_l1 < 0.95 * ridge_l1, (float(head_l1), float(ridge_l1))
+    losses = fit_head(dec, e, held.numpy(), steps=3, seed=0)  # one more fit reports a loss per step
+    assert len(losses) == 3 and all(np.isfinite(losses))
+
+
+def test_a_codec_with_a_head_saves_loads_and_decodes_the_same(head_codec, tmp_path):
+    head_codec.save(tmp_path / "c3")
+    loaded = load_codec(tmp_path / "c3")
+    assert loaded.config["codec_version"] == 3 and loaded.model.decoder.head is not None
+    x = tones(2, seed=4)
+    assert torch.equal(loaded.decode(loaded.encode(x)), head_codec.decode(head_codec.encode(x)))
+
+
+def test_a_version_2_codec_directory_still_loads_without_a_head(codec, tmp_path):
+    """Version 3 is version 2 plus the head; what version 2 wrote (no head_* fields) loads as that decoder."""
+    from divcfg.common.codec import Codec
+    cfg = {k: v for k, v in codec.config["offline"].items() if not k.startswith("head_")}
+    Codec(codec.model, codec.n_codebooks, "offline", {"offline": cfg, "codec_version": 2}).save(tmp_path / "c2")
+    loaded = load_codec(tmp_path / "c2")
+    assert loaded.model.decoder.head is None
+    x = tones(2, seed=4)
+    assert torch.equal(loaded.decode(loaded.encode(x)), codec.decode(codec.encode(x)))
