@@ -13,6 +13,7 @@ from pathlib import Path
 # 4: several captions per training clip, word features in the text encoder (the base model now follows its prompt)
 # 5: the text encoder is trained to read captions first, then frozen while the base model pretrains
 # 6: codec version 2 (fitted spectrogram decoder); world.json gains codec figures and FAD; worlds record their kind
+# (codec version 3, the decoder's learned head, kept version 6: a version-6 world's codec still decodes as it did)
 WORLD_VERSION = 6
 STAGES = ("corpus", "codec", "tokens", "base", "embedders", "scorer", "measure")
 # What each stage leaves in the directory ("name/": a checkpoint directory); World.verify checks them.
