@@ -9,6 +9,7 @@ codec A/B uses (9400..), the distance of decoders that know more than any codec 
 - ``music_exact_fresh_noise``: the clip's exact music waveform plus new white noise of the clip's own level;
 - ``music_magnitude_noise_level``: Griffin-Lim from the music's exact magnitude plus the noise's expected power.
 The last two are the floor for a codec that gets the music perfectly and the noise only by its level.
+``music_alone`` (the music without any noise) shows why a codec must rebuild the noise floor at all.
 """
 from __future__ import annotations
 
