@@ -5,8 +5,9 @@
     python -m divcfg.bench.codec_ab --variant v3 --fit-clips 2350  # the learned head, fitted as the small world's
 
 The codec is fitted on the small world's clips 0..299 (``--fit-clips``; the world build fits it on a quarter of the
-training clips, 2350); figures are on held-out clips 9400.. (the small world's held-out split is 9400..9599). With ``--scorer`` a "small" scorer is trained
-for 200 steps on 800 round-tripped training clips, as the world build trains it on decoded audio, and read on all
+training clips, 2350); figures are on held-out clips 9400.. (the small world's held-out split is 9400..9599).
+With ``--scorer`` a "small" scorer is trained for 200 steps on 800 round-tripped training clips, as the world build
+trains it on decoded audio, and read on all
 200 held-out clips as they are and after the round trip. One torch thread.
 """
 from __future__ import annotations
