@@ -82,7 +82,10 @@ class AlgoConfig:
     batch_prompts: int = 4
     """Prompts (groups) per learner step."""
     lr: float = 1e-4
-    """Adam learning rate of the student."""
+    """Adam learning rate of the student (the peak, under a schedule)."""
+    lr_schedule: str = "constant"
+    """constant, or cosine: half a cosine from lr down to 0.1 × lr over the run's learner.steps (learner/schedule.py
+    says why: a constant rate leaves the KL to the teacher at the level of its noise)."""
     baseline: str = "loo"
     """REINFORCE baseline inside a group: none, mean or loo (leave-one-out)."""
     kl_reduction: str = "sum"

@@ -60,6 +60,7 @@ def _check_algo(a) -> None:
           f"must be >= 2 when algo.beta={a.beta} > 0: the diversity reward compares samples within a group")
     check(a.batch_prompts >= 1, "algo.batch_prompts", a.batch_prompts, "must be >= 1")
     check(a.lr > 0, "algo.lr", a.lr, "must be > 0")
+    check(a.lr_schedule in ("constant", "cosine"), "algo.lr_schedule", a.lr_schedule, "must be constant or cosine")
     check(a.baseline in ("none", "mean", "loo"), "algo.baseline", a.baseline, "must be none, mean or loo")
     check(a.kl_reduction in ("mean", "sum"), "algo.kl_reduction", a.kl_reduction, "must be mean or sum")
     check(a.max_policy_lag >= 0, "algo.max_policy_lag", a.max_policy_lag, "must be >= 0")

@@ -99,13 +99,16 @@ def pool_target(cfg, on_event=None) -> Callable[[], int]:
 PLACEMENTS = ("driver", "group")
 
 
-def build_learner(cfg, source: PolicySource, device: str):
+def build_learner(cfg, source: PolicySource, device: str, steps: int = 0):
     """The learner: a :class:`Learner` in this process, or (``learner.placement=group`` in a Ray mode) a
-    :class:`GroupTrainee` over ``learner.workers`` Ray actors, with a CPU copy of the student here."""
+    :class:`GroupTrainee` over ``learner.workers`` Ray actors, with a CPU copy of the student here. ``steps``: the
+    run's learner steps, over which ``algo.lr_schedule`` runs."""
     from divcfg.learner.learner import Learner
+    from divcfg.learner.schedule import LrSchedule
     if cfg.learner.placement not in PLACEMENTS:
         raise ValueError(f"learner.placement={cfg.learner.placement!r}: must be one of {PLACEMENTS}")
     kwargs = dict(beta=cfg.algo.beta, guidance_scale=cfg.algo.guidance_scale, lr=cfg.algo.lr,
+                  lr_schedule=LrSchedule(cfg.algo.lr, steps, cfg.algo.lr_schedule),
                   baseline=cfg.algo.baseline, is_clip=cfg.algo.is_clip, grad_clip=cfg.learner.grad_clip,
                   amp=cfg.learner.amp, kl_reduction=cfg.algo.kl_reduction)
     if cfg.learner.mode == "local" or cfg.learner.placement == "driver":

@@ -66,7 +66,7 @@ def _train(cfg) -> dict:
     # The policy source: where the base model and the codec come from.
     source = load_policy_source(cfg, world, read_tokens(world.path("heldout.parquet")))
     # The learner: in this process, or a learner group on Ray (learner.placement=group).
-    learner = build_learner(cfg, source, _device(cfg))
+    learner = build_learner(cfg, source, _device(cfg), steps)
     stream = PromptStream(list(dict.fromkeys(read_tokens(world.path("tokens.parquet")).prompts)), cfg.run.seed)
     # Restore: the learner, the stream and the generators from the checkpoint; its unused prompts go first.
     start_step, resume_prompts = 0, []

@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 
 import numpy as np
@@ -38,7 +39,8 @@ class Learner:
     of two float64 metric vectors)."""
 
     def __init__(self, base_policy, *, beta: float, guidance_scale: float, lr: float, baseline: str, is_clip: float,
-                 grad_clip: float, device: str = "cpu", amp: bool = True, kl_reduction: str = "mean", parallel=None):
+                 grad_clip: float, device: str = "cpu", amp: bool = True, kl_reduction: str = "mean", parallel=None,
+                 lr_schedule: Callable[[int], float] | None = None):
         self.device = torch.device(device)
         self.student = base_policy.to(self.device).train()
         # The teacher is the frozen base model; CFG is applied on its logits at every scored position. Parameters
@@ -49,6 +51,7 @@ class Learner:
         self.beta, self.guidance_scale, self.baseline = beta, guidance_scale, baseline
         self.is_clip, self.grad_clip, self.kl_reduction = is_clip, grad_clip, kl_reduction
         self.parallel = parallel
+        self.lr_schedule = lr_schedule  # the rate at each version; None keeps lr (learner/schedule.py)
         self.forward_student = StudentForward(self.student) if parallel is None else parallel.wrap(
             StudentForward(self.student))
         # Fused Adam: one kernel over all parameters instead of a pass per op, on CPU as on CUDA (clip + step of the
@@ -92,9 +95,13 @@ class Learner:
         times["forward_backward"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.student.parameters(), self.grad_clip)
+        if self.lr_schedule is not None:
+            for group in self.opt.param_groups:  # from the version, so a resumed run continues the same curve
+                group["lr"] = self.lr_schedule(self.version)
         self.opt.step()
         self.version += 1
         times["update"] = time.perf_counter() - t0
+        metrics["losses/lr"] = self.opt.param_groups[0]["lr"]
         metrics["losses/grad_norm"] = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor")
                                             else grad_norm)
         metrics.update({f"time/{k}": v for k, v in times.items()})

@@ -4,7 +4,6 @@ The trainer is a plain function (:func:`pretrain`) used by the Hydra app below a
 """
 from __future__ import annotations
 
-import math
 import os
 import time
 from pathlib import Path
@@ -17,6 +16,7 @@ from torch import nn
 from divcfg.common.checkpoint import atomic_dir, is_complete, load_weights, save_policy
 from divcfg.common.config import PretrainConfig
 from divcfg.common.policy import AudioTokenPolicy
+from divcfg.learner.schedule import cosine_lr
 
 
 def next_token_loss(logits: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
@@ -65,10 +65,7 @@ def pretrain_text(policy: AudioTokenPolicy, prompts: list[str], labels: np.ndarr
 
 
 def _lr_at(step: int, cfg: PretrainConfig) -> float:
-    if step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
-    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+    return cosine_lr(step, cfg.steps, cfg.lr, warmup=cfg.warmup)
 
 
 def _save_state(path: Path, policy, opt, step: int, rng: np.random.Generator) -> None:

@@ -20,6 +20,7 @@ def test_defaults_validate():
     ("algo.guidance_scale", 0.5, "algo.guidance_scale=0.5: the CFG teacher needs γ >= 1"),
     ("algo.baseline", "median", "algo.baseline='median': must be none, mean or loo"),
     ("algo.kl_reduction", "max", "algo.kl_reduction='max': must be mean or sum"),
+    ("algo.lr_schedule", "linear", "algo.lr_schedule='linear': must be constant or cosine"),
     ("world.size", "huge", "world.size='huge': must be tiny or small"),
     ("world.kind", "jazz", "world.kind='jazz': must be procedural or music"),
     ("learner.mode", "fast", "learner.mode='fast'"),

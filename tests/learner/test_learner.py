@@ -240,8 +240,8 @@ def test_a_step_reports_each_metric_the_step_log_charts():
     batch = make_groups(learner.student, ["a slow melody"], g=2, frames=4)
     m = learner.step(batch, 2)
     times = {"time/teacher", "time/forward_backward", "time/update"}
-    assert set(m) == {"losses/distill_kl", "losses/pg", "losses/total", "losses/grad_norm", "rollout/is_weight_mean",
-                      "rollout/policy_lag_mean", "rollout/policy_lag_max"} | times
+    assert set(m) == {"losses/distill_kl", "losses/pg", "losses/total", "losses/grad_norm", "losses/lr",
+                      "rollout/is_weight_mean", "rollout/policy_lag_mean", "rollout/policy_lag_max"} | times
     assert all(m[k] >= 0 for k in times)
     learner.beta = 0.0
     assert "losses/pg" not in learner.step(batch, 2)
