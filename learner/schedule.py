@@ -36,6 +36,9 @@ class LrSchedule:
     def __post_init__(self):
         if self.kind not in SCHEDULES:
             raise ValueError(f"algo.lr_schedule={self.kind!r}: must be one of {SCHEDULES}")
+        if self.kind == "cosine" and self.total_steps < 1:
+            # Without the run's length the cosine would sit at its floor from the second step on.
+            raise ValueError(f"algo.lr_schedule=cosine needs the run's learner steps, got {self.total_steps}")
 
     def __call__(self, step: int) -> float:
         if self.kind == "constant":

@@ -28,6 +28,9 @@ def test_lr_schedule_kinds_and_bad_kind():
     assert cos(0) == pytest.approx(3e-4) and cos(10) == pytest.approx(3e-5) and cos(5) == pytest.approx(1.65e-4)
     with pytest.raises(ValueError, match="algo.lr_schedule='linear'"):
         LrSchedule(3e-4, 10, "linear")
+    with pytest.raises(ValueError, match="needs the run's learner steps, got 0"):
+        LrSchedule(3e-4, 0, "cosine")
+    assert LrSchedule(3e-4, 0)(7) == 3e-4  # constant needs no length
 
 
 def test_learner_steps_at_the_scheduled_rate_from_its_version():
