@@ -9,8 +9,8 @@ from pathlib import Path
 # The method's settings: a resumed run must keep them; anything else may change.
 METHOD_KEYS = ["algo.beta", "algo.guidance_scale", "algo.group_size", "algo.baseline", "algo.kl_reduction",
                "world.size", "world.seed", "model.family"]
-# What runs saved before these keys existed used: divcfg runs with the mean KL.
-OLD_DEFAULTS = {"model.family": "divcfg", "algo.kl_reduction": "mean"}
+# What runs saved before these keys existed used: divcfg runs with the mean KL and a constant rate.
+OLD_DEFAULTS = {"model.family": "divcfg", "algo.kl_reduction": "mean", "algo.lr_schedule": "constant"}
 
 
 def job_run_dir(cfg) -> Path:
@@ -93,7 +93,24 @@ def check_resume_config(resume_dir: Path, cfg, set_on_command_line: set[str] | N
             changed = True
         elif a != b:
             raise ValueError(f"run.resume={resume_dir}: {key}={b!r} conflicts with the resumed run's {key}={a!r}")
+    _check_resume_schedule(resume_dir, old, cfg)
     return changed
+
+
+def _check_resume_schedule(resume_dir: Path, old, cfg) -> None:
+    """A cosine rate follows the learner's version over ``learner.steps``: a resume that switches the schedule, or
+    changes a cosine run's length, would jump the rate mid-curve. A constant run may be extended freely."""
+    from omegaconf import OmegaConf
+    key = "algo.lr_schedule"
+    a, b = (OmegaConf.select(c, key, default=OLD_DEFAULTS[key]) for c in (old, cfg))
+    if a != b:
+        raise ValueError(f"run.resume={resume_dir}: {key}={b!r} conflicts with the resumed run's {key}={a!r}; a "
+                         f"resume keeps the rate's schedule (start a new run.dir to change it)")
+    steps_a, steps_b = OmegaConf.select(old, "learner.steps"), OmegaConf.select(cfg, "learner.steps")
+    if a == "cosine" and steps_a != steps_b:
+        raise ValueError(f"run.resume={resume_dir}: learner.steps={steps_b!r} conflicts with the resumed run's "
+                         f"learner.steps={steps_a!r}: its cosine rate decays over that many steps, so another "
+                         f"length would jump the rate mid-curve (keep learner.steps={steps_a}, or start a new run.dir)")
 
 
 def check_resume(resume_from: Path, run_dir: Path, cfg) -> None:

@@ -91,3 +91,34 @@ def test_auto_skips_a_newest_checkpoint_that_fails_to_verify_and_says_why(tmp_pa
     assert resolve_resume(tmp_path / "other", str(run)) == good
     err = capsys.readouterr().err
     assert "skipping checkpoint step_000004" in err and "train_state.json" in err
+
+
+def test_resume_keeps_the_rate_schedule_and_a_cosine_runs_length(tmp_path):
+    """A cosine rate decays over learner.steps: a resume may not switch the schedule or change a cosine run's length;
+    a constant run may be extended, and a run saved before the key existed had a constant rate."""
+    from omegaconf import OmegaConf
+
+    from divcfg.job.run_dir import check_resume_config
+
+    def saved(algo, steps):
+        (tmp_path / ".hydra").mkdir(exist_ok=True)
+        cfg = {"algo": {"beta": 0.0, "guidance_scale": 3.0, "group_size": 4, "baseline": "loo", "kl_reduction": "sum",
+                        **algo},
+               "learner": {"steps": steps}, "world": {"size": "small", "seed": 0}, "model": {"family": "divcfg"}}
+        OmegaConf.save(OmegaConf.create(cfg), tmp_path / ".hydra" / "config.yaml")
+        return OmegaConf.create(cfg)
+
+    def resumed(old, **algo_steps):
+        steps = algo_steps.pop("steps", old.learner.steps)
+        return OmegaConf.merge(old, {"algo": algo_steps, "learner": {"steps": steps}})
+
+    old = saved({}, 500)  # no lr_schedule key: an older run, constant
+    check_resume_config(tmp_path, resumed(old, lr_schedule="constant", steps=900))  # extending a constant run
+    with pytest.raises(ValueError, match="algo.lr_schedule='cosine' conflicts with the resumed run's "
+                                         "algo.lr_schedule='constant'"):
+        check_resume_config(tmp_path, resumed(old, lr_schedule="cosine"))
+    cos = saved({"lr_schedule": "cosine"}, 500)
+    check_resume_config(tmp_path, cos)
+    with pytest.raises(ValueError, match=r"learner.steps=900 conflicts with the resumed run's learner.steps=500.*"
+                                         r"keep learner.steps=500"):
+        check_resume_config(tmp_path, resumed(cos, steps=900))
