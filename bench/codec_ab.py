@@ -21,10 +21,14 @@ import torch
 
 # Variants measured in RESULTS.md: v1 is codec version 1; v2 is the default of version 2; v3 (the learned head) is
 # what the small world builds with --fit-clips 2350. n_vectors and kmeans_iters are the codebooks' fit.
-VARIANTS = {"v1": dict(mel_decoder="pinv"), "v2": dict(), "v2_gl16": dict(griffin_lim_iters=16),
-            "v3": dict(head_steps=2500),
-            "v3_card1024": dict(head_steps=2500, card=1024, n_vectors=80000, kmeans_iters=20),
-            "v2_mel128": dict(dimension=128), "v2_k8": dict(n_codebooks=8), "v2_ctx2": dict(context=2)}
+FLAT = dict(phase_init="zero")  # versions 2 and 3 started Griffin-Lim from a flat phase
+VARIANTS = {"v1": dict(mel_decoder="pinv"), "v2": FLAT, "v2_gl16": dict(griffin_lim_iters=16, **FLAT),
+            "v3": dict(head_steps=2500, **FLAT),
+            "v3_card1024": dict(head_steps=2500, card=1024, n_vectors=80000, kmeans_iters=20, **FLAT),
+            "v4": dict(head_steps=2500),
+            "v4_card1024": dict(head_steps=2500, card=1024, n_vectors=80000, kmeans_iters=20),
+            "v2_mel128": dict(dimension=128, **FLAT), "v2_k8": dict(n_codebooks=8, **FLAT),
+            "v2_ctx2": dict(context=2, **FLAT)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -40,11 +40,13 @@ ENCODEC_24KHZ_FILE = "encodec_24khz-d7cc33bc.th"
 
 # 1: log-mel frames decoded by the mel filterbank's pseudo-inverse and Griffin-Lim at 50% overlap;
 # 2: a spectrogram decoder fitted on the corpus predicts linear log-magnitude at 4 sub-frames (vocoder.py);
-# 3: a learned head corrects that prediction (vocoder_head.py). A version-2 directory is a version-3 codec without
-# the head, so it still loads; a codec directory of any other version is refused: its codes mean something else to
-# the decoder.
-CODEC_VERSION = 3
-READABLE_CODEC_VERSIONS = (2, 3)
+# 3: a learned head corrects that prediction (vocoder_head.py);
+# 4: Griffin-Lim starts from the phase PGHI integrates from the magnitude (phase.py), not a flat one.
+# A version-2 directory is a version-3 codec without the head, and a version-3 one is a version-4 codec that starts
+# from the flat phase, so both still load and decode as they did; a codec directory of any other version is refused:
+# its codes mean something else to the decoder.
+CODEC_VERSION = 4
+READABLE_CODEC_VERSIONS = (2, 3, 4)
 
 # encodec 0.1.1 uses the old weight_norm API; the warning is the package's, not ours.
 warnings.filterwarnings("ignore", message=".*weight_norm.*is deprecated", category=FutureWarning)
@@ -85,6 +87,10 @@ class OfflineCodecConfig:
     griffin_lim_iters: int = 8
     """Spectrogram decoder: Griffin-Lim iterations (decoding time grows linearly with them; 8 and 16 measured
     within 0.01 of each other in multi-resolution STFT distance, RESULTS.md "Codec")."""
+    phase_init: str = "pghi"
+    """Spectrogram decoder: where Griffin-Lim's phase starts. pghi: integrated from the magnitude's own gradients
+    (phase.py; keeps the notes' attacks, RESULTS.md "Codec version 4"); zero: a flat phase (codec versions 2 and 3,
+    which load with it)."""
     head_steps: int = 0
     """Spectrogram decoder: Adam steps of the learned head that corrects the ridge's log-magnitude (vocoder_head.py;
     0: no head, codec version 2's decoder). The world build sets it per size."""
@@ -252,7 +258,7 @@ def build_offline_model(cfg: OfflineCodecConfig):
     if cfg.encoder == "mel":
         encoder = MelEncoder(cfg.sample_rate, hop, cfg.dimension)
         decoder = (SpectrogramDecoder(cfg.dimension, hop, cfg.context, cfg.subframes, cfg.griffin_lim_iters,
-                                      cfg.head_hidden if cfg.head_steps else 0, cfg.head_context)
+                                      cfg.head_hidden if cfg.head_steps else 0, cfg.head_context, cfg.phase_init)
                    if cfg.mel_decoder == "spectrogram" else MelDecoder(encoder))
     else:
         encoder = SEANetEncoder(**kw)
@@ -295,11 +301,12 @@ def load_codec(dirpath: str | os.PathLike) -> Codec:
         found = config.get("codec_version", 1)  # version 1 did not record its version
         if found not in READABLE_CODEC_VERSIONS:
             raise CodecError(f"codec directory {dirpath} holds an offline codec of version {found}; this divcfg "
-                             f"decodes versions {' and '.join(map(str, READABLE_CODEC_VERSIONS))}; {REBUILD_HINT}")
-        cfg = OfflineCodecConfig(**config["offline"])  # version 2 has no head_* fields: head_steps=0, no head
+                             f"decodes versions {', '.join(map(str, READABLE_CODEC_VERSIONS))}; {REBUILD_HINT}")
+        # Version 2 has no head_* fields (head_steps=0: no head); versions 2 and 3 started from a flat phase.
+        cfg = OfflineCodecConfig(**{"phase_init": "zero", **config["offline"]})
         model = build_offline_model(cfg)
         model.load_state_dict(state)
-        return Codec(model, cfg.n_codebooks, "offline", {"offline": asdict(cfg), "codec_version": CODEC_VERSION})
+        return Codec(model, cfg.n_codebooks, "offline", {"offline": asdict(cfg), "codec_version": found})
     from encodec import EncodecModel
     model = EncodecModel.encodec_model_24khz(pretrained=False)
     model.load_state_dict(state)

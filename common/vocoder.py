@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from divcfg.common.phase import pghi_phase
 from divcfg.common.vocoder_head import LogMagnitudeHead, context_features
 
 
@@ -36,9 +37,10 @@ def _iterate(magnitude: torch.Tensor, window: torch.Tensor, hop: int, n_iter: in
 
 
 def griffin_lim_overlap(magnitude: torch.Tensor, window: torch.Tensor, hop: int, n_iter: int,
-                        momentum: float = 0.99) -> torch.Tensor:
-    """Fast Griffin-Lim for any ``n_fft`` (a multiple of ``hop``; the spectrogram decoder's is 75% overlap), from a
-    fixed all-ones initial phase: ``magnitude [B, n_fft/2 + 1, T]`` -> waveform ``[B, (T - 1) · hop]``.
+                        momentum: float = 0.99, phase: torch.Tensor | None = None) -> torch.Tensor:
+    """Fast Griffin-Lim for any ``n_fft`` (a multiple of ``hop``; the spectrogram decoder's is 75% overlap), from
+    ``phase [B, n_fft/2 + 1, T]`` (None: a fixed all-ones initial phase): ``magnitude [B, n_fft/2 + 1, T]`` ->
+    waveform ``[B, (T - 1) · hop]``; ``n_iter=0`` is the inverse STFT of the magnitude with that phase.
 
     The same iteration as ``torchaudio.functional.griffinlim`` (tested against it), laid out for a CPU, where it is
     bound by memory traffic (decoding is most of a reward worker's and of the evaluation's time): the spectrogram is
@@ -74,7 +76,11 @@ def griffin_lim_overlap(magnitude: torch.Tensor, window: torch.Tensor, hop: int,
         return torch.fft.rfft(padded.unfold(-1, n_fft, hop) * window, dim=-1)
 
     alpha = momentum / (1 + momentum)  # torchaudio's parametrisation of the momentum
-    spec, previous = mag.to(torch.complex64 if mag.dtype == torch.float32 else torch.complex128), None
+    if phase is None:
+        spec = mag.to(torch.complex64 if mag.dtype == torch.float32 else torch.complex128)
+    else:
+        spec = torch.polar(mag, phase.transpose(1, 2).to(mag.dtype))
+    previous = None
     for _ in range(n_iter):
         rebuilt = stft(istft(spec))
         spec = rebuilt.clone() if previous is None else torch.sub(rebuilt, previous, alpha=alpha)
@@ -138,6 +144,9 @@ class MelDecoder(torch.nn.Module):
         return griffin_lim(mag, gl.window, self.hop, gl.n_iter, gl.momentum)[:, None, : t * self.hop]
 
 
+PHASE_INITS = ("zero", "pghi")
+
+
 class SpectrogramDecoder(torch.nn.Module):
     """Quantised latents ``[B, D, T]`` -> waveform ``[B, 1, T * hop]``.
 
@@ -145,15 +154,18 @@ class SpectrogramDecoder(torch.nn.Module):
     STFT frames (hop ``hop / subframes``, ``n_fft = 4 · hop / subframes``: 75% overlap) by a linear map
     ``weight [(2·context + 1)·D + 1, subframes · F]`` fitted by :meth:`fit`; with ``head_hidden`` a learned
     :class:`~divcfg.common.vocoder_head.LogMagnitudeHead` adds its correction (codec version 3); Griffin-Lim then
-    rebuilds the phase.
+    rebuilds the phase, from PGHI's phase with ``phase_init="pghi"`` (codec version 4; phase.py) or from a flat one.
     """
 
     def __init__(self, dimension: int, hop: int, context: int = 1, subframes: int = 4, n_iter: int = 16,
-                 head_hidden: int = 0, head_context: int = 2):
+                 head_hidden: int = 0, head_context: int = 2, phase_init: str = "zero"):
         super().__init__()
         if hop % subframes:
             raise ValueError(f"codec hop {hop} is not a multiple of subframes={subframes}")
+        if phase_init not in PHASE_INITS:
+            raise ValueError(f"codec phase_init={phase_init!r}: must be one of {PHASE_INITS}")
         self.hop, self.context, self.subframes, self.n_iter = hop, context, subframes, n_iter
+        self.phase_init = phase_init
         self.stft_hop, self.n_fft = hop // subframes, 4 * (hop // subframes)
         self.n_bins = self.n_fft // 2 + 1
         self.register_buffer("weight", torch.zeros((2 * context + 1) * dimension + 1, subframes * self.n_bins))
@@ -184,7 +196,8 @@ class SpectrogramDecoder(torch.nn.Module):
         t = emb.shape[-1]
         mag = self.log_magnitude(emb).exp()
         mag = torch.cat([mag, mag[:, :, -1:]], dim=2)  # T·s frames -> T·s + 1 centred STFT frames
-        return griffin_lim_overlap(mag, self.window, self.stft_hop, self.n_iter)[:, None]
+        phase = pghi_phase(mag, self.stft_hop, self.n_fft) if self.phase_init == "pghi" else None
+        return griffin_lim_overlap(mag, self.window, self.stft_hop, self.n_iter, phase=phase)[:, None]
 
     @torch.no_grad()
     def fit(self, batches, ridge: float = 1.0) -> None:

@@ -6,8 +6,8 @@ import torch
 
 from divcfg.common.audio import read_wav, write_wav
 from divcfg.common.checkpoint import CheckpointError, load_policy, save_policy
-from divcfg.common.codec import (ENCODEC_24KHZ_FILE, OfflineCodecConfig, fit_offline_codec, load_codec,
-                                 pretrained_encodec)
+from divcfg.common.codec import (CODEC_VERSION, ENCODEC_24KHZ_FILE, OfflineCodecConfig, fit_offline_codec,
+                                 load_codec, pretrained_encodec)
 from divcfg.common.policy import build_policy
 
 
@@ -217,7 +217,8 @@ def test_codec_dir_of_an_old_version_or_incomplete_is_refused(codec, tmp_path):
     from divcfg.common.codec import Codec, CodecError
     # What a version-1 codec wrote: its configuration without a version.
     Codec(codec.model, codec.n_codebooks, "offline", {"offline": codec.config["offline"]}).save(tmp_path / "codec")
-    with pytest.raises(CodecError, match="offline codec of version 1; this divcfg decodes versions 2 and 3; rebuild it: "
+    with pytest.raises(CodecError, match="offline codec of version 1; this divcfg decodes versions 2, 3, 4; "
+                                         "rebuild it: "
                                          ".*divcfg world build"):
         load_codec(tmp_path / "codec")
     codec.save(tmp_path / "c2")
@@ -350,17 +351,41 @@ def test_the_head_starts_as_the_ridge_and_training_lowers_the_held_out_l1(codec,
 def test_a_codec_with_a_head_saves_loads_and_decodes_the_same(head_codec, tmp_path):
     head_codec.save(tmp_path / "c3")
     loaded = load_codec(tmp_path / "c3")
-    assert loaded.config["codec_version"] == 3 and loaded.model.decoder.head is not None
+    assert loaded.config["codec_version"] == CODEC_VERSION and loaded.model.decoder.head is not None
     x = tones(2, seed=4)
     assert torch.equal(loaded.decode(loaded.encode(x)), head_codec.decode(head_codec.encode(x)))
 
 
 def test_a_version_2_codec_directory_still_loads_without_a_head(codec, tmp_path):
-    """Version 3 is version 2 plus the head; what version 2 wrote (no head_* fields) loads as that decoder."""
+    """Version 3 is version 2 plus the head, version 4 starts from PGHI's phase; what version 2 wrote (no head_* or
+    phase_init fields) loads as that decoder: no head, a flat phase."""
     from divcfg.common.codec import Codec
-    cfg = {k: v for k, v in codec.config["offline"].items() if not k.startswith("head_")}
+    cfg = {k: v for k, v in codec.config["offline"].items() if not k.startswith("head_") and k != "phase_init"}
     Codec(codec.model, codec.n_codebooks, "offline", {"offline": cfg, "codec_version": 2}).save(tmp_path / "c2")
     loaded = load_codec(tmp_path / "c2")
-    assert loaded.model.decoder.head is None
+    assert loaded.model.decoder.head is None and loaded.model.decoder.phase_init == "zero"
+    assert loaded.config["codec_version"] == 2
     x = tones(2, seed=4)
-    assert torch.equal(loaded.decode(loaded.encode(x)), codec.decode(codec.encode(x)))
+    codec.model.decoder.phase_init = "zero"
+    try:
+        assert torch.equal(loaded.decode(loaded.encode(x)), codec.decode(codec.encode(x)))
+    finally:
+        codec.model.decoder.phase_init = "pghi"
+
+
+def test_a_version_3_codec_directory_decodes_from_the_flat_phase_it_was_built_with(head_codec, tmp_path):
+    """A world built with codec version 3 keeps decoding as it did (its scorer learned from that audio): what version
+    3 wrote has no phase_init, and loads with the flat phase; version 4's default starts from PGHI's."""
+    from divcfg.common.codec import Codec
+    assert head_codec.model.decoder.phase_init == "pghi"
+    cfg = {k: v for k, v in head_codec.config["offline"].items() if k != "phase_init"}
+    old = {"offline": cfg, "codec_version": 3}
+    Codec(head_codec.model, head_codec.n_codebooks, "offline", old).save(tmp_path / "c3")
+    loaded = load_codec(tmp_path / "c3")
+    assert loaded.model.decoder.phase_init == "zero" and loaded.config["codec_version"] == 3
+    x = tones(2, seed=4)
+    codes = loaded.encode(x)
+    flat, pghi = loaded.decode(codes), head_codec.decode(codes)
+    assert not torch.allclose(flat, pghi, atol=1e-3)  # the two phases give different waveforms
+    loaded.model.decoder.phase_init = "pghi"
+    assert torch.equal(loaded.decode(codes), pghi)
