@@ -81,9 +81,14 @@ def heap_integrate(log_mag: np.ndarray, per_frame: np.ndarray, per_bin: np.ndarr
     return _compiled()(log_mag, per_frame, per_bin, floor)
 
 
-def pghi_phase(magnitude: torch.Tensor, hop: int, n_fft: int, tol: float = 1e-5) -> torch.Tensor:
+def pghi_phase(magnitude: torch.Tensor, hop: int, n_fft: int, tol: float = 1e-3) -> torch.Tensor:
     """``magnitude [B, F, T]`` of a Hann-window ``torch.stft`` (``F = n_fft / 2 + 1``) -> its phase ``[B, F, T]``
-    by PGHI; bins below ``tol`` × each clip's loudest keep phase 0 (their derivatives are noise)."""
+    by PGHI; bins below ``tol`` × each clip's loudest keep phase 0 (their derivatives are noise).
+
+    ``tol`` 1e-3 rather than the paper's 1e-5: on the real-music codec's decoded magnitudes 42% of the bins are
+    above 1e-3 and 96% above 1e-5, the walk takes less than half the time, and the rebuilt clips' spectral
+    convergence is the same to four digits, before and after 8 Griffin-Lim iterations (RESULTS.md "Codec
+    version 4")."""
     if magnitude.shape[1] != n_fft // 2 + 1:
         raise ValueError(f"pghi_phase: {magnitude.shape[1]} bins do not match n_fft={n_fft}")
     out = np.empty(magnitude.shape, dtype=np.float32)
