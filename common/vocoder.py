@@ -7,7 +7,8 @@ frames already costs 1.83; log-mel frames turned back to linear magnitude by the
 So :class:`SpectrogramDecoder` predicts the log-magnitude itself from the quantised latents (a ridge regression
 fitted in closed form, so the build stays cheap on CPU) at four sub-frames per codec frame, and runs Griffin-Lim at
 75% overlap, where Griffin-Lim from exact magnitudes costs 0.89 instead of 1.83. Codec version 3 adds a learned head
-to that regression (vocoder_head.py).
+to that regression (vocoder_head.py); version 4 starts Griffin-Lim from the phase PGHI integrates from the predicted
+magnitude (phase.py) instead of a flat one.
 """
 from __future__ import annotations
 
