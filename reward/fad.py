@@ -66,16 +66,21 @@ def fad(features_a, features_b) -> float:
 
 
 def fad_interval(features_a, features_b, n_boot: int = 200, level: float = 0.9, seed: int = 0) -> dict:
-    """FAD with a bootstrap percentile interval: both sets are resampled with replacement ``n_boot`` times.
+    """FAD with a bias-corrected bootstrap interval: both sets are resampled with replacement ``n_boot`` times.
 
-    Returns ``{"fad", "low", "high", "level", "n_a", "n_b"}``. The interval is the clip-sampling spread at these set
-    sizes; it does not remove the small-sample bias (see :func:`fad_by_clips`).
+    Returns ``{"fad", "low", "high", "level", "n_a", "n_b"}``. FAD is biased upwards at finite set sizes, and a
+    resample (which repeats clips) is biased upwards again by about as much, so the resamples' own percentiles sit
+    above the estimate and rarely cover the true distance (on Gaussians with a known FAD, 8 dimensions, 300 against
+    200 clips: 0 of 60 at 90%). The interval is therefore the basic bootstrap's, reflected about the estimate:
+    [2·FAD − q_high, 2·FAD − q_low], floored at 0 (the same test: 57 of 60).
     """
     a, b = _features(features_a, "the first set's"), _features(features_b, "the second set's")
     rng = np.random.default_rng(seed)
     boot = [fad(a[rng.integers(0, len(a), len(a))], b[rng.integers(0, len(b), len(b))]) for _ in range(n_boot)]
-    low, high = np.quantile(boot, [(1 - level) / 2, (1 + level) / 2])
-    return {"fad": fad(a, b), "low": float(low), "high": float(high), "level": level, "n_a": len(a), "n_b": len(b)}
+    q_low, q_high = np.quantile(boot, [(1 - level) / 2, (1 + level) / 2])
+    estimate = fad(a, b)
+    return {"fad": estimate, "low": float(max(0.0, 2 * estimate - q_high)), "high": float(2 * estimate - q_low),
+            "level": level, "n_a": len(a), "n_b": len(b)}
 
 
 def fad_by_clips(features_a, features_b, sizes: list[int], draws: int = 20, tolerance: float = 0.1,
