@@ -11,6 +11,9 @@ METHOD_KEYS = ["algo.beta", "algo.guidance_scale", "algo.group_size", "algo.base
                "world.size", "world.seed", "model.family"]
 # What runs saved before these keys existed used: divcfg runs with the mean KL and a constant rate.
 OLD_DEFAULTS = {"model.family": "divcfg", "algo.kl_reduction": "mean", "algo.lr_schedule": "constant"}
+# Keys a resume takes from the resumed run unless the command line sets them: a run keeps what it trained with
+# when a default changes.
+INHERITED_KEYS = ("algo.kl_reduction", "algo.lr_schedule")
 
 
 def job_run_dir(cfg) -> Path:
@@ -71,11 +74,11 @@ def _newest_verified(run_dir: str | os.PathLike, key: str) -> Path | None:
 
 
 def check_resume_config(resume_dir: Path, cfg, set_on_command_line: set[str] | None = None) -> bool:
-    """The method's settings must match the run being resumed; anything else may change.
+    """The method's settings and the rate's schedule must match the run being resumed; anything else may change.
 
-    ``algo.kl_reduction`` not set on the command line (``set_on_command_line``; None: not known, so every key
-    counts as set) is taken from the resumed run instead: a run saved before the key existed, or under the old
-    default, keeps mean. Returns whether ``cfg`` was changed so."""
+    A key of :data:`INHERITED_KEYS` not set on the command line (``set_on_command_line``; None: not known, so every
+    key counts as set) is taken from the resumed run instead: a run saved before the key existed, or under an older
+    default, keeps what it trained with (mean KL, constant rate). Returns whether ``cfg`` was changed so."""
     from omegaconf import OmegaConf
     saved = resume_dir / ".hydra" / "config.yaml"
     if not saved.is_file():
@@ -83,34 +86,37 @@ def check_resume_config(resume_dir: Path, cfg, set_on_command_line: set[str] | N
     old = OmegaConf.load(saved)
     keys = METHOD_KEYS + (["model.musicgen", "model.train_layers"] if cfg.model.family == "musicgen" else [])
     changed = False
-    for key in keys:
-        a = OmegaConf.select(old, key, default=OLD_DEFAULTS.get(key))
-        b = OmegaConf.select(cfg, key)
-        if a != b and key == "algo.kl_reduction" and set_on_command_line is not None \
-                and key not in set_on_command_line:
+    for key in keys + ["algo.lr_schedule"]:
+        a, b = (OmegaConf.select(c, key, default=OLD_DEFAULTS.get(key)) for c in (old, cfg))
+        if a == b:
+            continue
+        if key in INHERITED_KEYS and set_on_command_line is not None and key not in set_on_command_line:
             OmegaConf.update(cfg, key, a)
-            print(f"divcfg train: resuming {resume_dir} with its {key}={a} (the default is now {b})")
+            print(f"divcfg train: resuming {resume_dir} with its {key}={a} (the default is {b})")
             changed = True
-        elif a != b:
-            raise ValueError(f"run.resume={resume_dir}: {key}={b!r} conflicts with the resumed run's {key}={a!r}")
-    _check_resume_schedule(resume_dir, old, cfg)
-    return changed
+        else:
+            raise ValueError(f"run.resume={resume_dir}: {key}={b!r} conflicts with the resumed run's {key}={a!r}"
+                             + ("; a resume keeps the rate's schedule (start a new run.dir to change it)"
+                                if key == "algo.lr_schedule" else ""))
+    return _check_resume_length(resume_dir, old, cfg, set_on_command_line) or changed
 
 
-def _check_resume_schedule(resume_dir: Path, old, cfg) -> None:
-    """A cosine rate follows the learner's version over ``learner.steps``: a resume that switches the schedule, or
-    changes a cosine run's length, would jump the rate mid-curve. A constant run may be extended freely."""
+def _check_resume_length(resume_dir: Path, old, cfg, set_on_command_line: set[str] | None) -> bool:
+    """A cosine rate follows the learner's version over ``learner.steps``: resumed with another length it would jump
+    mid-curve, so a cosine run keeps its length (taken from the resumed run when the command line does not set it).
+    A constant-rate run may be extended freely. Returns whether ``cfg`` was changed."""
     from omegaconf import OmegaConf
-    key = "algo.lr_schedule"
-    a, b = (OmegaConf.select(c, key, default=OLD_DEFAULTS[key]) for c in (old, cfg))
-    if a != b:
-        raise ValueError(f"run.resume={resume_dir}: {key}={b!r} conflicts with the resumed run's {key}={a!r}; a "
-                         f"resume keeps the rate's schedule (start a new run.dir to change it)")
     steps_a, steps_b = OmegaConf.select(old, "learner.steps"), OmegaConf.select(cfg, "learner.steps")
-    if a == "cosine" and steps_a != steps_b:
-        raise ValueError(f"run.resume={resume_dir}: learner.steps={steps_b!r} conflicts with the resumed run's "
-                         f"learner.steps={steps_a!r}: its cosine rate decays over that many steps, so another "
-                         f"length would jump the rate mid-curve (keep learner.steps={steps_a}, or start a new run.dir)")
+    if OmegaConf.select(cfg, "algo.lr_schedule", default="constant") != "cosine" or steps_a == steps_b:
+        return False
+    if set_on_command_line is not None and "learner.steps" not in set_on_command_line:
+        OmegaConf.update(cfg, "learner.steps", steps_a)
+        print(f"divcfg train: resuming {resume_dir} with its learner.steps={steps_a} (its cosine rate decays over "
+              f"them)")
+        return True
+    raise ValueError(f"run.resume={resume_dir}: learner.steps={steps_b!r} conflicts with the resumed run's "
+                     f"learner.steps={steps_a!r}: its cosine rate decays over that many steps, so another length "
+                     f"would jump the rate mid-curve (keep learner.steps={steps_a}, or start a new run.dir)")
 
 
 def check_resume(resume_from: Path, run_dir: Path, cfg) -> None:

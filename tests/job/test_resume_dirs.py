@@ -94,8 +94,9 @@ def test_auto_skips_a_newest_checkpoint_that_fails_to_verify_and_says_why(tmp_pa
 
 
 def test_resume_keeps_the_rate_schedule_and_a_cosine_runs_length(tmp_path):
-    """A cosine rate decays over learner.steps: a resume may not switch the schedule or change a cosine run's length;
-    a constant run may be extended, and a run saved before the key existed had a constant rate."""
+    """A cosine rate decays over learner.steps: a resume may not switch the schedule or change a cosine run's length
+    on its command line, and takes both from the resumed run when the command line does not set them; a constant
+    run may be extended, and a run saved before the key existed had a constant rate."""
     from omegaconf import OmegaConf
 
     from divcfg.job.run_dir import check_resume_config
@@ -113,12 +114,16 @@ def test_resume_keeps_the_rate_schedule_and_a_cosine_runs_length(tmp_path):
         return OmegaConf.merge(old, {"algo": algo_steps, "learner": {"steps": steps}})
 
     old = saved({}, 500)  # no lr_schedule key: an older run, constant
-    check_resume_config(tmp_path, resumed(old, lr_schedule="constant", steps=900))  # extending a constant run
+    assert not check_resume_config(tmp_path, resumed(old, lr_schedule="constant", steps=900))  # extended
     with pytest.raises(ValueError, match="algo.lr_schedule='cosine' conflicts with the resumed run's "
                                          "algo.lr_schedule='constant'"):
-        check_resume_config(tmp_path, resumed(old, lr_schedule="cosine"))
+        check_resume_config(tmp_path, resumed(old, lr_schedule="cosine"), {"algo.lr_schedule"})
+    cfg = resumed(old, lr_schedule="cosine")  # cosine by default, not on the command line: the old run keeps its own
+    assert check_resume_config(tmp_path, cfg, set()) and cfg.algo.lr_schedule == "constant"
     cos = saved({"lr_schedule": "cosine"}, 500)
-    check_resume_config(tmp_path, cos)
+    assert not check_resume_config(tmp_path, cos)
     with pytest.raises(ValueError, match=r"learner.steps=900 conflicts with the resumed run's learner.steps=500.*"
                                          r"keep learner.steps=500"):
-        check_resume_config(tmp_path, resumed(cos, steps=900))
+        check_resume_config(tmp_path, resumed(cos, steps=900), {"learner.steps"})
+    cfg = resumed(cos, steps=900)  # a length from the defaults, not the command line: the resumed run's is kept
+    assert check_resume_config(tmp_path, cfg, {"run.resume"}) and cfg.learner.steps == 500
