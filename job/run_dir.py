@@ -107,8 +107,8 @@ def _check_resume_length(resume_dir: Path, old, cfg, set_on_command_line: set[st
     A constant-rate run may be extended freely. Returns whether ``cfg`` was changed."""
     from omegaconf import OmegaConf
     steps_a, steps_b = OmegaConf.select(old, "learner.steps"), OmegaConf.select(cfg, "learner.steps")
-    if OmegaConf.select(cfg, "algo.lr_schedule", default="constant") != "cosine" or steps_a == steps_b:
-        return False
+    if OmegaConf.select(cfg, "algo.lr_schedule", default="constant") != "cosine" or steps_a in (None, steps_b):
+        return False  # (None: a saved config without the key says nothing of the run's length)
     if set_on_command_line is not None and "learner.steps" not in set_on_command_line:
         OmegaConf.update(cfg, "learner.steps", steps_a)
         print(f"divcfg train: resuming {resume_dir} with its learner.steps={steps_a} (its cosine rate decays over "

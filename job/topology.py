@@ -99,7 +99,7 @@ def pool_target(cfg, on_event=None) -> Callable[[], int]:
 PLACEMENTS = ("driver", "group")
 
 
-def build_learner(cfg, source: PolicySource, device: str, steps: int = 0):
+def build_learner(cfg, source: PolicySource, device: str, steps: int):
     """The learner: a :class:`Learner` in this process, or (``learner.placement=group`` in a Ray mode) a
     :class:`GroupTrainee` over ``learner.workers`` Ray actors, with a CPU copy of the student here. ``steps``: the
     run's learner steps, over which ``algo.lr_schedule`` runs."""

@@ -106,7 +106,7 @@ def test_resume_of_an_old_run_keeps_mean(tmp_path, saved_algo):
 
 def test_resume_of_a_sum_run_keeps_sum(tmp_path):
     from divcfg.job.run_dir import check_resume_config as _check_resume_config
-    _saved_run(tmp_path, {"kl_reduction": "sum"})
+    _saved_run(tmp_path, {"kl_reduction": "sum", "lr_schedule": "cosine"})
     new = cfg(**{"algo.beta": 15.0})
     assert _check_resume_config(tmp_path, new, set_on_command_line=set()) is False
     assert new.algo.kl_reduction == "sum"

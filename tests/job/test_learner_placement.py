@@ -29,7 +29,7 @@ def _build(monkeypatch, resolved, **learner):
         OmegaConf.update(cfg, f"learner.{k}", v)
     policy = build_policy(seed=0)
     return build_learner(cfg, PolicySource(policy, None, lambda: build_policy(seed=0), None, None, n_frames=8),
-                         resolved)
+                         resolved, steps=10)
 
 
 def test_the_learner_is_a_group_by_default_and_auto_gives_each_worker_the_gpu(monkeypatch):
