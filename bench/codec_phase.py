@@ -14,6 +14,7 @@ variants, so that their ratios hold on a loaded machine.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 
@@ -41,16 +42,19 @@ def _ratio_interval(hits: np.ndarray, ceiling: np.ndarray, idx: np.ndarray) -> t
     return ratio, lo, hi
 
 
+def _decode(codec, codes: torch.Tensor, variant: str) -> np.ndarray:
+    """``codes`` decoded by ``codec`` with the starting phase and iterations of ``variant`` (``PHASE:ITERATIONS``)."""
+    phase, iters = variant.split(":")
+    codec.model.decoder.phase_init, codec.model.decoder.n_iter = phase, int(iters)
+    with torch.inference_mode():
+        return codec.decode(codes).numpy()
+
+
 def _decode_speeds(codec, codes: torch.Tensor, variants: list[str], repeats: int) -> dict[str, float]:
     """Decoding speed of each variant (seconds of audio per second), the variants' calls alternating so that the
     machine's load hits them alike (``bench.common.interleaved_median_times``)."""
     from divcfg.bench.common import interleaved_median_times
-
-    def decode(variant: str):
-        phase, iters = variant.split(":")
-        codec.model.decoder.phase_init, codec.model.decoder.n_iter = phase, int(iters)
-        with torch.inference_mode():
-            codec.decode(codes)
+    decode = functools.partial(_decode, codec, codes)
     times = interleaved_median_times({v: (lambda v=v: decode(v)) for v in variants}, repeats=repeats)
     audio_s = codes.shape[0] * codes.shape[-1] / codec.frame_rate
     return {v: audio_s / median for v, (median, _) in times.items()}
@@ -88,10 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         ceiling = hits(rendered)
         idx = bootstrap_indices(len(held.prompts), args.bootstrap)
     for variant in args.variants.split(","):
-        phase, iters = variant.split(":")
-        codec.model.decoder.phase_init, codec.model.decoder.n_iter = phase, int(iters)
-        with torch.inference_mode():
-            decoded = codec.decode(codes).numpy()
+        decoded = _decode(codec, codes, variant)
         row = {"stft_distance": reconstruction_metrics(codec, clips)["stft_distance"]}
         if judge is not None:
             got = hits(decoded)

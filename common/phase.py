@@ -4,11 +4,11 @@ Søndergaard, "A noniterative method for reconstruction of phase from STFT magni
 Why the codec's decoder starts Griffin-Lim here rather than from a flat phase: a flat phase puts every frame's
 energy at the frame's centre, and a few Griffin-Lim iterations do not move it back onto the notes' attacks. On the
 real-music world's 200 held-out clips the independent judge (Basic Pitch) read density right in 0.48 of the codec's
-round trips from a flat phase and 8 iterations, against 0.80 of the rendered clips; from PGHI's phase it reads 0.66
-to 0.685 (RESULTS.md "Codec version 4"). For a Gaussian window the STFT's phase derivatives are its log-magnitude's
-derivatives, turned and scaled: along time (a bin's frequency) from the magnitude's slope across bins, along
-frequency (an attack's time) from its slope across frames. A Hann window is close to the Gaussian with
-λ = 0.25645 · n_fft². PGHI integrates those derivatives outwards from the loudest bin, always stepping next from the
+round trips from a flat phase and 8 iterations, against 0.80 of the rendered clips; from PGHI's phase and the same
+8 iterations it reads 0.65 (0.705 with none; RESULTS.md "Codec version 4"). For a Gaussian window the STFT's phase
+derivatives are its log-magnitude's derivatives, turned and scaled: along time (a bin's frequency) from the
+magnitude's slope across bins, along frequency (an attack's time) from its slope across frames. A Hann window is
+close to the Gaussian with λ = 0.25645 · n_fft². PGHI integrates those derivatives outwards from the loudest bin, always stepping next from the
 loudest bin already reached, so the phase is carried along ridges of energy where the derivatives are reliable.
 
 The phase convention is ``torch.stft``'s: each frame's phase is measured from the frame's first sample, so a
