@@ -8,8 +8,9 @@ round trips from a flat phase and 8 iterations, against 0.80 of the rendered cli
 8 iterations it reads 0.65 (0.705 with none; RESULTS.md "Codec version 4"). For a Gaussian window the STFT's phase
 derivatives are its log-magnitude's derivatives, turned and scaled: along time (a bin's frequency) from the
 magnitude's slope across bins, along frequency (an attack's time) from its slope across frames. A Hann window is
-close to the Gaussian with λ = 0.25645 · n_fft². PGHI integrates those derivatives outwards from the loudest bin, always stepping next from the
-loudest bin already reached, so the phase is carried along ridges of energy where the derivatives are reliable.
+close to the Gaussian with λ = 0.25645 · n_fft². PGHI integrates those derivatives outwards from the loudest bin,
+always stepping next from the loudest bin already reached, so the phase is carried along ridges of energy where the
+derivatives are reliable.
 
 The phase convention is ``torch.stft``'s: each frame's phase is measured from the frame's first sample, so a
 stationary bin-centre tone advances by ``2π · bin · hop / n_fft`` per frame, and the window's centre sits
