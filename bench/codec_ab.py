@@ -3,6 +3,11 @@
     python -m divcfg.bench.codec_ab --variant v2                 # round trip: SNR, STFT distance, speed
     python -m divcfg.bench.codec_ab --variant v2 --scorer        # + scorer accuracy, original vs round trip
     python -m divcfg.bench.codec_ab --variant v3 --fit-clips 2350  # the learned head, fitted as the small world's
+    python -m divcfg.bench.codec_ab --variant v4_card1024 --fit-clips 2350 --decoders pghi:8,pghi:16
+
+``--decoders PHASE:ITERATIONS,...`` scores the one fitted codec under each starting phase and number of Griffin-Lim
+iterations (``decoders`` in the JSON), on the held-out clips and on their first 16 (the clips of the world's own
+``codec_reconstruction``).
 
 The codec is fitted on the small world's clips 0..299 (``--fit-clips``; the world build fits it on a quarter of the
 training clips, 2350); figures are on held-out clips 9400.. (the small world's held-out split is 9400..9599).
@@ -42,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--heldout", type=int, default=32, help="held-out clips for the round-trip figures")
     ap.add_argument("--fit-clips", type=int, default=300, help="clips the codec is fitted on (from clip 0)")
     ap.add_argument("--scorer", action="store_true", help="also train a scorer and compare its accuracy")
+    ap.add_argument("--decoders", default="", help="PHASE:ITERATIONS,... to score the fitted codec under as well")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     wcfg = WorldConfig(seed=0, n_clips=9600, duration_s=3.0)
@@ -67,8 +73,22 @@ def main(argv: list[str] | None = None) -> int:
         def accuracy(w):
             return scorer_accuracy(scorer, w, held_labels, codec.sample_rate)
     out.update(codec_figures(codec, held_audio, accuracy=accuracy, timing_clips=args.heldout))
+    if args.decoders:
+        out["decoders"] = _decoder_figures(codec, held_audio[: args.heldout], args.decoders.split(","))
     print(json.dumps(out))
     return 0
+
+
+def _decoder_figures(codec, wavs: np.ndarray, decoders: list[str]) -> dict[str, dict]:
+    """Round-trip figures of ``codec`` under each decoder ``PHASE:ITERATIONS``, on ``wavs`` and on its first 16."""
+    from divcfg.common.codec import reconstruction_metrics
+    out = {}
+    for d in decoders:
+        phase, iters = d.split(":")
+        codec.model.decoder.phase_init, codec.model.decoder.n_iter = phase, int(iters)
+        with torch.inference_mode():
+            out[d] = {"all": reconstruction_metrics(codec, wavs), "first16": reconstruction_metrics(codec, wavs[:16])}
+    return out
 
 
 if __name__ == "__main__":

@@ -35,13 +35,6 @@ def _round_trip_clips(world_dir: str) -> np.ndarray:
     return np.stack([c.audio for c in generate_corpus(cfg, p["n_clips"] - p["n_heldout"], 16)]).astype(np.float32)
 
 
-def _ratio_interval(hits: np.ndarray, ceiling: np.ndarray, idx: np.ndarray) -> tuple[float, float, float]:
-    from divcfg.reward.intervals import percentile_interval
-    ratio = float(hits.mean() / ceiling.mean())
-    lo, hi = percentile_interval(hits[idx].mean(1) / np.maximum(ceiling[idx].mean(1), 1e-12))
-    return ratio, lo, hi
-
-
 def _decode(codec, codes: torch.Tensor, variant: str) -> np.ndarray:
     """``codes`` decoded by ``codec`` with the starting phase and iterations of ``variant`` (``PHASE:ITERATIONS``)."""
     phase, iters = variant.split(":")
@@ -63,8 +56,8 @@ def _decode_speeds(codec, codes: torch.Tensor, variants: list[str], repeats: int
 def main(argv: list[str] | None = None) -> int:
     from divcfg.common.codec import load_codec, reconstruction_metrics
     from divcfg.common.tokens import read_tokens
-    from divcfg.reward.intervals import bootstrap_indices
-    from divcfg.reward.pitch_judge import load_pitch_judge
+    from divcfg.reward.intervals import bootstrap_indices, ratio_interval
+    from divcfg.reward.pitch_judge import JUDGED, judge_hits, load_pitch_judge
 
     ap = argparse.ArgumentParser(prog="codec_phase", description=__doc__.split("\n")[0])
     ap.add_argument("--world", required=True, help="a built world directory (its codec, held-out codes and judge)")
@@ -82,13 +75,10 @@ def main(argv: list[str] | None = None) -> int:
     judge = load_pitch_judge(args.world)
     out: dict = {"world": args.world, "clips": len(held.prompts), "variants": {}}
     if judge is not None:
-        names = [a for a in ("mode", "register", "texture", "density") if f"attr_{a}" in held.columns]
-        truth = {a: np.asarray(held.columns[f"attr_{a}"]) for a in names}
+        names = [a for a in JUDGED if f"attr_{a}" in held.columns]
+        truth = [{a: held.columns[f"attr_{a}"][i] for a in names} for i in range(len(held.prompts))]
         rendered = np.load(os.path.join(args.world, "heldout_rendered.npy"))
-
-        def hits(wavs):
-            heard = [judge.read(w, codec.sample_rate) for w in wavs]
-            return {a: np.array([h[a] == t for h, t in zip(heard, truth[a])], dtype=float) for a in names}
+        hits = functools.partial(judge_hits, judge, sample_rate=codec.sample_rate, attributes=truth)
         ceiling = hits(rendered)
         idx = bootstrap_indices(len(held.prompts), args.bootstrap)
     for variant in args.variants.split(","):
@@ -96,8 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         row = {"stft_distance": reconstruction_metrics(codec, clips)["stft_distance"]}
         if judge is not None:
             got = hits(decoded)
-            row["judge"] = {a: dict(zip(("ratio", "lo", "hi"), _ratio_interval(got[a], ceiling[a], idx)),
-                                    round_trip=float(got[a].mean()), rendered=float(ceiling[a].mean()))
+            row["judge"] = {a: dict(ratio_interval(got[a], ceiling[a], idx), round_trip=float(got[a].mean()),
+                                    rendered=float(ceiling[a].mean()))
                             for a in names}
         out["variants"][variant] = row
         print(variant, json.dumps(row), flush=True)

@@ -59,6 +59,18 @@ def resampled_means(scores: np.ndarray, idx: np.ndarray) -> np.ndarray:
     return _nanmean(_nanmean(picked, axis=2), axis=0)
 
 
+def ratio_interval(hits: np.ndarray, ceiling: np.ndarray, idx: np.ndarray) -> dict[str, float]:
+    """``mean(hits) / mean(ceiling)`` with its paired percentile interval over the bootstrap's resamples ``idx``.
+
+    ``hits`` and ``ceiling [N]`` score the same N clips (a judge after the codec's round trip and on the clips as
+    rendered), so one resample of the clips moves both: the interval carries the clips' shared difficulty.
+    """
+    hits, ceiling = np.asarray(hits, dtype=float), np.asarray(ceiling, dtype=float)
+    ratio = float(hits.mean() / ceiling.mean()) if ceiling.mean() else math.nan
+    low, high = percentile_interval(hits[idx].mean(1) / np.maximum(ceiling[idx].mean(1), 1e-12))
+    return {"ratio": ratio, "low": low, "high": high}
+
+
 def point_mean(scores: np.ndarray) -> float:
     """The row's estimate: the mean over seeds of each seed's mean over prompts (NaN scores skipped)."""
     scores = np.atleast_2d(np.asarray(scores, dtype=float))

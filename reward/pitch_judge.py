@@ -195,17 +195,25 @@ def read_attributes(notes: np.ndarray, duration_s: float, cfg: PitchJudgeConfig)
             "density": "sparse" if rate < dlow else ("medium" if rate < dhigh else "dense")}
 
 
-def judge_accuracy(judge: PitchJudge, clips: np.ndarray, sample_rate: int,
-                   attributes: list[dict[str, str]]) -> dict[str, float | None]:
-    """Per attribute the judge reads, the fraction of ``clips [N, S]`` where it agrees with ``attributes`` (labels);
-    None for an attribute no clip labels."""
+def judge_hits(judge: PitchJudge, clips: np.ndarray, sample_rate: int,
+               attributes: list[dict[str, str]]) -> dict[str, np.ndarray]:
+    """Per attribute the judge reads, float ``[n]``: 1 where it agrees with the label, over the clips of ``clips
+    [N, S]`` whose ``attributes`` label it, in order (the same clips for any audio of the same labelled clips)."""
     hits: dict[str, list[bool]] = {name: [] for name in JUDGED}
     for wav, truth in zip(clips, attributes):
         heard = judge.read(wav, sample_rate)
         for name in hits:
             if name in truth:
                 hits[name].append(heard[name] == truth[name])
-    return {name: (float(np.mean(h)) if h else None) for name, h in hits.items()}
+    return {name: np.asarray(h, dtype=float) for name, h in hits.items()}
+
+
+def judge_accuracy(judge: PitchJudge, clips: np.ndarray, sample_rate: int,
+                   attributes: list[dict[str, str]]) -> dict[str, float | None]:
+    """Per attribute the judge reads, the fraction of ``clips [N, S]`` where it agrees with ``attributes`` (labels);
+    None for an attribute no clip labels."""
+    return {name: (float(h.mean()) if h.size else None)
+            for name, h in judge_hits(judge, clips, sample_rate, attributes).items()}
 
 
 CONFIG_FILE = "pitch_judge.json"

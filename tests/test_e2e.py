@@ -22,6 +22,8 @@ def test_world_build_is_complete_and_cached(tiny_world):
     nll = info["heldout_nll"]
     assert info["prompt_nats_per_clip"] == pytest.approx((nll["null"] - nll["cond"]) * 4 * 50, rel=1e-4)
     assert info["adherence_gap_se"] > 0  # paired over the measured prompts
+    assert info["diversity_gap"] == pytest.approx(info["diversity_cfg3"] - info["diversity_cfg1"])
+    assert info["diversity_gap_se"] > 0
     # The text encoder learned to read the captions before it was frozen. A caption leaves about two thirds of the
     # attributes free, so always answering "not described" would score about 0.67; 0.9 needs reading the words.
     assert set(info["text_encoder_accuracy"]) == set(ATTRIBUTES) and min(info["text_encoder_accuracy"].values()) > 0.9

@@ -303,6 +303,8 @@ def _report(world: World, state: dict) -> dict:
         "adherence_gap": m["cfg3"]["adherence"] - m["cfg1"]["adherence"],
         "adherence_gap_se": _paired_se(m["cfg1"].get("adherence_by_prompt"), m["cfg3"].get("adherence_by_prompt")),
         "diversity_cfg1": m["cfg1"]["diversity"], "diversity_cfg3": m["cfg3"]["diversity"],
+        "diversity_gap": m["cfg3"]["diversity"] - m["cfg1"]["diversity"],  # CFG's collapse: negative
+        "diversity_gap_se": _paired_se(m["cfg1"].get("diversity_by_prompt"), m["cfg3"].get("diversity_by_prompt")),
         "fad_cfg1": m["cfg1"].get("fad"), "fad_cfg3": m["cfg3"].get("fad"),
         "teacher_loglik_cfg1": m["cfg1"].get("teacher_loglik"), "teacher_loglik_cfg3": m["cfg3"].get("teacher_loglik"),
         "adherence_real": m.get("adherence_real"),
@@ -319,7 +321,9 @@ def _report(world: World, state: dict) -> dict:
         "measured_on": {"prompts": m["prompts"], "samples_per_prompt": m["samples_per_prompt"]},
         "stage_seconds": {s: done[s]["seconds"] for s in STAGES},
         **({"adherence_judge_cfg1": m["cfg1"].get("adherence_judge"), "adherence_judge_cfg3": m["cfg3"].get(
-            "adherence_judge"), "pitch_judge_real": m["pitch_judge_real"], "music": done["corpus"].get("music")}
+            "adherence_judge"), "adherence_judge_gap_se": _paired_se(*(m[g].get("adherence_judge_by_prompt")
+                                                                       for g in ("cfg1", "cfg3"))),
+            "pitch_judge_real": m["pitch_judge_real"], "music": done["corpus"].get("music")}
            if "pitch_judge_real" in m else {}),
     }
 
@@ -343,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="divcfg world", description="Build the offline music world.")
     sub = ap.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build", help="build (or finish) a world; cached and resumable")
-    b.add_argument("--size", default="small", help="tiny (tests, < 2 min) or small (quickstart, < 20 min)")
+    b.add_argument("--size", default="small", help="tiny (tests, < 2 min) or small (about 24 min; music: 29)")
     b.add_argument("--out", default=None, help="output directory (default worlds/SIZE)")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--threads", type=int, default=0, help="torch threads (0 = all cores)")

@@ -1,7 +1,7 @@
 """``divcfg world listen``: spectrograms a person can look at, of the same held-out prompts through every stage.
 
-Rows: the original held-out clips (procedural worlds regenerate them from the seed; the music world's are rendered
-with the whole corpus, so it shows the round trip only), their round trip through the world's codec (the tokens the
+Rows: the original held-out clips (procedural worlds regenerate them from the seed; the music world keeps them as
+rendered, ``heldout_rendered.npy``), their round trip through the world's codec (the tokens the
 base model was trained on, decoded), the base model's samples without CFG (γ = 1) and with it (γ = 3), and a sample of
 each student given. One sampling seed for every model row, so the rows differ only by the model. Writes
 ``spectrograms.png`` and the same image to TensorBoard (``tb/``, tag ``listen/spectrograms``).
@@ -39,6 +39,9 @@ def spectrogram_rows(world_dir: str | os.PathLike, students: dict[str, str], cli
         p = size_params(identity["size"])
         wcfg = WorldConfig(seed=identity["seed"], n_clips=p["n_clips"], duration_s=p["duration_s"])
         rows["original"] = _corpus_audio(wcfg, p["n_clips"] - p["n_heldout"], clips)[0]  # held-out clips come last
+    else:  # the music world's clips as rendered, in held-out order (as the judge's ceiling reads them)
+        from divcfg.world.music_clips import HELDOUT_AUDIO
+        rows["original"] = np.load(world.path(HELDOUT_AUDIO), mmap_mode="r")[:clips].astype(np.float32)
     rows["codec round trip"] = judges.decode(codes).numpy()
     models = {"base γ=1": (world.path("base"), 1.0), "base γ=3": (world.path("base"), 3.0),
               **{name: (path, 1.0) for name, path in students.items()}}

@@ -195,14 +195,16 @@ class MusicSource:
         return {"kept": kept, "dropped": [a for a in self.attributes if a not in kept], "by_attribute": report,
                 "rule": "held-out round-trip accuracy >= chance (most common value) + 3 binomial SE", **note}
 
-    def measure_judge(self, world_dir: str | os.PathLike) -> dict:
+    def measure_judge(self, world_dir: str | os.PathLike, bootstrap: int = 1000) -> dict:
         """The independent judge's accuracy per attribute on the held-out clips, as rendered and after the codec's
-        round trip: its ceiling, and what the codec's decoding costs it."""
+        round trip: its ceiling, and what the codec's decoding costs it. ``ratio``: round trip over rendered per
+        attribute, with a 95% paired bootstrap interval over the clips (``bootstrap`` rounds)."""
         import torch
 
         from divcfg.common.codec import load_codec
         from divcfg.common.tokens import read_tokens
-        from divcfg.reward.pitch_judge import judge_accuracy, load_pitch_judge
+        from divcfg.reward.intervals import bootstrap_indices, ratio_interval
+        from divcfg.reward.pitch_judge import judge_hits, load_pitch_judge
 
         judge = load_pitch_judge(world_dir)
         heldout = read_tokens(os.path.join(os.fspath(world_dir), "heldout.parquet"))
@@ -211,8 +213,12 @@ class MusicSource:
         with torch.inference_mode():
             decoded = codec.decode(torch.as_tensor(np.asarray(heldout.codes), dtype=torch.long)).numpy()
         rendered = np.load(os.path.join(os.fspath(world_dir), HELDOUT_AUDIO))
-        return {"clips": len(truth), "rendered": judge_accuracy(judge, rendered, self.cfg.sample_rate, truth),
-                "round_trip": judge_accuracy(judge, decoded, codec.sample_rate, truth)}
+        ceiling = judge_hits(judge, rendered, self.cfg.sample_rate, truth)
+        after = judge_hits(judge, decoded, codec.sample_rate, truth)
+        judged = [a for a in ceiling if ceiling[a].size >= 2]
+        ratio = {a: ratio_interval(after[a], ceiling[a], bootstrap_indices(ceiling[a].size, bootstrap)) for a in judged}
+        return {"clips": len(truth), "rendered": {a: float(ceiling[a].mean()) for a in judged},
+                "round_trip": {a: float(after[a].mean()) for a in judged}, "ratio": ratio}
 
 
 def music_source(size: str, p: dict, seed: int, world_dir: str | os.PathLike, soundfont: str | None = None,

@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from divcfg.bench.codec_phase import _ratio_interval
+from divcfg.reward.intervals import ratio_interval
 
 
 def test_the_judge_ratio_and_its_paired_interval():
@@ -11,11 +11,11 @@ def test_the_judge_ratio_and_its_paired_interval():
     clip once gives it exactly, and the paired interval brackets it."""
     ceiling = np.array([1.0] * 8 + [0.0] * 2)
     hits = np.array([1.0] * 6 + [0.0] * 4)
-    ratio, lo, hi = _ratio_interval(hits, ceiling, np.tile(np.arange(10), (100, 1)))
-    assert ratio == pytest.approx(0.75) and lo == pytest.approx(0.75) and hi == pytest.approx(0.75)
+    got = ratio_interval(hits, ceiling, np.tile(np.arange(10), (100, 1)))
+    assert got == pytest.approx({"ratio": 0.75, "low": 0.75, "high": 0.75})
     idx = np.random.default_rng(0).integers(0, 10, (1000, 10))
-    ratio, lo, hi = _ratio_interval(hits, ceiling, idx)
-    assert lo < 0.75 < hi and hi - lo > 0.1
+    got = ratio_interval(hits, ceiling, idx)
+    assert got["low"] < 0.75 < got["high"] and got["high"] - got["low"] > 0.1
 
 
 @pytest.mark.slow

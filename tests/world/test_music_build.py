@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 pytest.importorskip("music21", reason="the music extra is not installed (make installs it)")
@@ -41,7 +42,13 @@ def test_music_world_builds_end_to_end(tmp_path):
     assert judge["clips"] == 40 and set(judge["rendered"]) == {"mode", "register", "texture", "density"}
     # The ceiling is well above chance on the clips as rendered (register has three values, mode two).
     assert judge["rendered"]["register"] > 0.6 and judge["rendered"]["mode"] > 0.6, judge
+    # What the round trip keeps of it, with the paired interval that decides the codec's target.
+    assert set(judge["ratio"]) == set(judge["rendered"])
+    for a, r in judge["ratio"].items():
+        assert r["ratio"] == pytest.approx(judge["round_trip"][a] / judge["rendered"][a])
+        assert r["low"] <= r["ratio"] <= r["high"] and r["high"] > r["low"], (a, r)
     assert info["adherence_judge_cfg1"] is not None and info["adherence_judge_cfg3"] is not None
+    assert info["adherence_judge_gap_se"] > 0  # paired over the measured prompts, as the scorer's gap is
     # The scorer counts only the attributes it reads above chance; world.json says which were dropped and why.
     chosen = info["scorer_attributes"]
     assert set(chosen["kept"]) | set(chosen["dropped"]) == set(music["attribute_counts"])
@@ -52,6 +59,11 @@ def test_music_world_builds_end_to_end(tmp_path):
     assert judges.schema.scored == tuple(chosen["kept"])
     assert judges.schema.parse("a slow Bach chorale for strings") == {"style": "bach-chorale",
                                                                        "instrument": "strings", "tempo": "slow"}
+    # `divcfg world listen` shows the held-out clips as rendered above their round trip.
+    from divcfg.world.listen import spectrogram_rows
+    rows, _, _ = spectrogram_rows(out, {}, clips=2)
+    assert list(rows)[:2] == ["original", "codec round trip"]
+    assert np.array_equal(rows["original"], np.load(out / "heldout_rendered.npy")[:2])
     # Built from another kind: refused, as a world of another size or seed is.
     again = subprocess.run([cli, "world", "build", "--size", "tiny", "--out", str(out), "--no-progress"],
                            capture_output=True, text=True, timeout=600)
