@@ -73,14 +73,24 @@ def _newest_verified(run_dir: str | os.PathLike, key: str) -> Path | None:
     return newest
 
 
-def check_resume_config(resume_dir: Path, cfg, set_on_command_line: set[str] | None = None) -> bool:
+# The config a checkpoint was trained with, inside it: the run directory's .hydra/config.yaml is rewritten by every
+# invocation in that directory, so after `run.resume=auto` it no longer says what the resumed steps trained with.
+RUN_CONFIG = "config.yaml"
+
+
+def check_resume_config(resume_dir: Path, cfg, set_on_command_line: set[str] | None = None,
+                        checkpoint: Path | None = None) -> bool:
     """The method's settings and the rate's schedule must match the run being resumed; anything else may change.
 
+    The resumed run's settings are the ``checkpoint``'s own :data:`RUN_CONFIG`, or for a checkpoint saved without
+    one, ``resume_dir/.hydra/config.yaml`` (which a resume in place has already overwritten with its own).
     A key of :data:`INHERITED_KEYS` not set on the command line (``set_on_command_line``; None: not known, so every
     key counts as set) is taken from the resumed run instead: a run saved before the key existed, or under an older
     default, keeps what it trained with (mean KL, constant rate). Returns whether ``cfg`` was changed so."""
     from omegaconf import OmegaConf
-    saved = resume_dir / ".hydra" / "config.yaml"
+    saved = checkpoint / RUN_CONFIG if checkpoint is not None else None
+    if saved is None or not saved.is_file():
+        saved = resume_dir / ".hydra" / "config.yaml"
     if not saved.is_file():
         return False
     old = OmegaConf.load(saved)
@@ -123,7 +133,8 @@ def check_resume(resume_from: Path, run_dir: Path, cfg) -> None:
     """:func:`check_resume_config` against the resumed run, with the keys this command line sets; a setting taken
     from the resumed run goes into this run's saved config too, which says what it trains with."""
     from omegaconf import OmegaConf
-    if check_resume_config(resume_from.parent.parent, cfg, _command_line_keys()) and (run_dir / ".hydra").is_dir():
+    if check_resume_config(resume_from.parent.parent, cfg, _command_line_keys(), resume_from) and (
+            run_dir / ".hydra").is_dir():
         OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
 
 
@@ -135,9 +146,12 @@ def _command_line_keys() -> set[str] | None:
     return {o.split("=", 1)[0].lstrip("+~") for o in HydraConfig.get().overrides.task}
 
 
-def save_checkpoint(run_dir: Path, learner, step: int, stream, acct, keep: int) -> None:
-    """``checkpoints/step_<step>``: the student (safetensors) and the train state (no pickle), written whole or not
-    at all; then only the newest ``keep`` complete checkpoints are kept."""
+def save_checkpoint(run_dir: Path, learner, step: int, stream, acct, keep: int, cfg=None) -> None:
+    """``checkpoints/step_<step>``: the student (safetensors), the train state (no pickle) and the run's config
+    ``cfg`` (:data:`RUN_CONFIG`, what a resume is checked against), written whole or not at all; then only the
+    newest ``keep`` complete checkpoints are kept."""
+    from omegaconf import OmegaConf
+
     from divcfg.common.checkpoint import atomic_dir, rng_state, save_policy, save_train_state
     ckdir = run_dir / "checkpoints"
     with atomic_dir(ckdir / f"step_{step:06d}") as tmp:
@@ -145,6 +159,8 @@ def save_checkpoint(run_dir: Path, learner, step: int, stream, acct, keep: int) 
         save_train_state(tmp, {**learner.state(), "step": step, "stream_position": stream.position,
                                "rng": rng_state(),
                                "accounting": {k: v for k, v in vars(acct).items() if k != "lags"}})
+        if cfg is not None:
+            OmegaConf.save(cfg, tmp / RUN_CONFIG)
     for old in complete_checkpoints(run_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
 

@@ -90,7 +90,8 @@ class StepLogger:
                 self.writer.add_audio(f"samples/{j}", wav[j].clamp(-1, 1), step,
                                       sample_rate=self.judges.codec.sample_rate)
         if (step + 1) % self.cfg.checkpoint.every == 0 or last:
-            save_checkpoint(self.run_dir, self.learner, step + 1, self.stream, acct, self.cfg.checkpoint.keep)
+            save_checkpoint(self.run_dir, self.learner, step + 1, self.stream, acct, self.cfg.checkpoint.keep,
+                            self.cfg)
         if self.learner.nonfinite_in_a_row >= self.cfg.learner.max_nonfinite:
             raise RuntimeError(f"{self.learner.nonfinite_in_a_row} non-finite losses in a row at step {step}; "
                                "stopping")

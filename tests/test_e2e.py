@@ -104,8 +104,9 @@ def test_train_on_ray_async(tiny_world, tmp_path, capsys):
 def test_train_local_and_resume(tiny_world, tmp_path):
     from divcfg.cli import main
     run = tmp_path / "run"
+    # A constant rate, which a resume may extend (a cosine run keeps its length: the next test)
     args = ["train", "world.size=tiny", f"world.dir={tiny_world}", "learner.mode=local", "logging.progress=false",
-            "checkpoint.every=1"]
+            "checkpoint.every=1", "algo.lr_schedule=constant"]
     assert main(args + [f"run.dir={run}", "learner.steps=2"]) == 0
     assert main(args + [f"run.dir={tmp_path / 'run2'}", f"run.resume={run}", "learner.steps=4"]) == 0
     ckpts = sorted(p.name for p in (tmp_path / "run2" / "checkpoints").glob("step_*"))
@@ -115,11 +116,27 @@ def test_train_local_and_resume(tiny_world, tmp_path):
     assert state["version"] == 4 and state["stream_position"] == 4 * 4
 
 
-def test_train_never_starts_over_a_run_and_auto_resume_continues_it(tiny_world, tmp_path, capsys):
+def test_auto_resume_in_place_keeps_a_cosine_runs_length(tiny_world, tmp_path, capsys):
+    """Resumed in its own directory, whose .hydra/config.yaml each invocation rewrites, a run is still checked
+    against what it trained with: the checkpoint's own config."""
     from divcfg.cli import main
     run = tmp_path / "run"
     args = ["train", "world.size=tiny", f"world.dir={tiny_world}", "learner.mode=local", "logging.progress=false",
             "checkpoint.every=1", f"run.dir={run}"]
+    assert main(args + ["learner.steps=2"]) == 0  # the cosine rate, the default
+    saved = (run / "checkpoints" / "step_000002" / "train_state.json").read_bytes()
+    assert main(args + ["run.resume=auto", "learner.steps=3"]) == 2
+    assert "learner.steps=3 conflicts with the resumed run's learner.steps=2" in capsys.readouterr().err
+    assert main(args + ["run.resume=auto", "algo.beta=15"]) == 2
+    assert "algo.beta=15.0 conflicts with the resumed run's algo.beta=0.0" in capsys.readouterr().err
+    assert (run / "checkpoints" / "step_000002" / "train_state.json").read_bytes() == saved
+
+
+def test_train_never_starts_over_a_run_and_auto_resume_continues_it(tiny_world, tmp_path, capsys):
+    from divcfg.cli import main
+    run = tmp_path / "run"
+    args = ["train", "world.size=tiny", f"world.dir={tiny_world}", "learner.mode=local", "logging.progress=false",
+            "checkpoint.every=1", f"run.dir={run}", "algo.lr_schedule=constant"]  # constant: a resume may extend it
     assert main(args + ["run.resume=auto", "learner.steps=2"]) == 0  # nothing to continue yet: a fresh start
     saved = (run / "checkpoints" / "step_000002" / "train_state.json").read_bytes()
     assert main(args + ["learner.steps=3"]) == 2  # a fresh start here would overwrite step_000002

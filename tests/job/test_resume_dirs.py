@@ -127,3 +127,30 @@ def test_resume_keeps_the_rate_schedule_and_a_cosine_runs_length(tmp_path):
         check_resume_config(tmp_path, resumed(cos, steps=900), {"learner.steps"})
     cfg = resumed(cos, steps=900)  # a length from the defaults, not the command line: the resumed run's is kept
     assert check_resume_config(tmp_path, cfg, {"run.resume"}) and cfg.learner.steps == 500
+
+
+def test_a_resume_in_place_is_checked_against_the_checkpoints_own_config(tmp_path):
+    """`run.resume=auto` in the run's own directory: Hydra has already rewritten .hydra/config.yaml with this
+    invocation's config, so only the checkpoint's copy still says what the resumed steps trained with."""
+    from omegaconf import OmegaConf
+
+    from divcfg.job.run_dir import RUN_CONFIG, check_resume_config
+
+    def cfg(beta, steps):
+        return OmegaConf.create({"algo": {"beta": beta, "guidance_scale": 3.0, "group_size": 4, "baseline": "loo",
+                                          "kl_reduction": "sum", "lr_schedule": "cosine"},
+                                 "learner": {"steps": steps}, "world": {"size": "small", "seed": 0},
+                                 "model": {"family": "divcfg"}})
+    ckpt = _checkpoint(tmp_path, 500)
+    OmegaConf.save(cfg(15.0, 500), ckpt / RUN_CONFIG)
+    (tmp_path / ".hydra").mkdir()
+    for new in (cfg(15.0, 900), cfg(5.0, 500)):
+        OmegaConf.save(new, tmp_path / ".hydra" / "config.yaml")  # what this invocation's Hydra wrote
+        assert not check_resume_config(tmp_path, new)  # the run directory's copy alone can't tell
+        with pytest.raises(ValueError, match="conflicts with the resumed run's"):
+            check_resume_config(tmp_path, new, checkpoint=ckpt)
+    assert not check_resume_config(tmp_path, cfg(15.0, 500), checkpoint=ckpt)
+    # A checkpoint saved without its config falls back to the run directory's.
+    (ckpt / RUN_CONFIG).unlink()
+    with pytest.raises(ValueError, match="algo.beta=15.0 conflicts with the resumed run's algo.beta=5.0"):
+        check_resume_config(tmp_path, cfg(15.0, 500), checkpoint=ckpt)
