@@ -134,7 +134,10 @@ def wait_job(h: Head, job_id: str) -> str:
 
 def test_submitted_run_scales_and_succeeds(head, tiny_world, tmp_path):
     run = tmp_path / "live-run"
-    r = divcfg("submit", "world.size=tiny", f"world.dir={tiny_world}", f"run.dir={run}", *TRAIN,
+    # Long enough that the scale below lands while the loop still runs: the loop applies it, and a 16-step tiny run
+    # can end within the few seconds a `divcfg scale` process takes to reach the job.
+    train = [a for a in TRAIN if not a.startswith("learner.steps=")] + ["learner.steps=96"]
+    r = divcfg("submit", "world.size=tiny", f"world.dir={tiny_world}", f"run.dir={run}", *train,
                "--address", head.dashboard, "--job-id", "divcfg-live-1", env=head.env)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "submitted job divcfg-live-1" in r.stdout
@@ -154,9 +157,9 @@ def test_submitted_run_scales_and_succeeds(head, tiny_world, tmp_path):
     status = wait_job(head, "divcfg-live-1")
     logs = client(head).get_job_logs("divcfg-live-1")
     assert status == "SUCCEEDED", logs[-3000:]
-    assert "divcfg train: world=" in logs and "scaling rollout actors 1 -> 2" in logs
+    assert "divcfg train: world=" in logs and "scaling rollout actors 1 -> 2" in logs, logs[-3000:]
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["steps"] == 16 and summary["actors_final"] == 2
+    assert summary["steps"] == 96 and summary["actors_final"] == 2
     assert summary["groups_generated"] == summary["groups_used"] + summary["groups_stale"] + summary["groups_dropped"]
 
 
