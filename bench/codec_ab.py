@@ -81,11 +81,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def _decoder_figures(codec, wavs: np.ndarray, decoders: list[str]) -> dict[str, dict]:
     """Round-trip figures of ``codec`` under each decoder ``PHASE:ITERATIONS``, on ``wavs`` and on its first 16."""
+    from divcfg.bench.codec_phase import set_decoder
     from divcfg.common.codec import reconstruction_metrics
     out = {}
     for d in decoders:
-        phase, iters = d.split(":")
-        codec.model.decoder.phase_init, codec.model.decoder.n_iter = phase, int(iters)
+        set_decoder(codec, d)
         with torch.inference_mode():
             out[d] = {"all": reconstruction_metrics(codec, wavs), "first16": reconstruction_metrics(codec, wavs[:16])}
     return out

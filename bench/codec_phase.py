@@ -24,7 +24,8 @@ import torch
 
 def _round_trip_clips(world_dir: str) -> np.ndarray:
     """The 16 clips the world build's ``codec_reconstruction`` figure uses: the first held-out clips' audio."""
-    rendered = os.path.join(world_dir, "heldout_rendered.npy")
+    from divcfg.world.music_clips import HELDOUT_AUDIO
+    rendered = os.path.join(world_dir, HELDOUT_AUDIO)
     if os.path.isfile(rendered):  # the real-music world keeps its held-out clips as rendered
         return np.load(rendered)[:16].astype(np.float32)
     from divcfg.common.world_dir import size_params
@@ -35,10 +36,16 @@ def _round_trip_clips(world_dir: str) -> np.ndarray:
     return np.stack([c.audio for c in generate_corpus(cfg, p["n_clips"] - p["n_heldout"], 16)]).astype(np.float32)
 
 
-def _decode(codec, codes: torch.Tensor, variant: str) -> np.ndarray:
-    """``codes`` decoded by ``codec`` with the starting phase and iterations of ``variant`` (``PHASE:ITERATIONS``)."""
+def set_decoder(codec, variant: str) -> None:
+    """Make ``codec``'s spectrogram decoder start Griffin-Lim from ``variant``'s phase and run its iterations
+    (``PHASE:ITERATIONS``, e.g. ``pghi:8``)."""
     phase, iters = variant.split(":")
     codec.model.decoder.phase_init, codec.model.decoder.n_iter = phase, int(iters)
+
+
+def _decode(codec, codes: torch.Tensor, variant: str) -> np.ndarray:
+    """``codes`` decoded by ``codec`` with the starting phase and iterations of ``variant`` (``PHASE:ITERATIONS``)."""
+    set_decoder(codec, variant)
     with torch.inference_mode():
         return codec.decode(codes).numpy()
 
@@ -58,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     from divcfg.common.tokens import read_tokens
     from divcfg.reward.intervals import bootstrap_indices, ratio_interval
     from divcfg.reward.pitch_judge import JUDGED, judge_hits, load_pitch_judge
+    from divcfg.world.music_clips import HELDOUT_AUDIO
 
     ap = argparse.ArgumentParser(prog="codec_phase", description=__doc__.split("\n")[0])
     ap.add_argument("--world", required=True, help="a built world directory (its codec, held-out codes and judge)")
@@ -77,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     if judge is not None:
         names = [a for a in JUDGED if f"attr_{a}" in held.columns]
         truth = [{a: held.columns[f"attr_{a}"][i] for a in names} for i in range(len(held.prompts))]
-        rendered = np.load(os.path.join(args.world, "heldout_rendered.npy"))
+        rendered = np.load(os.path.join(args.world, HELDOUT_AUDIO))
         hits = functools.partial(judge_hits, judge, sample_rate=codec.sample_rate, attributes=truth)
         ceiling = hits(rendered)
         idx = bootstrap_indices(len(held.prompts), args.bootstrap)

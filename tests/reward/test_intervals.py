@@ -6,7 +6,7 @@ import pytest
 
 from divcfg.reward.intervals import (bootstrap_indices, check_bootstrap, difference_interval, family_hypervolume,
                                      hypervolume, hypervolume_draws, mean_interval, pareto_front, point_mean,
-                                     reference_point, resampled_means, seed_interval, t_quantile)
+                                     ratio_interval, reference_point, resampled_means, seed_interval, t_quantile)
 
 
 def test_hypervolume_of_one_point_is_its_box_above_the_reference():
@@ -118,3 +118,15 @@ def test_family_hypervolume_and_its_bootstrap_draws():
     idx = np.array([[0, 1, 2, 3], [0, 0, 0, 0], [1, 1, 1, 1]])
     # round 1: (0.4, 0.3), (0.3, 0.6) -> 0.4·0.3 + 0.3·0.3; round 2: (0.6, 0.3) -> 0.6·0.3 + 0.3·0.3
     assert hypervolume_draws(fam, idx, ref) == pytest.approx([0.24, 0.21, 0.27])
+
+
+def test_the_judge_ratio_and_its_paired_interval():
+    """0.6 of the clips right after the round trip against 0.8 as rendered: ratio 0.75; a resample that keeps every
+    clip once gives it exactly, and the paired interval brackets it."""
+    ceiling = np.array([1.0] * 8 + [0.0] * 2)
+    hits = np.array([1.0] * 6 + [0.0] * 4)
+    got = ratio_interval(hits, ceiling, np.tile(np.arange(10), (100, 1)))
+    assert got == pytest.approx({"ratio": 0.75, "low": 0.75, "high": 0.75})
+    idx = np.random.default_rng(0).integers(0, 10, (1000, 10))
+    got = ratio_interval(hits, ceiling, idx)
+    assert got["low"] < 0.75 < got["high"] and got["high"] - got["low"] > 0.1
