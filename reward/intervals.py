@@ -71,6 +71,26 @@ def ratio_interval(hits: np.ndarray, ceiling: np.ndarray, idx: np.ndarray) -> di
     return {"ratio": ratio, "low": low, "high": high}
 
 
+def ratios_by_group(hits: dict[str, np.ndarray], ceiling: dict[str, np.ndarray], groups: list[str],
+                    rounds: int) -> dict[str, dict]:
+    """Over all clips and per group of them, each attribute's :func:`ratio_interval` of ``hits`` to ``ceiling`` (both
+    ``attribute -> [N]`` over the same N clips; ``groups [N]`` names each clip's group, e.g. its collection), with the
+    clips' count and both accuracies. A group of one clip has no interval (``low`` and ``high`` None)."""
+    masks = {"all": np.ones(len(groups), bool)} | {g: np.array([x == g for x in groups]) for g in sorted(set(groups))}
+    out = {}
+    for name, m in masks.items():
+        n = int(m.sum())
+        idx = bootstrap_indices(n, rounds) if n >= 2 else None
+        row: dict = {"clips": n}
+        for a in hits:
+            h, c = np.asarray(hits[a], dtype=float)[m], np.asarray(ceiling[a], dtype=float)[m]
+            r = ratio_interval(h, c, idx) if idx is not None else {
+                "ratio": float(h.mean() / c.mean()) if c.mean() else math.nan, "low": None, "high": None}
+            row[a] = {**r, "round_trip": float(h.mean()), "rendered": float(c.mean())}
+        out[name] = row
+    return out
+
+
 def point_mean(scores: np.ndarray) -> float:
     """The row's estimate: the mean over seeds of each seed's mean over prompts (NaN scores skipped)."""
     scores = np.atleast_2d(np.asarray(scores, dtype=float))

@@ -203,7 +203,7 @@ class MusicSource:
 
         from divcfg.common.codec import load_codec
         from divcfg.common.tokens import read_tokens
-        from divcfg.reward.intervals import bootstrap_indices, ratio_interval
+        from divcfg.reward.intervals import bootstrap_indices, ratio_interval, ratios_by_group
         from divcfg.reward.pitch_judge import judge_hits, load_pitch_judge
 
         judge = load_pitch_judge(world_dir)
@@ -217,8 +217,15 @@ class MusicSource:
         after = judge_hits(judge, decoded, codec.sample_rate, truth)
         judged = [a for a in ceiling if ceiling[a].size >= 2]
         ratio = {a: ratio_interval(after[a], ceiling[a], bootstrap_indices(ceiling[a].size, bootstrap)) for a in judged}
+        # Per collection too: one collection's polyphony can fail while the whole passes (RESULTS.md "The judge on
+        # fresh works, and per collection").
+        corpus = pq.read_table(os.path.join(os.fspath(world_dir), "corpus.parquet"),
+                               columns=["collection", "heldout"]).to_pydict()
+        collections = [c for c, h in zip(corpus["collection"], corpus["heldout"]) if h]
+        by = ratios_by_group({a: after[a] for a in judged}, {a: ceiling[a] for a in judged}, collections, bootstrap)
         return {"clips": len(truth), "rendered": {a: float(ceiling[a].mean()) for a in judged},
-                "round_trip": {a: float(after[a].mean()) for a in judged}, "ratio": ratio}
+                "round_trip": {a: float(after[a].mean()) for a in judged}, "ratio": ratio,
+                "by_collection": {c: v for c, v in by.items() if c != "all"}}
 
 
 def music_source(size: str, p: dict, seed: int, world_dir: str | os.PathLike, soundfont: str | None = None,

@@ -130,3 +130,18 @@ def test_the_judge_ratio_and_its_paired_interval():
     idx = np.random.default_rng(0).integers(0, 10, (1000, 10))
     got = ratio_interval(hits, ceiling, idx)
     assert got["low"] < 0.75 < got["high"] and got["high"] - got["low"] > 0.1
+
+
+def test_ratios_by_group_splits_the_clips_and_matches_the_whole():
+    """Each group's ratio is its own clips' accuracy after over before; "all" is the ratio over every clip; a
+    one-clip group has no interval. Hand-computed: group a hits 1,1,0 of ceiling 1,1,1; group b 0,1 of 1,1."""
+    from divcfg.reward.intervals import ratios_by_group
+    hits = {"density": np.array([1, 1, 0, 0, 1, 1.0])}
+    ceiling = {"density": np.array([1, 1, 1, 1, 1, 0.0])}
+    got = ratios_by_group(hits, ceiling, ["a", "a", "a", "b", "b", "c"], rounds=200)
+    assert got["a"]["clips"] == 3 and got["a"]["density"]["ratio"] == pytest.approx(2 / 3)
+    assert got["b"]["density"]["ratio"] == pytest.approx(0.5)
+    assert got["all"]["density"]["ratio"] == pytest.approx((4 / 6) / (5 / 6))
+    assert got["all"]["density"]["low"] <= got["all"]["density"]["ratio"] <= got["all"]["density"]["high"]
+    assert got["c"]["clips"] == 1 and got["c"]["density"]["low"] is None  # one clip: no bootstrap
+    assert got["a"]["density"]["round_trip"] == pytest.approx(2 / 3) and got["a"]["density"]["rendered"] == 1.0

@@ -47,6 +47,11 @@ def test_music_world_builds_end_to_end(tmp_path):
     for a, r in judge["ratio"].items():
         assert r["ratio"] == pytest.approx(judge["round_trip"][a] / judge["rendered"][a])
         assert r["low"] <= r["ratio"] <= r["high"] and r["high"] > r["low"], (a, r)
+    # And per collection of the held-out clips (the Bach chorales' polyphony is where the codec fails the judge).
+    held_collections = [c for c, h in zip(corpus["collection"], corpus["heldout"]) if h]
+    assert {c: r["clips"] for c, r in judge["by_collection"].items()} == {
+        c: held_collections.count(c) for c in set(held_collections)}
+    assert all(set(r) == {"clips"} | set(judge["rendered"]) for r in judge["by_collection"].values())
     assert info["adherence_judge_cfg1"] is not None and info["adherence_judge_cfg3"] is not None
     assert info["adherence_judge_gap_se"] > 0  # paired over the measured prompts, as the scorer's gap is
     # The scorer counts only the attributes it reads above chance; world.json says which were dropped and why.
@@ -64,6 +69,26 @@ def test_music_world_builds_end_to_end(tmp_path):
     rows, _, _ = spectrogram_rows(out, {}, clips=2)
     assert list(rows)[:2] == ["original", "codec round trip"]
     assert np.array_equal(rows["original"], np.load(out / "heldout_rendered.npy")[:2])
+    # The per-collection bench reads the world's own codec exactly as the build's measure did.
+    from divcfg.bench.codec_polyphony import main as codec_polyphony
+    assert codec_polyphony(["--world", str(out), "--variant", "world", "--out", str(tmp_path / "poly.json")]) == 0
+    poly = json.loads((tmp_path / "poly.json").read_text())
+    assert poly["stft_distance"] == pytest.approx(info["codec_reconstruction"]["stft_distance"], abs=1e-4)
+    for a, r in judge["ratio"].items():
+        assert poly["judge"]["all"][a]["ratio"] == pytest.approx(r["ratio"])
+    for c, r in judge["by_collection"].items():
+        assert poly["judge"][c]["density"]["ratio"] == pytest.approx(r["density"]["ratio"], nan_ok=True)
+    # Fresh works the world was not built from, through its codec (bench/judge_fresh.py), leave the world as it was.
+    from divcfg.bench.judge_fresh import fresh_works
+    from divcfg.bench.judge_fresh import main as judge_fresh
+    before = (out / "music_works.jsonl").read_bytes()
+    assert judge_fresh(["--world", str(out), "--clips", "6", "--variants", "pghi:8", "--workers", "1",
+                        "--out", str(tmp_path / "fresh" / "out.json")]) == 0
+    fresh = json.loads((tmp_path / "fresh" / "out.json").read_text())
+    assert fresh["clips"] == 6 and set(fresh["variants"]["pghi:8"]) == set(judge["rendered"])
+    assert (out / "music_works.jsonl").read_bytes() == before
+    works, _ = fresh_works(str(out), 6, str(tmp_path / "fresh" / "judge_fresh_cache"), workers=1)
+    assert len(works) == 6 and not {w["id"] for w in works} & set(corpus["work"])
     # Built from another kind: refused, as a world of another size or seed is.
     again = subprocess.run([cli, "world", "build", "--size", "tiny", "--out", str(out), "--no-progress"],
                            capture_output=True, text=True, timeout=600)
