@@ -32,6 +32,9 @@ VARIANTS = {"v1": dict(mel_decoder="pinv"), "v2": FLAT, "v2_gl16": dict(griffin_
             "v3_card1024": dict(head_steps=2500, card=1024, n_vectors=80000, kmeans_iters=20, **FLAT),
             "v4": dict(head_steps=2500),
             "v4_card1024": dict(head_steps=2500, card=1024, n_vectors=80000, kmeans_iters=20),
+            # Higher bit rates (more codebooks, same 25 frames/s): what the procedural STFT target would take.
+            "v4_k6_card1024": dict(head_steps=2500, n_codebooks=6, card=1024, n_vectors=80000, kmeans_iters=20),
+            "v4_k8_card1024": dict(head_steps=2500, n_codebooks=8, card=1024, n_vectors=80000, kmeans_iters=20),
             "v2_mel128": dict(dimension=128, **FLAT), "v2_k8": dict(n_codebooks=8, **FLAT),
             "v2_ctx2": dict(context=2, **FLAT)}
 

@@ -52,6 +52,17 @@ def size_params(size: str) -> dict:
     return SIZES[size]
 
 
+def codec_rate(spec: str | None, p: dict) -> dict:
+    """Size parameters ``p`` with the codec's codebooks and codes per codebook from ``spec`` ("KxV", e.g. "8x1024";
+    None: the size's own). The codebooks' fit draws as many latents per code as the size's does."""
+    if spec is None:
+        return dict(p)
+    k, sep, v = spec.lower().partition("x")
+    if not (sep and k.isdigit() and v.isdigit() and 1 <= int(k) <= 32 and 2 <= int(v) <= 4096):
+        raise WorldError(f"--codec {spec!r}: expected KxV, K codebooks (1..32) of V codes (2..4096), e.g. 8x1024")
+    return {**p, "n_codebooks": int(k), "card": int(v), "fit_vectors": p["fit_vectors"] * int(v) // p["card"]}
+
+
 class World:
     """Paths and cached state of one world directory."""
 

@@ -24,7 +24,8 @@ import time
 import numpy as np
 import torch
 
-from divcfg.common.world_dir import _NEEDS_AUDIO, SIZES, STAGES, WORLD_VERSION, World, WorldError, size_params
+from divcfg.common.world_dir import (_NEEDS_AUDIO, SIZES, STAGES, WORLD_VERSION, World, WorldError, codec_rate,
+                                     size_params)
 
 
 KINDS = ("procedural", "music")
@@ -38,15 +39,15 @@ def _corpus_audio(wcfg, start: int, count: int) -> tuple[np.ndarray, list]:
 
 def build_world(out: str | os.PathLike, size: str = "small", seed: int = 0, progress: bool = True,
                 threads: int = 0, kind: str = "procedural", soundfont: str | None = None,
-                collections: tuple[str, ...] | None = None) -> dict:
+                collections: tuple[str, ...] | None = None, codec: str | None = None) -> dict:
     """Build (or finish building) the world in ``out``; returns the contents of ``world.json``.
 
     ``kind``: "procedural" (synthetic tones) or "music" (real works from music21's corpus rendered with a SoundFont,
-    world/music_clips.py; ``soundfont`` and ``collections`` apply to it). Each stage is a method of
-    :class:`_Builder`; a new kind supplies its corpus functions (see ``_Builder.__init__``)."""
+    world/music_clips.py; ``soundfont`` and ``collections`` apply to it); ``codec``: "KxV" (``codec_rate``). Each
+    stage is a method of :class:`_Builder`; a new kind supplies its corpus functions (see ``_Builder.__init__``)."""
     from tqdm import tqdm
 
-    p = size_params(size)
+    p = codec_rate(codec, size_params(size))
     if kind not in KINDS:
         raise WorldError(f"unknown world kind {kind!r}; known kinds: {', '.join(KINDS)}")
     if threads:
@@ -54,7 +55,8 @@ def build_world(out: str | os.PathLike, size: str = "small", seed: int = 0, prog
     world = World(out)
     world.root.mkdir(parents=True, exist_ok=True)
     state = world.state()
-    identity = {"version": WORLD_VERSION, "size": size, "seed": seed, **({"kind": kind} if kind != "procedural" else {})}
+    identity = {"version": WORLD_VERSION, "size": size, "seed": seed, **({"kind": kind} if kind != "procedural" else {}),
+                **({"codec": f"{p['n_codebooks']}x{p['card']}"} if codec else {})}
     if state and state.get("identity") != identity:
         raise WorldError(f"{world.root} holds a world built with {state.get('identity')}, not {identity}; "
                          f"use another --out or delete it")
@@ -126,8 +128,8 @@ class _Builder:
 
         p, seed = self.p, self.seed
         fit_idx = np.random.default_rng(seed).permutation(self.n_train)[: max(64, self.n_train // 4)]
-        ccfg = OfflineCodecConfig(sample_rate=self.wcfg.sample_rate, card=p["card"], head_steps=p["head_steps"],
-                                  seed=seed)
+        ccfg = OfflineCodecConfig(sample_rate=self.wcfg.sample_rate, n_codebooks=p.get("n_codebooks", 4),
+                                  card=p["card"], head_steps=p["head_steps"], seed=seed)
         codec = fit_offline_codec(self.audio[fit_idx], ccfg, n_vectors=p["fit_vectors"], kmeans_iters=p["kmeans_iters"],
                                   decoder_steps=p["decoder_steps"], progress=self.progress)
         codec.save(self.world.path("codec"))
@@ -353,6 +355,8 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--threads", type=int, default=0, help="torch threads (0 = all cores)")
     b.add_argument("--no-progress", action="store_true")
     b.add_argument("--kind", default="procedural", help=f"world kind: {', '.join(KINDS)}")
+    b.add_argument("--codec", default=None, metavar="KxV",
+                   help="codec codebooks x codes each (default: the size's, 4x256 on small: 100 tokens/s, 800 bit/s)")
     b.add_argument("--soundfont", default=None, help="music: SF2 to render with (default: pretty_midi's TimGM6mb)")
     b.add_argument("--collections", default=None,
                    help="music: comma-separated music21 collections (default bach,essen,oneills,ryans,airds)")
@@ -366,33 +370,17 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--out", required=True, help="output directory: spectrograms.png, tb/")
     args = ap.parse_args(argv)
     if args.cmd == "listen":
-        return _listen(args)
+        from divcfg.world.listen import listen_cli
+        return listen_cli(args)
     try:
         size_params(args.size)
         report = build_world(args.out or f"worlds/{args.size}", args.size, args.seed,
                              progress=not args.no_progress, threads=args.threads, kind=args.kind,
                              soundfont=args.soundfont,
-                             collections=tuple(args.collections.split(",")) if args.collections else None)
+                             collections=tuple(args.collections.split(",")) if args.collections else None,
+                             codec=args.codec)
     except (WorldError, ValueError, FileNotFoundError, ImportError) as e:
         print(f"divcfg world: error: {e}", file=sys.stderr)
         return 2
     print(json.dumps({k: report[k] for k in ("adherence_cfg1", "adherence_cfg3", "diversity_cfg1", "diversity_cfg3")}))
     return 0
-
-
-def _listen(args) -> int:
-    from divcfg.world.listen import listen
-    try:
-        students = dict(_named(s) for s in args.student)
-        print(f"wrote {listen(args.world, students, args.out, args.clips, args.seed)}")
-    except (WorldError, ValueError, FileNotFoundError) as e:
-        print(f"divcfg world listen: error: {e}", file=sys.stderr)
-        return 2
-    return 0
-
-
-def _named(spec: str) -> tuple[str, str]:
-    name, sep, path = spec.partition("=")
-    if not sep or not name or not path:
-        raise ValueError(f"--student {spec!r}: expected NAME=CKPT")
-    return name, path

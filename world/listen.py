@@ -9,10 +9,13 @@ each student given. One sampling seed for every model row, so the rows differ on
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from divcfg.common.world_dir import WorldError
 
 
 def spectrogram_rows(world_dir: str | os.PathLike, students: dict[str, str], clips: int = 3,
@@ -75,3 +78,21 @@ def listen(world_dir: str | os.PathLike, students: dict[str, str], out: str | os
     writer.close()
     plt.close(fig)
     return out / "spectrograms.png"
+
+
+def listen_cli(args) -> int:
+    """``divcfg world listen``'s command (its parser is in world/build.py's ``main``)."""
+    try:
+        students = dict(_named(s) for s in args.student)
+        print(f"wrote {listen(args.world, students, args.out, args.clips, args.seed)}")
+    except (WorldError, ValueError, FileNotFoundError) as e:
+        print(f"divcfg world listen: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _named(spec: str) -> tuple[str, str]:
+    name, sep, path = spec.partition("=")
+    if not sep or not name or not path:
+        raise ValueError(f"--student {spec!r}: expected NAME=CKPT")
+    return name, path
