@@ -9,7 +9,7 @@ The world's own figure (world.json ``pitch_judge_real.ratio``) reads the judge o
 world's seeded order), one excerpt each, rendered as the world renders its clips. Each clip comes from its own work,
 so the clips are independent and a bootstrap over clips is the honest interval. Per decoder ``PHASE:ITERATIONS``:
 the judge's accuracy per attribute after the codec's round trip against its accuracy on the rendered clips, as a
-ratio with a 95% paired bootstrap interval (the target of issue "Audio a person would listen to": >= 0.8).
+ratio with a 95% paired bootstrap interval (the codec's target: >= 0.8 of the rendered accuracy).
 
 The world directory is only read: works parsed for the fresh set are cached under ``--cache`` (default beside
 ``--out``), which starts from a copy of the world's own parse cache.
