@@ -4,8 +4,9 @@ fresh works and per collection").
     python -m divcfg.bench.codec_polyphony --world worlds/music_small_v4 --variant world
     python -m divcfg.bench.codec_polyphony --world worlds/music_small_v4 --variant mel128 --out runs/poly_mel128.json
 
-``world`` reads the world's own codec (``unquantised``: with its quantiser skipped); any other variant is a codec refitted as the world build fits its own (the
-same quarter of the training clips, rendered again, and the size's fit settings) with the variant's changes. The
+``world`` reads the world's own codec (``unquantised``: with its quantiser skipped); any other variant is a codec
+refitted as the world build fits its own (the same quarter of the training clips, rendered again, and the size's fit
+settings) with the variant's changes. The
 judge reads the world's 200 held-out clips as rendered and after each codec's round trip: the ratio per attribute
 with its 95% paired bootstrap interval, over all clips and per collection (the Bach chorales are the corpus's
 four-voice polyphony; the other collections are mostly one or two voices). One torch thread.
@@ -27,17 +28,17 @@ VARIANTS = {"world": {}, "unquantised": {}, "mel128": dict(dimension=128),
             "k8_card1024": dict(n_codebooks=8, card=1024, n_vectors=80000, kmeans_iters=20)}
 
 
-def fit_clips(world_dir: str, workers: int) -> np.ndarray:
+def fit_clips(world_dir: str, identity: dict, workers: int) -> np.ndarray:
     """The training clips the world build fitted its codec on (world/build.py ``codec``), rendered again."""
     from divcfg.common.world_dir import size_params
+    from divcfg.world.build import codec_fit_indices
     from divcfg.world.music_clips import WORKS_PER_SIZE, _render_batch, plan_clips
     from divcfg.world.music_corpus import MusicConfig, load_works
 
-    identity = json.load(open(os.path.join(world_dir, "state.json")))["identity"]
     p, seed = size_params(identity["size"]), identity["seed"]
     cfg = MusicConfig(n_works=WORKS_PER_SIZE[identity["size"]], duration_s=p["duration_s"], seed=seed, workers=workers)
     plan, n_train = plan_clips(load_works(cfg, world_dir), p["n_clips"], p["n_heldout"], seed)
-    fit_idx = np.random.default_rng(seed).permutation(n_train)[: max(64, n_train // 4)]
+    fit_idx = codec_fit_indices(n_train, seed)
     clips = [r[0][0] for r in _render_batch(([plan[i] for i in fit_idx], [int(i) for i in fit_idx], cfg, 1))]
     return np.stack([c.audio for c in clips]).astype(np.float32)
 
@@ -45,17 +46,18 @@ def fit_clips(world_dir: str, workers: int) -> np.ndarray:
 def variant_codec(world_dir: str, variant: str, workers: int):
     """The world's codec, or one refitted with ``variant``'s changes."""
     from divcfg.common.codec import OfflineCodecConfig, fit_offline_codec, load_codec
-    from divcfg.common.world_dir import size_params
+    from divcfg.common.world_dir import World, size_params
 
     codec = load_codec(os.path.join(world_dir, "codec"))
     if variant in ("world", "unquantised"):
         return codec
-    p = size_params(json.load(open(os.path.join(world_dir, "state.json")))["identity"]["size"])
+    identity = World(world_dir).state()["identity"]
+    p = size_params(identity["size"])
     change = dict(VARIANTS[variant])
     fit = {"n_vectors": change.pop("n_vectors", p["fit_vectors"]), "kmeans_iters": change.pop("kmeans_iters",
                                                                                               p["kmeans_iters"])}
     cfg = OfflineCodecConfig(**{**codec.config["offline"], **change})
-    return fit_offline_codec(fit_clips(world_dir, workers), cfg, **fit)
+    return fit_offline_codec(fit_clips(world_dir, identity, workers), cfg, **fit)
 
 
 @torch.inference_mode()
@@ -68,13 +70,12 @@ def round_trip(codec, wav: np.ndarray, quantise: bool = True) -> np.ndarray:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import pyarrow.parquet as pq
-
+    from divcfg.bench.judge_fresh import music_identity
     from divcfg.common.codec import mel_loss
     from divcfg.common.tokens import read_tokens
     from divcfg.reward.intervals import ratios_by_group
     from divcfg.reward.pitch_judge import JUDGED, judge_hits, load_pitch_judge
-    from divcfg.world.music_clips import HELDOUT_AUDIO
+    from divcfg.world.music_clips import HELDOUT_AUDIO, heldout_collections
 
     ap = argparse.ArgumentParser(prog="codec_polyphony", description=__doc__.split("\n")[0])
     ap.add_argument("--world", required=True, help="a built real-music world")
@@ -84,12 +85,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=None, help="write the figures here as JSON")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
+    music_identity(args.world)  # the judge and the collections exist only in a real-music world
     t0 = time.perf_counter()
     codec = variant_codec(args.world, args.variant, args.workers)
     fit_s = time.perf_counter() - t0
     held = read_tokens(os.path.join(args.world, "heldout.parquet"))
-    corpus = pq.read_table(os.path.join(args.world, "corpus.parquet"), columns=["collection", "heldout"]).to_pydict()
-    collections = [c for c, h in zip(corpus["collection"], corpus["heldout"]) if h]
+    collections = heldout_collections(args.world)
     truth = [{a: held.columns[f"attr_{a}"][i] for a in JUDGED} for i in range(len(held.prompts))]
     rendered = np.load(os.path.join(args.world, HELDOUT_AUDIO)).astype(np.float32)
     if len(collections) != len(rendered):

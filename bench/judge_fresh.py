@@ -28,6 +28,20 @@ import numpy as np
 import torch
 
 
+def music_identity(world_dir: str) -> dict:
+    """The identity of the real-music world in ``world_dir``; anything else is refused, naming it."""
+    from divcfg.common.world_dir import World
+
+    identity = World(world_dir).state().get("identity")
+    if not identity:
+        raise ValueError(f"--world {world_dir} holds no built world (no state.json); build one with "
+                         "divcfg world build --kind music")
+    if identity.get("kind") != "music":
+        raise ValueError(f"--world {world_dir} is a {identity.get('kind', 'procedural')} world; the judge needs a "
+                         "real-music one (divcfg world build --kind music)")
+    return identity
+
+
 def fresh_works(world_dir: str, n: int, cache_dir: str, workers: int) -> tuple[list[dict], "MusicConfig"]:
     """``n`` usable works the world was not built from, next in the world's seeded order, and the world's config."""
     import pyarrow.parquet as pq
@@ -36,10 +50,7 @@ def fresh_works(world_dir: str, n: int, cache_dir: str, workers: int) -> tuple[l
     from divcfg.world.music_clips import WORKS_PER_SIZE
     from divcfg.world.music_corpus import CACHE_FILE, MusicConfig, load_works
 
-    identity = json.load(open(os.path.join(world_dir, "state.json")))["identity"]
-    if identity.get("kind") != "music":
-        raise ValueError(f"--world {world_dir} is a {identity.get('kind', 'procedural')} world; the judge needs a "
-                         "real-music one (divcfg world build --kind music)")
+    identity = music_identity(world_dir)
     os.makedirs(cache_dir, exist_ok=True)
     if not os.path.isfile(os.path.join(cache_dir, CACHE_FILE)):
         shutil.copyfile(os.path.join(world_dir, CACHE_FILE), os.path.join(cache_dir, CACHE_FILE))

@@ -21,9 +21,10 @@ import torch
 def _sampler(world_dir: str, batch: int, guidance: float):
     """A call that samples ``batch`` of the world's held-out prompts with its base policy."""
     from divcfg.common.checkpoint import load_policy
+    from divcfg.common.world_dir import World
 
     policy = load_policy(os.path.join(world_dir, "base"))
-    prompts = open(os.path.join(world_dir, "prompts_heldout.txt")).read().split("\n")[:batch]
+    prompts = World(world_dir).heldout_prompts()[:batch]
     with torch.inference_mode():
         cond = policy.encode_condition(prompts)
     g = torch.Generator().manual_seed(0)

@@ -37,6 +37,11 @@ def _corpus_audio(wcfg, start: int, count: int) -> tuple[np.ndarray, list]:
     return np.stack([c.audio for c in clips]).astype(np.float32), clips
 
 
+def codec_fit_indices(n_train: int, seed: int) -> np.ndarray:
+    """The training clips the codec is fitted on: a seeded quarter of them (at least 64)."""
+    return np.random.default_rng(seed).permutation(n_train)[: max(64, n_train // 4)]
+
+
 def build_world(out: str | os.PathLike, size: str = "small", seed: int = 0, progress: bool = True,
                 threads: int = 0, kind: str = "procedural", soundfont: str | None = None,
                 collections: tuple[str, ...] | None = None, codec: str | None = None) -> dict:
@@ -127,7 +132,7 @@ class _Builder:
         from divcfg.common.codec import OfflineCodecConfig, fit_offline_codec
 
         p, seed = self.p, self.seed
-        fit_idx = np.random.default_rng(seed).permutation(self.n_train)[: max(64, self.n_train // 4)]
+        fit_idx = codec_fit_indices(self.n_train, seed)
         ccfg = OfflineCodecConfig(sample_rate=self.wcfg.sample_rate, n_codebooks=p.get("n_codebooks", 4),
                                   card=p["card"], head_steps=p["head_steps"], seed=seed)
         codec = fit_offline_codec(self.audio[fit_idx], ccfg, n_vectors=p["fit_vectors"], kmeans_iters=p["kmeans_iters"],

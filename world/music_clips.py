@@ -219,13 +219,18 @@ class MusicSource:
         ratio = {a: ratio_interval(after[a], ceiling[a], bootstrap_indices(ceiling[a].size, bootstrap)) for a in judged}
         # Per collection too: one collection's polyphony can fail while the whole passes (RESULTS.md "The judge on
         # fresh works, and per collection").
-        corpus = pq.read_table(os.path.join(os.fspath(world_dir), "corpus.parquet"),
-                               columns=["collection", "heldout"]).to_pydict()
-        collections = [c for c, h in zip(corpus["collection"], corpus["heldout"]) if h]
-        by = ratios_by_group({a: after[a] for a in judged}, {a: ceiling[a] for a in judged}, collections, bootstrap)
+        by = ratios_by_group({a: after[a] for a in judged}, {a: ceiling[a] for a in judged},
+                             heldout_collections(world_dir), bootstrap)
         return {"clips": len(truth), "rendered": {a: float(ceiling[a].mean()) for a in judged},
                 "round_trip": {a: float(after[a].mean()) for a in judged}, "ratio": ratio,
                 "by_collection": {c: v for c, v in by.items() if c != "all"}}
+
+
+def heldout_collections(world_dir: str | os.PathLike) -> list[str]:
+    """The collection of each held-out clip of a built music world, in the held-out clips' order."""
+    corpus = pq.read_table(os.path.join(os.fspath(world_dir), "corpus.parquet"),
+                           columns=["collection", "heldout"]).to_pydict()
+    return [c for c, h in zip(corpus["collection"], corpus["heldout"]) if h]
 
 
 def music_source(size: str, p: dict, seed: int, world_dir: str | os.PathLike, soundfont: str | None = None,
