@@ -7,14 +7,18 @@ from __future__ import annotations
 
 import time
 
+import psutil
+
+from divcfg.common.runtime.transport import ObjectStoreTransport
+
 # A replacement actor's cold start, by timestamps it records itself (``stats()["startup"]``, `divcfg bench
 # coldstart`): the imports below, torch above all, are the largest part of it (RELIABILITY.md, "Cold start").
 _IMPORT_START = time.time()
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from divcfg.common.checkpoint import load_snapshot  # noqa: E402
 from divcfg.common.record import RolloutBatch, new_group  # noqa: E402
+from divcfg.model.loaders import load_snapshot
 
 _IMPORTED = time.time()
 
@@ -25,13 +29,11 @@ ROLLOUT_TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 class RolloutWorker:
     def __init__(self, policy_factory, n_frames: int, group_size: int, temperature: float = 1.0, threads: int = 1,
                  seed: int = 0, device: str = "cpu", transport=None, dtype: str = "fp32"):
-        import psutil
 
-        from divcfg.common.transport import ObjectStoreTransport
         self.startup = {"process_start": psutil.Process().create_time(), "import_start": _IMPORT_START,
                         "imported": _IMPORTED, "init_start": time.time()}
         torch.set_num_threads(threads)
-        self.transport = transport or ObjectStoreTransport()  # must match the learner side's (common/transport.py)
+        self.transport = transport or ObjectStoreTransport()  # must match the learner side's (common/runtime/transport.py)
         # bf16 (actors.dtype): only the actors' copy; set_weights casts each fp32 snapshot as it loads it.
         self.policy = policy_factory().to(device=device, dtype=ROLLOUT_TORCH_DTYPES[dtype]).eval()
         self.n_frames, self.group_size, self.temperature = n_frames, group_size, temperature
@@ -88,5 +90,5 @@ def remote_rollout_worker(num_cpus: float, num_gpus: float):
     receives the newest weights before it generates, so no group is ever made with stale boot-time weights. Task
     events are off: the GCS keeps the events of the calls reported to it, and grew by 32 KB a learner step (82 to
     241 MiB in a 30-minute soak, RELIABILITY.md), for a per-call trace that the job's own metrics already give."""
-    import ray
+    import ray  # start-up: ray takes ~1.1 s to import; the plain classes here run without it
     return ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=0, enable_task_events=False)(RolloutWorker)

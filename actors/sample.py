@@ -11,6 +11,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from divcfg.codec.fit import fit_offline_codec
+from divcfg.codec.offline import OfflineCodecConfig, load_codec
+from divcfg.common.data.audio import write_wav
+from divcfg.common.data.prompts import load_prompts
+from divcfg.common.storage.checkpoint import load_weights
+from divcfg.model.loaders import load_musicgen_policy, load_policy, policy_family
+from divcfg.model.policy import build_policy
+from divcfg.model.policy_config import policy_config
+
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="divcfg sample", description=__doc__.split(":", 1)[1].strip())
@@ -34,14 +43,16 @@ def parser() -> argparse.ArgumentParser:
                         "alone (default 0)")
     p.add_argument("--codec", help="codec directory (default: the one recorded in the checkpoint)")
     p.add_argument("--out", required=True, help="output directory for WAV files and manifest.json")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads (default: the cores this process may run on, one thread each)")
+    p.add_argument("--decoder", default="divcfg", choices=("divcfg", "transformers"),
+                   help="MusicGen checkpoints: divcfg's fast decoder (default) or transformers' own (the reference)")
     p.add_argument("--demo", action="store_true", help="no checkpoint: a tiny random policy and a quickly fitted "
                                                        "offline codec, to see the sampler run end to end")
     return p
 
 
 def _demo_models():
-    from divcfg.common.codec import OfflineCodecConfig, fit_offline_codec
-    from divcfg.common.policy import build_policy, policy_config
 
     sr, n = 16000, 32000
     t = np.arange(n) / sr
@@ -53,10 +64,6 @@ def _demo_models():
 
 
 def run(args) -> dict:
-    from divcfg.common.audio import write_wav
-    from divcfg.common.checkpoint import load_musicgen_policy, load_policy, policy_family
-    from divcfg.common.codec import load_codec
-    from divcfg.common.prompts import load_prompts
 
     if args.n < 1:
         raise ValueError(f"--n must be >= 1, got {args.n}")
@@ -72,9 +79,10 @@ def run(args) -> dict:
         model_name = os.path.abspath(args.checkpoint)
         if policy_family(args.checkpoint) == "musicgen":
             # MusicGen decodes with its own EnCodec, rebuilt from the source the checkpoint names.
-            from divcfg.common.musicgen import MusicGenLoadError, check_codec_matches
+            from divcfg.codec.musicgen import check_codec_matches
+            from divcfg.model.musicgen.loading import MusicGenLoadError
             try:
-                policy, codec = load_musicgen_policy(args.checkpoint)
+                policy, codec = load_musicgen_policy(args.checkpoint, decoder=args.decoder)
             except (MusicGenLoadError, ImportError) as e:  # not installed, or the weights can't be fetched
                 raise ValueError(str(e)) from None
             if args.codec:
@@ -112,7 +120,6 @@ def run(args) -> dict:
 
 
 def _codec_from_checkpoint(checkpoint: str) -> str:
-    from divcfg.common.checkpoint import load_weights
     _, _, meta = load_weights(checkpoint, "policy")
     codec = meta.get("codec")
     if not codec:
@@ -120,9 +127,21 @@ def _codec_from_checkpoint(checkpoint: str) -> str:
     return codec if os.path.isabs(codec) else os.path.join(checkpoint, codec)
 
 
+def default_threads() -> int:
+    """The cores this process may run on (its affinity mask, which a container or ``taskset`` narrows; not the
+    machine's count), one torch thread each: more would oversubscribe them."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
+    if args.threads is not None and args.threads < 1:
+        print(f"divcfg sample: error: --threads must be >= 1, got {args.threads}", file=sys.stderr)
+        return 2
+    torch.set_num_threads(args.threads or default_threads())  # once, before any work
     try:
         manifest = run(args)
     except (ValueError, FileNotFoundError) as e:

@@ -138,3 +138,20 @@ def print_table(results: Iterable[dict], file=None) -> None:
     print("  ".join("-" * w for w in widths), file=file)
     for row in rows:
         print(line(row), file=file)
+
+
+# The prompts every generation benchmark samples (one per row, cycled).
+PROMPTS = [
+    "upbeat jazz with piano and brushed drums",
+    "slow ambient pads, warm and spacious",
+    "energetic rock with distorted guitars",
+    "lo-fi hip hop beat with vinyl crackle",
+    "orchestral film score, rising strings",
+    "acoustic folk guitar and soft vocals",
+    "driving techno at 130 bpm",
+    "bossa nova with nylon guitar",
+]
+
+
+def _prompts(batch: int) -> list[str]:
+    return [PROMPTS[i % len(PROMPTS)] for i in range(batch)]

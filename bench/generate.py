@@ -33,12 +33,21 @@ import argparse
 import math
 import sys
 import types
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 
-from divcfg.bench.common import interleaved_median_times, machine_info, median_time, print_table, write_results
-from divcfg.common.policy import AudioTokenPolicy, build_policy, policy_config
+from divcfg.bench.common import (
+    _prompts,
+    interleaved_median_times,
+    machine_info,
+    median_time,
+    print_table,
+    write_results,
+)
+from divcfg.model.policy import AudioTokenPolicy, build_policy
+from divcfg.model.policy_config import policy_config
 
 N_CODEBOOKS = 4
 CARD = 2048
@@ -46,22 +55,6 @@ CFG_SCALE = 3.0
 SPEEDUP_TARGET = 2.0
 CFG_COST_TARGET = 0.55
 PARAM_TOLERANCE = 0.03  # relative difference allowed between the two decoders' parameter counts
-
-PROMPTS = [
-    "upbeat jazz with piano and brushed drums",
-    "slow ambient pads, warm and spacious",
-    "energetic rock with distorted guitars",
-    "lo-fi hip hop beat with vinyl crackle",
-    "orchestral film score, rising strings",
-    "acoustic folk guitar and soft vocals",
-    "driving techno at 130 bpm",
-    "bossa nova with nylon guitar",
-]
-
-
-def _prompts(batch: int) -> list[str]:
-    return [PROMPTS[i % len(PROMPTS)] for i in range(batch)]
-
 
 # ---- divcfg ---------------------------------------------------------------------------------------------------------
 def build_divcfg(preset: str, frames: int, seed: int = 0, device: str = "cpu") -> AudioTokenPolicy:
@@ -109,7 +102,6 @@ def _sync(device: torch.device) -> None:
 
 
 def _autocast(device: torch.device, dtype: torch.dtype):
-    from contextlib import nullcontext
     return torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
 
 
@@ -123,8 +115,13 @@ def build_peer(policy_cfg, seed: int = 0):
     """``MusicgenForConditionalGeneration`` with random weights and a decoder the size of ``policy_cfg``'s."""
     try:
         import transformers
-        from transformers import (EncodecConfig, MusicgenConfig, MusicgenDecoderConfig,
-                                  MusicgenForConditionalGeneration, T5Config)
+        from transformers import (
+            EncodecConfig,
+            MusicgenConfig,
+            MusicgenDecoderConfig,
+            MusicgenForConditionalGeneration,
+            T5Config,
+        )
     except ImportError as e:  # pragma: no cover - depends on the environment
         raise ImportError("the peer baseline needs transformers: pip install 'divcfg[bench]' (or pass --no-peer)") from e
     transformers.logging.set_verbosity_error()  # special ids == vocab_size is MusicGen's own convention; not a problem
@@ -159,7 +156,7 @@ def peer_decoder_params(model) -> int:
 
 def _peer_inputs(model, mask: torch.Tensor, use_cfg: bool, seed: int = 0):
     """Token ids, mask and precomputed T5 states of the same shape ``[B, L]`` as divcfg's condition."""
-    from transformers.modeling_outputs import BaseModelOutput
+    from transformers.modeling_outputs import BaseModelOutput  # optional extra (divcfg[musicgen])
 
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, model.config.text_encoder.vocab_size, mask.shape, generator=g).to(model.device)
@@ -347,7 +344,8 @@ def _split(values, cast):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m divcfg.bench.generate", description=__doc__.split("\n")[0])
     ap.add_argument("--presets", nargs="+", default=["tiny,small"], help="model presets (space or comma separated)")
-    ap.add_argument("--batches", nargs="+", default=["8"], help="batch sizes (space or comma separated)")
+    ap.add_argument("--batches", nargs="+", default=None,
+                    help="batch sizes (space or comma separated; default 8, with --musicgen 1,8,64)")
     ap.add_argument("--frames", type=int, default=150, help="audio frames T per sample (not delayed columns)")
     ap.add_argument("--repeats", type=int, default=3, help="timed repeats (median is reported)")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
@@ -357,13 +355,26 @@ def main(argv=None) -> int:
                     help="top-k filter of both sides (250: MusicGen's default; 0: the full distribution, as the "
                          "rollout actors sample)")
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
-    ap.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"), help="bf16: autocast on both sides (GPU)")
+    ap.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "fp16"),
+                    help="bf16: autocast on both sides (GPU); with --musicgen both models' weights in this dtype")
     ap.add_argument("--weights", default="fp32", choices=("fp32", "bf16"),
                     help="bf16: both sides' weights cast to bf16, as actors.dtype=bf16 holds them")
     ap.add_argument("--cuda-graphs", default="on", choices=("on", "off"),
                     help="off: divcfg decodes with the eager step on a GPU too (on: one CUDA graph per step)")
+    ap.add_argument("--musicgen", metavar="DIR|tiny-random|small-shape", default=None,
+                    help="instead: this MusicGen in divcfg's decoder against transformers' generate on the same "
+                         "weights (bench/generate_musicgen.py)")
+    ap.add_argument("--peer-compile", action="store_true",
+                    help="--musicgen: also time transformers with its static cache and torch.compile (a GPU)")
     args = ap.parse_args(argv)
-    results = run(presets=_split(args.presets, str), batches=_split(args.batches, int), frames=args.frames,
+    if args.musicgen:
+        from divcfg.bench.generate_musicgen import run as run_musicgen
+        results = run_musicgen(args.musicgen, _split(args.batches or ["1,8,64"], int), args.frames, args.repeats,
+                               args.top_k, args.device, args.dtype, args.peer_compile, args.threads, args.json_out,
+                               cuda_graphs=args.cuda_graphs == "on")
+        print_table(results)
+        return 0
+    results = run(presets=_split(args.presets, str), batches=_split(args.batches or ["8"], int), frames=args.frames,
                   threads=args.threads, repeats=args.repeats, json_out=args.json_out, include_peer=args.include_peer,
                   device=args.device, dtype=args.dtype, weights=args.weights, top_k=args.top_k,
                   cuda_graphs=args.cuda_graphs == "on")

@@ -1,7 +1,7 @@
 """``divcfg bench griffin-lim``: the offline codec's Griffin-Lim (its decoding cost) against a baseline, same run.
 
     divcfg bench griffin-lim                                   # against torchaudio.functional.griffinlim
-    git show REV:common/vocoder.py > /tmp/vocoder_rev.py
+    git show REV:codec/vocoder.py > /tmp/vocoder_rev.py
     divcfg bench griffin-lim --baseline-file /tmp/vocoder_rev.py   # against an earlier revision's implementation
 
 Decoding is most of a reward worker's CPU time and most of ``divcfg eval``'s, and Griffin-Lim is most of decoding.
@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+
 import torch
 
 from divcfg.bench.common import interleaved_median_times, machine_info, print_table, write_results
+from divcfg.codec.vocoder import griffin_lim_overlap
 
 
 def _baseline(path: str | None):
@@ -34,7 +36,6 @@ def _baseline(path: str | None):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from divcfg.common.vocoder import griffin_lim_overlap
 
     ap = argparse.ArgumentParser(prog="divcfg bench griffin-lim", description=__doc__.split("\n")[0])
     ap.add_argument("--clips", type=int, default=64)

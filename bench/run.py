@@ -6,6 +6,7 @@ import sys
 
 BENCHMARKS = {
     "generate": ("divcfg.bench.generate", "KV-cached sampling frames/s vs HF MusicGen, and the CFG cost"),
+    "batch-sweep": ("divcfg.bench.batch_sweep", "claim 5: frames/s without vs with CFG, each at its best batch"),
     "broadcast": ("divcfg.bench.broadcast", "weight publication to A actors vs one in-process copy"),
     "chaos": ("divcfg.bench.chaos", "random actor and reward-worker kills during a tiny-world run: recovery, loss"),
     "coldstart": ("divcfg.bench.coldstart", "where a new rollout actor's or reward worker's startup seconds go"),

@@ -24,8 +24,12 @@ import threading
 import time
 
 import numpy as np
+import psutil
 
+from divcfg.bench.chaos import _setup
 from divcfg.bench.common import machine_info, print_table, write_results
+from divcfg.job.control import NAMESPACE, control_name, set_target, start_control
+from divcfg.job.scheduler import Scheduler
 
 GROWTH_TARGET = 1.10
 STORE_WINDOW = 6  # the object store's floor is taken over this many samples (a minute at the default 10 s)
@@ -63,7 +67,7 @@ class Chaos:
         self.events: list[dict] = []
 
     def kill(self) -> None:
-        import ray
+        import ray  # start-up: ray takes ~1.1 s to import; the plain classes here run without it
         members = [(m, "rollout") for m in list(self.topo.actors)] + [(m, "reward") for m in list(self.topo.rewards)]
         up = [(m, role) for m, role in members if m in self.topo.ready_at]
         if up:
@@ -72,9 +76,8 @@ class Chaos:
             self.events.append({"t": round(time.perf_counter() - self.t0, 2), "kill": role})
 
     def resize(self) -> None:
-        import ray
+        import ray  # start-up: ray takes ~1.1 s to import; the plain classes here run without it
 
-        from divcfg.job.control import NAMESPACE, control_name, set_target
         now = ray.get(ray.get_actor(control_name(RUN_NAME), namespace=NAMESPACE).get_target.remote())
         set_target(RUN_NAME, 3 if now == 1 else 1)
         self.events.append({"t": round(time.perf_counter() - self.t0, 2), "target": 3 if now == 1 else 1})
@@ -84,12 +87,11 @@ class Sampler:
     """RSS of the driver and of every process under it (this Ray instance), and the object store's use."""
 
     def __init__(self, t0: float):
-        import ray
+        import ray  # start-up: ray takes ~1.1 s to import; the plain classes here run without it
         self.t0, self.gcs = t0, ray.get_runtime_context().gcs_address
         self.samples: list[dict] = []
 
     def __call__(self) -> None:
-        import psutil
         me = psutil.Process()
         rss = {f"driver:{me.pid}": me.memory_info().rss}
         for p in me.children(recursive=True):
@@ -150,9 +152,9 @@ def _ratio(start: float, end: float, statistic: str) -> dict:
 
 
 def plot(samples: list[dict], events: list[dict], mark_s: float, path: str) -> None:
-    import matplotlib
+    import matplotlib  # start-up: matplotlib takes ~1.8 s to import, for plots only
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # start-up: matplotlib takes ~1.8 s to import, for plots only
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(10, 7), sharex=True)
     keys = sorted({k for s in samples for k in s["rss"]})
     for key in keys:
@@ -197,11 +199,8 @@ class Clock:
 def run(world: str, minutes: float = 30.0, kill_every: float = 30.0, resize_every: float = 120.0,
         sample_every: float = 10.0, warmup_minutes: float = 5.0, seed: int = 0, json_out: str | None = None,
         png_out: str | None = None) -> list[dict]:
-    import ray
+    import ray  # start-up: ray takes ~1.1 s to import; the plain classes here run without it
 
-    from divcfg.bench.chaos import _setup
-    from divcfg.job.control import start_control
-    from divcfg.job.scheduler import Scheduler
 
     load = {"start": os.getloadavg()[0]}
     # One actor and one reward worker to start; room on the local instance for 3 actors (0.5 CPU each).

@@ -4,12 +4,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 
 def read_scalars(run_dir: str | Path) -> dict[str, dict[int, tuple[float, float]]]:
     """``{tag: {step: (wall_time, value)}}`` from every event file under ``run_dir/tb`` (a later file's value for a
     step wins: a resumed or rolled-back run logs the steps it redoes again)."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     out: dict[str, dict[int, tuple[float, float]]] = {}
     for events in sorted((Path(run_dir) / "tb").glob("events.out.tfevents.*")):
         acc = EventAccumulator(str(events), size_guidance={"scalars": 0})  # 0: keep every step, no sampling

@@ -6,6 +6,8 @@ import contextlib
 import os
 from typing import Iterator, Mapping
 
+import requests
+
 from divcfg.deploy.job_request import SubmitError
 
 # The preflight request must fail fast against an unreachable address; the Ray SDK's own
@@ -36,7 +38,6 @@ def _auth_error(address: str, status: int, source: str) -> SubmitError:
 
 def _preflight(address: str, headers: Mapping[str, str], source: str) -> str:
     """GET /api/version with short timeouts; returns the cluster's Ray version."""
-    import requests
 
     try:
         r = requests.get(
@@ -90,7 +91,6 @@ def _make_client(address: str, headers: Mapping[str, str], source: str):
 
 def _call(fn, address: str, source: str, *args, **kwargs):
     """Run one SDK call and turn its failures into SubmitError."""
-    import requests
     from ray.exceptions import AuthenticationError
 
     try:

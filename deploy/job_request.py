@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 from urllib.parse import urlsplit
 
-from divcfg.common import cluster
+from divcfg.common.runtime import cluster
 
 # Never shipped with --working-dir: local environments, VCS data, run outputs and anything
 # that may hold a credential.  (Ray also honours .gitignore / .rayignore on top of this.)
@@ -187,7 +187,7 @@ def load_token(
     token_file: str | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> tuple[str | None, str]:
-    """Return ``(token, where it came from)`` (:func:`divcfg.common.cluster.load_token`), as a SubmitError."""
+    """Return ``(token, where it came from)`` (:func:`divcfg.common.runtime.cluster.load_token`), as a SubmitError."""
     try:
         return cluster.load_token(token, token_file, environ)
     except cluster.TokenError as e:

@@ -10,7 +10,8 @@ import argparse
 import os
 import sys
 
-from divcfg.common.config_help import plain
+from divcfg.common.config.help import plain
+from divcfg.common.runtime.cluster import ClusterError, connect
 from divcfg.job.control import NAMESPACE, set_target
 
 
@@ -28,7 +29,6 @@ def main(argv: list[str] | None = None) -> int:
     if not args.address:
         print("divcfg scale: error: no cluster address; pass --address or set RAY_ADDRESS", file=sys.stderr)
         return 2
-    from divcfg.common.cluster import ClusterError, connect
     try:
         connect(args.address, namespace=NAMESPACE, log_to_driver=False)
         name = set_target(args.run, args.actors)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import sys
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -286,7 +287,6 @@ def format_findings(findings: Iterable[Finding]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import sys
 
     args = sys.argv[1:] if argv is None else argv
     targets = args or [str(Path(__file__).resolve().parent)]

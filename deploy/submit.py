@@ -31,8 +31,16 @@ import time
 # importable from here, as before the split.
 from divcfg.deploy.dashboard import LOG_TAIL_LINES, _call, _log_tail, _make_client, _preflight
 from divcfg.deploy.job_request import (  # noqa: F401
-    DEFAULT_EXCLUDES, URI_UNSUPPORTED, SubmitError, build_entrypoint, build_runtime_env, check_run_paths, load_token,
-    parse_env_pairs, validate_address)
+    DEFAULT_EXCLUDES,
+    URI_UNSUPPORTED,
+    SubmitError,
+    build_entrypoint,
+    build_runtime_env,
+    check_run_paths,
+    load_token,
+    parse_env_pairs,
+    validate_address,
+)
 
 __all__ = [
     "SubmitError",

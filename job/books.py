@@ -35,6 +35,16 @@ class Accounting:
     """Stream positions drawn but not yet used (generating, re-queued, waiting for a reward or for the learner), as of
     the last step: saved with each checkpoint, so a resumed run generates them first instead of skipping them."""
 
+    def restore(self, books: dict) -> None:
+        """Go back to a checkpoint's books (a lost learner), in place, keeping the failures counted since.
+
+        Groups generated but unused at the checkpoint are generated again from their prompts: counted once.
+        """
+        for name in ("used", "stale", "dropped", "requeued"):
+            setattr(self, name, int(books.get(name, 0)))
+        self.generated = self.used + self.stale + self.dropped
+        self.unfinished, self.lags, self.outstanding = 0, [], []
+
 
 class PromptStream:
     """Deterministic prompt order (a fresh permutation per epoch); ``position`` is saved for resume."""
@@ -87,3 +97,32 @@ def launch_room(mode: str, version: int, launched: int, batch_prompts: int, max_
     if mode == "sync":
         return (version + 1) * batch_prompts - launched
     return min((version + max_lag + 1) * batch_prompts - launched, capacity - waiting)
+
+
+class Admission:
+    """The groups launched and still counted against admission (``launched`` of :func:`launch_room`).
+
+    The count changes only here: a launch adds its groups, a re-queued prompt is taken back (it is launched again
+    later), and a run that goes back to a checkpoint starts again from that checkpoint's books.
+    """
+
+    def __init__(self, launched: int = 0):
+        self.count = launched
+
+    def launched(self, n: int) -> None:
+        self.count += n
+
+    def taken_back(self) -> None:
+        """One prompt went back to the queue: it does not count against admission twice."""
+        self.count -= 1
+
+    def reset(self, n: int) -> None:
+        self.count = n
+
+    def in_play(self, acct: Accounting) -> int:
+        """The launched groups that may still reach the learner.
+
+        Stale and dropped groups never will: they give their slots back (kept, each one would shrink the window for
+        the rest of the run, and (max_lag + 1) x batch_prompts of them stall it).
+        """
+        return self.count - acct.stale - acct.dropped

@@ -13,15 +13,9 @@ import time
 from collections import deque
 
 from divcfg.common.record import RolloutBatch
-from divcfg.job.books import Accounting, PromptStream, admit, expire, take
-from divcfg.job.scheduler import DRAIN_TIMEOUT_S, RoleFailures, Scheduler
+from divcfg.job.books import Accounting, PromptStream, admit, take
 from divcfg.job.pool import RayTopology
-
-# The admission rule's earlier names (tests/learner use them).
-_admit, _expire, _take = admit, expire, take
-
-__all__ = ["Accounting", "PromptStream", "RayTopology", "RoleFailures", "Scheduler", "DRAIN_TIMEOUT_S",
-           "run_local", "run_ray"]
+from divcfg.job.scheduler import Scheduler
 
 
 def run_local(learner, rollout, reward, stream: PromptStream, steps: int, batch_prompts: int, group_size: int,

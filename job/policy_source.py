@@ -8,6 +8,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from divcfg.codec.musicgen import check_codec_matches
+from divcfg.codec.offline import load_codec
+from divcfg.model.loaders import load_policy
+from divcfg.model.musicgen.loading import MusicGenLoadError
+from divcfg.model.musicgen.policy import MusicGenSpec
+from divcfg.reward.judges import Judges
+
 
 @dataclass
 class PolicySource:
@@ -29,7 +36,6 @@ class PolicySource:
 
 def load_policy_source(cfg, world, heldout) -> PolicySource:
     """The policy source ``model.family`` names, checked against the world's clips and the codec it decodes with."""
-    from divcfg.common.checkpoint import load_policy
     if cfg.model.family == "musicgen":
         source = _musicgen_source(cfg, world, heldout)
     else:
@@ -44,8 +50,6 @@ def load_policy_source(cfg, world, heldout) -> PolicySource:
 
 def _musicgen_source(cfg, world, heldout) -> PolicySource:
     # Every process builds the same model from the same source (the tiny random one from the run's seed).
-    from divcfg.common.codec import load_codec
-    from divcfg.common.musicgen import MusicGenLoadError, MusicGenSpec, check_codec_matches
     spec = MusicGenSpec.from_model_config(cfg.model, seed=cfg.run.seed)
     try:
         base_policy, codec = spec.build()
@@ -67,7 +71,6 @@ class PolicyFactory:
         self.path = path
 
     def __call__(self):
-        from divcfg.common.checkpoint import load_policy
         return load_policy(self.path)
 
 
@@ -80,5 +83,4 @@ class JudgesFactory:
         self.codec_factory = codec_factory
 
     def __call__(self):
-        from divcfg.reward.judges import Judges
         return Judges.load(self.world_dir, codec=self.codec_factory() if self.codec_factory is not None else None)

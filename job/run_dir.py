@@ -6,6 +6,15 @@ import shutil
 import sys
 from pathlib import Path
 
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import OmegaConf, open_dict
+
+from divcfg.common.storage.checkpoint import atomic_dir, load_weights, newest_verified_checkpoint
+from divcfg.common.storage.train_state import load_train_state, restore_rng, rng_state, save_train_state
+from divcfg.model.loaders import save_policy
+
 # The method's settings: a resumed run must keep them; anything else may change.
 METHOD_KEYS = ["algo.beta", "algo.guidance_scale", "algo.group_size", "algo.baseline", "algo.kl_reduction",
                "world.size", "world.seed", "model.family"]
@@ -19,9 +28,6 @@ INHERITED_KEYS = ("algo.kl_reduction", "algo.lr_schedule")
 def job_run_dir(cfg) -> Path:
     """``run.dir``; under ``--multirun`` each job gets its own ``run.dir/<job number>`` (Hydra's job directory), so
     the runs of a sweep never share checkpoints, TensorBoard files or summary.json."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-    from omegaconf import open_dict
     if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
         with open_dict(cfg):
             cfg.run.dir = HydraConfig.get().runtime.output_dir
@@ -66,7 +72,6 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Path:
 
 def _newest_verified(run_dir: str | os.PathLike, key: str) -> Path | None:
     """The newest checkpoint that passes its manifest; each newer one skipped is named, with why."""
-    from divcfg.common.checkpoint import newest_verified_checkpoint
     newest, skipped = newest_verified_checkpoint(run_dir)
     for ck, why in skipped:
         print(f"{key}: skipping checkpoint {ck.name}: {why}", file=sys.stderr, flush=True)
@@ -87,7 +92,6 @@ def check_resume_config(resume_dir: Path, cfg, set_on_command_line: set[str] | N
     A key of :data:`INHERITED_KEYS` not set on the command line (``set_on_command_line``; None: not known, so every
     key counts as set) is taken from the resumed run instead: a run saved before the key existed, or under an older
     default, keeps what it trained with (mean KL, constant rate). Returns whether ``cfg`` was changed so."""
-    from omegaconf import OmegaConf
     saved = checkpoint / RUN_CONFIG if checkpoint is not None else None
     if saved is None or not saved.is_file():
         saved = resume_dir / ".hydra" / "config.yaml"
@@ -115,7 +119,6 @@ def _check_resume_length(resume_dir: Path, old, cfg, set_on_command_line: set[st
     """A cosine rate follows the learner's version over ``learner.steps``: resumed with another length it would jump
     mid-curve, so a cosine run keeps its length (taken from the resumed run when the command line does not set it).
     A constant-rate run may be extended freely. Returns whether ``cfg`` was changed."""
-    from omegaconf import OmegaConf
     steps_a, steps_b = OmegaConf.select(old, "learner.steps"), OmegaConf.select(cfg, "learner.steps")
     if OmegaConf.select(cfg, "algo.lr_schedule", default="constant") != "cosine" or steps_a in (None, steps_b):
         return False  # (None: a saved config without the key says nothing of the run's length)
@@ -132,7 +135,6 @@ def _check_resume_length(resume_dir: Path, old, cfg, set_on_command_line: set[st
 def check_resume(resume_from: Path, run_dir: Path, cfg) -> None:
     """:func:`check_resume_config` against the resumed run, with the keys this command line sets; a setting taken
     from the resumed run goes into this run's saved config too, which says what it trains with."""
-    from omegaconf import OmegaConf
     if check_resume_config(resume_from.parent.parent, cfg, _command_line_keys(), resume_from) and (
             run_dir / ".hydra").is_dir():
         OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
@@ -140,7 +142,6 @@ def check_resume(resume_from: Path, run_dir: Path, cfg) -> None:
 
 def _command_line_keys() -> set[str] | None:
     """The config keys this Hydra run's command line sets (None outside Hydra)."""
-    from hydra.core.hydra_config import HydraConfig
     if not HydraConfig.initialized():
         return None
     return {o.split("=", 1)[0].lstrip("+~") for o in HydraConfig.get().overrides.task}
@@ -150,9 +151,7 @@ def save_checkpoint(run_dir: Path, learner, step: int, stream, acct, keep: int, 
     """``checkpoints/step_<step>``: the student (safetensors), the train state (no pickle) and the run's config
     ``cfg`` (:data:`RUN_CONFIG`, what a resume is checked against), written whole or not at all; then only the
     newest ``keep`` complete checkpoints are kept."""
-    from omegaconf import OmegaConf
 
-    from divcfg.common.checkpoint import atomic_dir, rng_state, save_policy, save_train_state
     ckdir = run_dir / "checkpoints"
     with atomic_dir(ckdir / f"step_{step:06d}") as tmp:
         save_policy(learner.student, tmp / "student")
@@ -175,9 +174,7 @@ def restore(checkpoint: Path, learner, stream, allow_pickle: bool = False) -> tu
 def restore_run(checkpoint: Path, learner, stream, allow_pickle: bool = False) -> tuple[int, list[int], dict]:
     """:func:`restore`, and the books as of the checkpoint (``{}`` when it has none): what a run that rolls back to
     it in place (a lost learner) goes on counting from."""
-    import torch
 
-    from divcfg.common.checkpoint import load_train_state, load_weights, restore_rng
     state = load_train_state(checkpoint, allow_pickle=allow_pickle)
     student_state, _, _ = load_weights(checkpoint / "student", "policy")
     learner.load_state(student_state, state)

@@ -5,6 +5,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
+from omegaconf import OmegaConf
+from torch.utils.tensorboard import SummaryWriter
 
 from divcfg.job.run_dir import save_checkpoint
 
@@ -28,7 +31,6 @@ CUSTOM_SCALARS = {
 
 
 def system_metrics() -> dict[str, float]:
-    import psutil
     out = {"system/rss_mb": psutil.Process().memory_info().rss / 2**20}
     try:
         import ray
@@ -50,8 +52,6 @@ class StepLogger:
     """
 
     def __init__(self, cfg, run_dir: Path, learner, stream, judges, start_step: int, steps: int):
-        from omegaconf import OmegaConf
-        from torch.utils.tensorboard import SummaryWriter
         self.cfg, self.run_dir, self.learner, self.stream, self.judges = cfg, run_dir, learner, stream, judges
         self.start_step, self.steps, self.remaining = start_step, steps, steps - start_step
         self.step = start_step  # the job's step that events are logged at: the last one done

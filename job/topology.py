@@ -7,13 +7,24 @@ connect them on Ray through a :class:`Scheduler`.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from divcfg.actors.rollout import remote_rollout_worker
+from divcfg.common.config.checks import WORLD_EMBEDDERS
+from divcfg.common.runtime.transport import ObjectStoreTransport
 from divcfg.job.books import Accounting, PromptStream
-from divcfg.job.pool import RayTopology
+from divcfg.job.control import AutoscaleRequest, start_control
+from divcfg.job.loop import run_local
 from divcfg.job.policy_source import JudgesFactory, PolicySource
+from divcfg.job.pool import RayTopology
+from divcfg.job.scheduler import Scheduler
+from divcfg.learner.group import LearnerGroup, LearnerSpec
+from divcfg.learner.learner import Learner
+from divcfg.learner.schedule import LrSchedule
+from divcfg.reward.worker import remote_reward_worker
 
 
 @dataclass
@@ -33,8 +44,6 @@ def build_topology(cfg, learner, source: PolicySource, world_dir: str, stream: P
                    resume_prompts=(), on_event: Callable[[str], None] | None = None,
                    recover: Callable[[], tuple[int, list[int], dict]] | None = None) -> Topology:
     """Build the roles of ``cfg`` and connect them (Ray must be up unless ``learner.mode=local``)."""
-    from divcfg.job.loop import run_local
-    from divcfg.job.scheduler import Scheduler
     loop = dict(batch_prompts=cfg.algo.batch_prompts, group_size=cfg.algo.group_size,
                 max_lag=cfg.algo.max_policy_lag, groups_per_call=cfg.actors.groups_per_call)
     # rewards: each worker loads the world's judges, decoding with the policy's codec.
@@ -44,7 +53,7 @@ def build_topology(cfg, learner, source: PolicySource, world_dir: str, stream: P
         from divcfg.reward.worker import RewardWorker
         rollout = RolloutWorker(source.policy_factory, source.n_frames, cfg.algo.group_size, cfg.algo.temperature,
                                 threads=cfg.actors.threads, seed=cfg.run.seed, dtype=cfg.actors.dtype)
-        reward = RewardWorker(judges_factory, cfg.reward.embedder, threads=cfg.reward.threads)
+        reward = RewardWorker(judges_factory, reward_embedder(cfg), threads=cfg.reward.threads)
         # prompts -> rollout -> reward -> learner -> weights back, one call after the other in this process.
         return Topology(lambda steps, on_step: run_local(learner, rollout, reward, stream, steps, on_step=on_step,
                                                          **loop))
@@ -61,9 +70,6 @@ def build_topology(cfg, learner, source: PolicySource, world_dir: str, stream: P
 
 def ray_members(cfg, source: PolicySource, judges_factory: JudgesFactory) -> RayTopology:
     """The rollout actors and reward workers on Ray, and the weights transport between learner and actors."""
-    from divcfg.actors.rollout import remote_rollout_worker
-    from divcfg.common.transport import ObjectStoreTransport
-    from divcfg.reward.worker import remote_reward_worker
     return RayTopology(
         # actors: each builds the base policy itself; weights <- the learner, through the transport.
         remote_rollout_worker(cfg.actors.num_cpus, cfg.actors.num_gpus),
@@ -72,17 +78,23 @@ def ray_members(cfg, source: PolicySource, judges_factory: JudgesFactory) -> Ray
         dict(policy_factory=source.policy_factory, n_frames=source.n_frames, group_size=cfg.algo.group_size,
              temperature=cfg.algo.temperature, threads=cfg.actors.threads, dtype=cfg.actors.dtype,
              device="cuda" if cfg.actors.num_gpus > 0 else "cpu"),
-        dict(judges_factory=judges_factory, embedder=cfg.reward.embedder, threads=cfg.reward.threads),
+        dict(judges_factory=judges_factory, embedder=reward_embedder(cfg), threads=cfg.reward.threads),
         # weights: learner -> object store (one put per version) -> every actor, warm spares included.
         transport=ObjectStoreTransport(), spares=cfg.actors.spares, reward_spares=cfg.reward.spares)
+
+
+def reward_embedder(cfg) -> str:
+    """reward.embedder as the reward workers get it: a directory made absolute, since a Ray worker need not start in
+    the driver's working directory."""
+    name = cfg.reward.embedder
+    return name if name in WORLD_EMBEDDERS else os.path.abspath(name)
 
 
 def pool_target(cfg, on_event=None) -> Callable[[], int]:
     """The rollout pool's wanted size: the job's control actor holds it (``divcfg scale`` sets it), clamped to the
     autoscaler's range and turned into a resource request when ``autoscale.max`` is set."""
-    import ray
+    import ray  # start-up: ray takes ~1.1 s to import; the plain classes here run without it
 
-    from divcfg.job.control import AutoscaleRequest, start_control
     control = start_control(Path(cfg.run.dir).name, cfg.actors.count)  # run.dir: the job's own under --multirun
     autoscale = None
     if cfg.autoscale.max:
@@ -103,8 +115,6 @@ def build_learner(cfg, source: PolicySource, device: str, steps: int):
     """The learner: a :class:`Learner` in this process, or (``learner.placement=group`` in a Ray mode) a
     :class:`GroupTrainee` over ``learner.workers`` Ray actors, with a CPU copy of the student here. ``steps``: the
     run's learner steps, over which ``algo.lr_schedule`` runs."""
-    from divcfg.learner.learner import Learner
-    from divcfg.learner.schedule import LrSchedule
     if cfg.learner.placement not in PLACEMENTS:
         raise ValueError(f"learner.placement={cfg.learner.placement!r}: must be one of {PLACEMENTS}")
     kwargs = dict(beta=cfg.algo.beta, guidance_scale=cfg.algo.guidance_scale, lr=cfg.algo.lr,
@@ -121,7 +131,6 @@ def build_learner(cfg, source: PolicySource, device: str, steps: int):
                              f"learner.num_gpus=0: give each worker a GPU with learner.num_gpus=1, or use "
                              f"learner.placement=driver")
         num_gpus = 1.0  # auto on a driver that sees a GPU: each worker reserves one, as the driver's learner used it
-    from divcfg.learner.group import LearnerGroup, LearnerSpec
     spec = LearnerSpec(source.policy_factory, kwargs, cfg.model.family)
     # The workers' device follows num_gpus (learner.device names the driver's in the driver placement).
     return GroupTrainee(lambda: LearnerGroup(spec, workers=cfg.learner.workers, num_gpus=num_gpus,

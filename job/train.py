@@ -13,13 +13,26 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from divcfg.common.config.checks import WORLD_EMBEDDERS, ConfigError, refuse_unknown_keys, validate_train
+from divcfg.common.config.hydra_app import run_hydra
+from divcfg.common.config.schema import TrainConfig
+from divcfg.common.data.tokens import read_tokens
+from divcfg.job.books import PromptStream
+from divcfg.job.policy_source import load_policy_source
+from divcfg.job.run_dir import check_resume, job_run_dir, newest_checkpoint, resolve_resume, restore, restore_run
+from divcfg.job.step_log import StepLogger
+from divcfg.job.topology import build_learner, build_topology
+from divcfg.model.loaders import save_policy
+from divcfg.reward.embedder import check_embedder_dir
+from divcfg.reward.judges import Judges, measure_policy
+from divcfg.world.build import ensure_world
+
 # Steps and probe size a world gets when learner.steps=0: tiny is the < 5 minute smoke run.
 WORLD_STEPS = {"tiny": 12, "small": 150}
 
 
 def _probe(learner, judges, prompts, cfg, n_frames: int, seed: int) -> dict[str, float]:
     """KL, diversity (held-out embedder) and adherence of the current student without CFG, on held-out prompts."""
-    from divcfg.reward.judges import measure_policy
     learner.student.eval()
     m = measure_policy(learner.student, judges, prompts, cfg.probe.samples, 1.0, n_frames, seed=seed)
     learner.student.train()
@@ -40,17 +53,10 @@ def train(cfg) -> dict:
 
 def _train(cfg) -> dict:
     """The job as named steps: check, load the policy source, restore, build the topology, run, summarise."""
-    from divcfg.common.config import validate_train
-    from divcfg.common.tokens import read_tokens
-    from divcfg.job.books import PromptStream
-    from divcfg.job.policy_source import load_policy_source
-    from divcfg.job.run_dir import check_resume, job_run_dir, resolve_resume, restore
-    from divcfg.job.step_log import StepLogger
-    from divcfg.job.topology import build_learner, build_topology
-    from divcfg.reward.judges import Judges
-    from divcfg.world.build import ensure_world
 
+    refuse_unknown_keys(cfg, TrainConfig)
     validate_train(cfg)
+    check_reward_embedder(cfg)
     run_dir = job_run_dir(cfg)
     resume_from = resolve_resume(run_dir, cfg.run.resume)
     if resume_from is not None:
@@ -93,11 +99,21 @@ def _train(cfg) -> dict:
     return _summarise(cfg, run_dir, log, rates, probe_start, probe_end, acct, learner, topology, steps, world_dir)
 
 
+def check_reward_embedder(cfg) -> None:
+    """reward.embedder, when it names a directory, must hold a saved embedder: refused here, before any work, rather
+    than in every reward worker (validate_train checks only that the directory exists: common/ knows no format)."""
+    if cfg.reward.embedder in WORLD_EMBEDDERS:
+        return
+    try:
+        check_embedder_dir(cfg.reward.embedder)
+    except (ValueError, FileNotFoundError) as e:
+        raise ConfigError(f"reward.embedder={cfg.reward.embedder!r}: {e}") from None
+
+
 def _recovery(cfg, run_dir: Path, learner, stream, resume_from, start_step: int, resume_prompts):
     """What a lost learner group comes back from (None: a learner in the driver dies with it): a rebuilt group,
     restored from this run's newest complete checkpoint, else the one it resumed from, else the start. Returns the
     run's step to go on from, the prompts drawn but not used then, and the books then."""
-    from divcfg.job.run_dir import newest_checkpoint, restore_run
     if not hasattr(learner, "rebuild"):
         return None
 
@@ -127,7 +143,6 @@ def _device(cfg) -> str:
 def _finish(cfg, run_dir: Path, learner, source, judges, probe_prompts, steps: int) -> dict:
     """Save the finetuned student as a plain policy checkpoint (what `divcfg sample`, `merge` and `eval` take) and
     probe it. A MusicGen checkpoint records no codec: its own EnCodec comes with the model it names."""
-    from divcfg.common.checkpoint import save_policy
     save_policy(learner.student, run_dir / "student",
                 meta={"codec": source.codec_meta, "beta": cfg.algo.beta, "steps": steps})
     return _probe(learner, judges, probe_prompts, cfg, source.n_frames, cfg.run.seed)
@@ -161,7 +176,7 @@ def _summarise(cfg, run_dir: Path, log, rates: dict, probe_start: dict, probe_en
 
 def _init_ray(cfg) -> None:
     """Join the cluster (``run.ray_address`` / ``RAY_ADDRESS``) or start a local one, then check its GPUs."""
-    import ray
+    import ray  # start-up: ray takes ~1.1 s to import; the plain classes here run without it
     started = not ray.is_initialized()
     if started:
         _start_ray(cfg)
@@ -175,13 +190,13 @@ def _init_ray(cfg) -> None:
 
 
 def _start_ray(cfg) -> None:
-    import ray
+    import ray  # start-up: ray takes ~1.1 s to import; the plain classes here run without it
     address = cfg.run.ray_address or os.environ.get("RAY_ADDRESS")
     # Workers import divcfg from this checkout even when it is not installed on their Python path.
     runtime_env = {"env_vars": {"OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
         [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])}}
     if address:
-        from divcfg.common.cluster import ClusterError, connect
+        from divcfg.common.runtime.cluster import ClusterError, connect
         try:
             # connect() checks the address answers first: a bare ray.init retries a dead one for many minutes.
             connect(address, runtime_env=runtime_env, log_to_driver=False, namespace="divcfg")
@@ -197,5 +212,4 @@ def _start_ray(cfg) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from divcfg.common.hydra_app import run_hydra
     return run_hydra("train", train, argv)

@@ -14,10 +14,10 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 
-from divcfg.common.checkpoint import load_snapshot, snapshot_state
 from divcfg.common.record import RolloutBatch
-from divcfg.learner.losses import (group_advantages, reinforce_loss, reverse_kl, sequence_logprob,
-                                   truncated_importance_weights)
+from divcfg.learner.losses import group_advantages, reinforce_loss, reverse_kl, truncated_importance_weights
+from divcfg.model.loaders import load_snapshot, snapshot_state
+from divcfg.model.logprob import sequence_logprob
 
 
 class StudentForward(torch.nn.Module):
@@ -145,13 +145,13 @@ class Learner:
 
     # ---- weights and state --------------------------------------------------------------------------------------
     def full_student_state(self) -> dict[str, torch.Tensor]:
-        """The student's snapshot state (:func:`~divcfg.common.checkpoint.snapshot_state`) as whole tensors: FSDP's
+        """The student's snapshot state (:func:`~divcfg.common.storage.checkpoint.snapshot_state`) as whole tensors: FSDP's
         shards are gathered, a collective every worker of the group must join."""
         return {k: _full(v) for k, v in snapshot_state(self.student).items()}
 
     def weights(self) -> dict[str, np.ndarray]:
         """A CPU numpy snapshot of the student, to be published once per version: the whole state dict, or only the
-        trainable tensors of a policy with frozen parts (:func:`~divcfg.common.checkpoint.snapshot_state`)."""
+        trainable tensors of a policy with frozen parts (:func:`~divcfg.common.storage.checkpoint.snapshot_state`)."""
         return {k: v.detach().to("cpu").numpy().copy() for k, v in self.full_student_state().items()}
 
     def state(self) -> dict:
@@ -194,5 +194,6 @@ def _like(value: torch.Tensor, ref) -> torch.Tensor:
     """``value`` (a whole tensor) laid out as ``ref``: sharded the same way when ``ref`` is a DTensor."""
     if ref is None or not hasattr(ref, "device_mesh"):
         return value
-    from torch.distributed.tensor import distribute_tensor
+    from torch.distributed.tensor import distribute_tensor  # start-up: ~2 s to import, for sharded groups only
+
     return distribute_tensor(value.to(ref.device_mesh.device_type), ref.device_mesh, ref.placements)

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import torch
 
-from divcfg.common.logprob import sequence_logprob  # noqa: F401  (part of this module's API)
-
 BASELINES = ("none", "mean", "loo")
 KL_REDUCTIONS = ("mean", "sum")
 

@@ -11,12 +11,20 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 from torch import nn
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
 
-from divcfg.common.checkpoint import atomic_dir, is_complete, load_weights, save_policy
-from divcfg.common.config import PretrainConfig
-from divcfg.common.policy import AudioTokenPolicy
+from divcfg.common.config.checks import ConfigError
+from divcfg.common.config.hydra_app import run_hydra
+from divcfg.common.config.schema import PretrainConfig
+from divcfg.common.data.tokens import read_tokens
+from divcfg.common.storage.checkpoint import atomic_dir, is_complete, load_weights
 from divcfg.learner.schedule import cosine_lr
+from divcfg.model.loaders import save_policy
+from divcfg.model.policy import AudioTokenPolicy, build_policy
+from divcfg.model.policy_config import policy_config
 
 
 def next_token_loss(logits: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
@@ -112,8 +120,6 @@ def pretrain(policy: AudioTokenPolicy, prompts: list[str], codes: np.ndarray, cf
     Checkpoints go to ``out_dir/checkpoints/latest`` (complete or absent), and training resumes from there.
     Returns ``{"loss_first", "loss_last", "steps", "seconds"}``.
     """
-    from torch.utils.tensorboard import SummaryWriter
-    from tqdm import tqdm
 
     if not 0 <= cfg.cond_dropout < 1:
         raise ValueError(f"train.cond_dropout must be in [0, 1), got {cfg.cond_dropout}")
@@ -150,11 +156,7 @@ def pretrain(policy: AudioTokenPolicy, prompts: list[str], codes: np.ndarray, cf
 
 
 def _app(cfg) -> None:
-    from omegaconf import OmegaConf
 
-    from divcfg.common.config import ConfigError
-    from divcfg.common.policy import build_policy, policy_config
-    from divcfg.common.tokens import read_tokens
 
     if cfg.model.family != "divcfg":
         raise ConfigError(f"model.family={cfg.model.family!r}: divcfg pretrain trains divcfg's own policy from scratch; "
@@ -177,5 +179,4 @@ def _app(cfg) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from divcfg.common.hydra_app import run_hydra
     return run_hydra("pretrain", _app, argv)

@@ -9,10 +9,12 @@ Shapes: B clips, N samples, M mel bins, F frames, D model width, E embedding siz
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -22,10 +24,12 @@ import torchaudio.functional as AF
 import torchaudio.transforms as AT
 from tqdm import tqdm
 
-from divcfg.common.checkpoint import CONFIG as CONFIG_FILE  # noqa: F401  (the scorer imports it from here)
-from divcfg.common.checkpoint import WEIGHTS as WEIGHTS_FILE, load_weights, save_weights
+from divcfg.common.storage.checkpoint import CONFIG as CONFIG_FILE
+from divcfg.common.storage.checkpoint import WEIGHTS as WEIGHTS_FILE
+from divcfg.common.storage.checkpoint import CheckpointError, load_weights, save_weights, verify_checkpoint
+
 # The training views (reward/views.py), importable from here with the model they train.
-from divcfg.reward.views import add_noise, as_clips, pitch_shift, random_chunk_pairs, tempo_shift  # noqa: F401
+from divcfg.reward.views import add_noise, as_clips, pitch_shift, random_chunk_pairs, tempo_shift
 
 
 @dataclass
@@ -87,6 +91,11 @@ class EmbedderConfig:
     @property
     def chunk_samples(self) -> int:
         return round(self.chunk_s * self.sample_rate)
+
+    @property
+    def clip_samples(self) -> int:
+        """The clip a training view and recall@1 are drawn from: two non-overlapping chunks (random_chunk_pairs)."""
+        return 2 * self.chunk_samples
 
     @property
     def chunk_frames(self) -> int:
@@ -345,15 +354,36 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], weights_path: s
         raise ValueError(f"weights file {weights_path} does not match its config: {e}") from e
 
 
+# The checkpoint kind save_embedder writes in config.json, and the one load_embedder and check_embedder_dir accept.
+EMBEDDER_KIND = "music_embedder"
+
+
 def save_embedder(model: MusicEmbedder, directory: str | os.PathLike) -> None:
     """Write ``model`` to ``directory`` (``model.safetensors`` + ``config.json``)."""
     write_checkpoint(directory, model.state_dict(),
-                     {"kind": "music_embedder", "config": dataclasses.asdict(model.cfg)})
+                     {"kind": EMBEDDER_KIND, "config": dataclasses.asdict(model.cfg)})
+
+
+def check_embedder_dir(directory: str | os.PathLike) -> None:
+    """Raise a ValueError naming ``directory`` and saying what it is, unless it holds an embedder written by
+    :func:`save_embedder`: a complete checkpoint of kind ``music_embedder``. Reads the config, not the weights."""
+    path = Path(directory)
+    if (path / "embedder_reward").is_dir() or (path / "embedder_eval").is_dir():
+        raise CheckpointError(f"{path} is a divcfg world directory, not an embedder: its embedders are "
+                              f"{path / 'embedder_reward'} and {path / 'embedder_eval'}")
+    verify_checkpoint(path, hashes=False)  # missing, a file, not a checkpoint (and what it is instead), incomplete
+    try:
+        kind = json.loads((path / CONFIG_FILE).read_text()).get("kind")
+    except (OSError, ValueError, AttributeError) as e:
+        raise CheckpointError(f"checkpoint {path}: {CONFIG_FILE} is not a readable JSON object ({e})") from None
+    if kind != EMBEDDER_KIND:
+        raise CheckpointError(f"{path} holds a {kind!r} checkpoint, not a music embedder (kind {EMBEDDER_KIND!r}, "
+                              f"what divcfg embedder train --out DIR writes)")
 
 
 def load_embedder(directory: str | os.PathLike) -> MusicEmbedder:
     """Read a model written by :func:`save_embedder`; returns it in eval mode on CPU."""
-    state, meta, weights_path = read_checkpoint(directory, "music_embedder")
+    state, meta, weights_path = read_checkpoint(directory, EMBEDDER_KIND)
     cfg = config_from_dict(EmbedderConfig, meta.get("config", {}), os.path.join(os.fspath(directory), CONFIG_FILE))
     model = MusicEmbedder(cfg)
     load_state(model, state, weights_path)

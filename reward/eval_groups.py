@@ -11,6 +11,10 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
+from divcfg.common.tb_scalars import binned_curve, read_scalars
+
 # Overrides that name where or how a job ran, not what it trained: they never split a multirun into groups.
 _NOT_CONFIGURATION = ("run.seed=", "run.dir=", "run.resume=", "logging.", "hydra.")
 
@@ -43,7 +47,6 @@ def _run_dir(policy_dir: Path) -> Path | None:
 
 def resolve_checkpoint(path: str | os.PathLike) -> Checkpoint:
     """Read a checkpoint (a policy directory, or a run directory holding ``student/``) and its run's files."""
-    from omegaconf import OmegaConf
     p = Path(path)
     if not (p / "config.json").is_file() and (p / "student" / "config.json").is_file():
         p = p / "student"
@@ -74,7 +77,6 @@ CURVES = {"reward_curve": "rewards/diversity_mean", "kl_curve": "losses/distill_
 
 def training_curves(run: Path, bins: int = 10) -> dict:
     """A finished run's :data:`CURVES` from its TensorBoard events, each in ``bins`` step windows (their means)."""
-    from divcfg.common.tb_scalars import binned_curve, read_scalars
     scalars = read_scalars(run)
     return {name: binned_curve(scalars[tag], bins) for name, tag in CURVES.items() if tag in scalars}
 
@@ -92,7 +94,6 @@ def parse_group(spec: str) -> tuple[str, list[str]]:
 def multirun_groups(root: str | os.PathLike) -> dict[str, list[str]]:
     """The jobs of a ``divcfg train --multirun`` directory (``ROOT/<job number>/``), grouped by their overrides less
     ``run.seed``. A group is named by the overrides that tell it from the others (``algo.beta=15``)."""
-    from omegaconf import OmegaConf
     root = Path(root)
     jobs = sorted((d for d in root.iterdir() if d.is_dir() and d.name.isdigit()), key=lambda d: int(d.name)) \
         if root.is_dir() else []

@@ -9,8 +9,10 @@ import os
 from pathlib import Path
 
 import numpy as np
+import torch
+from torch.utils.tensorboard import SummaryWriter
 
-from divcfg.reward.eval_report import COLUMNS, METRICS
+from divcfg.reward.eval_report import COLUMNS, JUDGE_METRICS, METRICS
 
 STYLE = {"cfg": ("o", "gray"), "beta": ("D", "tab:red"), "merge": ("s", "tab:blue")}
 
@@ -26,7 +28,9 @@ def _clean(v):
     return v
 
 
-def write_outputs(report: dict, out: Path) -> None:
+def write_outputs(report: dict, out: Path) -> list[str]:
+    """Write the evaluation to ``out``; returns the names written, in order (``tb/`` for the TensorBoard folder), so
+    that what the user is told names only files that exist: training.png only when a trained row has curves."""
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "eval.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
@@ -34,9 +38,13 @@ def write_outputs(report: dict, out: Path) -> None:
         w.writerows(report["rows"])
     (out / "eval.json").write_text(json.dumps(_clean(report), indent=2, ensure_ascii=False))
     pareto_plot(report, out / "pareto.png")
-    if not training_plot(report, out / "training.png"):
+    written = ["eval.csv", "eval.json", "pareto.png"]
+    if training_plot(report, out / "training.png"):
+        written.append("training.png")
+    else:
         (out / "training.png").unlink(missing_ok=True)  # an earlier evaluation's, of other runs
     write_tensorboard(report, out)
+    return [*written, "tb/"]
 
 
 def _err(r: dict, m: str) -> list[float]:
@@ -47,9 +55,9 @@ def _err(r: dict, m: str) -> list[float]:
 def pareto_plot(report: dict, path: str | os.PathLike) -> None:
     """Adherence (x) against held-out diversity (y): every row with its 95% bootstrap interval on both axes, each
     family's Pareto front as the staircase it dominates, and the reference point of the hypervolumes."""
-    import matplotlib
+    import matplotlib  # start-up: matplotlib takes ~1.8 s to import, for plots only
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # start-up: matplotlib takes ~1.8 s to import, for plots only
 
     rows = {r["name"]: r for r in report["rows"]}
     ref = report["reference_point"]
@@ -100,9 +108,9 @@ def training_plot(report: dict, path: str | os.PathLike) -> bool:
     rows = [r for r in report["rows"] if any(t.get("reward_curve") for t in r.get("train", []))]
     if not rows:
         return False
-    import matplotlib
+    import matplotlib  # start-up: matplotlib takes ~1.8 s to import, for plots only
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # start-up: matplotlib takes ~1.8 s to import, for plots only
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     colors = plt.get_cmap("viridis")(np.linspace(0, 0.9, len(rows)))
@@ -141,13 +149,11 @@ def _n(v) -> str:
 
 def write_tensorboard(report: dict, out: Path) -> None:
     """Scalars under ``eval/`` (one tag per row and figure, bounds beside), the plot, and the tables as text."""
-    import matplotlib.image as mpimg
-    import torch
-    from torch.utils.tensorboard import SummaryWriter
+    import matplotlib.image as mpimg  # start-up: matplotlib takes ~1.8 s to import, for plots only
 
     writer = SummaryWriter(str(out / "tb"))
     for r in report["rows"]:
-        for m in METRICS:
+        for m in METRICS + tuple(j for j in JUDGE_METRICS if j in r):  # every judge's adherence beside the scorer's
             for suffix in ("", "_lo", "_hi"):
                 v = r[f"{m}{suffix}"]
                 if v is not None and not math.isnan(v):
@@ -168,12 +174,19 @@ def write_tensorboard(report: dict, out: Path) -> None:
     header = "| " + " | ".join(shown) + " |\n|" + "---|" * len(shown) + "\n"
     body = "".join("| " + " | ".join(_fmt(r.get(c)) for c in shown) + " |\n" for r in report["rows"])
     writer.add_text("eval/table", header + body, 0)
-    claims = "| claim | statistic | estimate | 95% interval | threshold | verdict |\n|---|---|---|---|---|---|\n"
-    claims += "".join(f"| {c['id']} | {c['statistic']} | {_n(c['estimate'])} | [{_n(c['lo'])}, {_n(c['hi'])}] | "
-                      f"{_n(c['threshold'])} | {c['verdict']} |\n"
-                      for c in report["claims"] + report.get("claims_judge", []))
-    writer.add_text("eval/claims", claims, 0)
+    writer.add_text("eval/claims", claims_table(report), 0)
     writer.close()
+
+
+def claims_table(report: dict) -> str:
+    """Markdown: every claim as each decider (the scorer, then each judge that ran) decided it, then who was skipped."""
+    deciders = [("scorer", report["claims"])] + list(report.get("claims_by_judge", {}).items())
+    out = "| claim | decided by | statistic | estimate | 95% interval | threshold | verdict |\n|" + "---|" * 7 + "\n"
+    out += "".join(f"| {c['id']} | {who} | {c['statistic']} | {_n(c['estimate'])} | [{_n(c['lo'])}, {_n(c['hi'])}] "
+                   f"| {_n(c['threshold'])} | {c['verdict']} |\n" for who, cs in deciders for c in cs)
+    skipped = [f"the {n} judge is skipped: {s['why']}" for n, s in report.get("judges", {}).items()
+               if s["status"] == "skipped"]
+    return out + "".join(f"\n{line}\n" for line in skipped)
 
 
 def _fmt(v) -> str:

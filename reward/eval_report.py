@@ -11,12 +11,15 @@ import math
 import numpy as np
 
 from divcfg.reward import intervals as iv
+from divcfg.reward.judges import INDEPENDENT_JUDGES
 
 METRICS = ("adherence", "diversity", "diversity_reward_embedder")
-JUDGE = "adherence_judge"  # the independent judge's adherence, in worlds that configure one (reward/pitch_judge.py)
+JUDGE = INDEPENDENT_JUDGES["pitch"]  # Basic Pitch's adherence, in worlds that configure it (reward/pitch_judge.py)
+JUDGE_METRICS = tuple(INDEPENDENT_JUDGES.values())  # one adherence column per independent judge
+ADHERENCE_CLAIMS = (1, 3, "4a", "4b")  # the claims whose verdict rests on an adherence: decided by every judge
+_SUFFIXES = ("", "_lo", "_hi", "_seed_lo", "_seed_hi")
 COLUMNS = ["name", "kind", "guidance_scale", "lam", "beta", "seeds",
-           "adherence", "adherence_lo", "adherence_hi", "adherence_seed_lo", "adherence_seed_hi",
-           JUDGE, f"{JUDGE}_lo", f"{JUDGE}_hi", f"{JUDGE}_seed_lo", f"{JUDGE}_seed_hi",
+           *(f"adherence{x}" for x in _SUFFIXES), *(f"{m}{x}" for m in JUDGE_METRICS for x in _SUFFIXES),
            "diversity", "diversity_lo", "diversity_hi", "diversity_seed_lo", "diversity_seed_hi",
            "diversity_reward_embedder", "diversity_reward_embedder_lo", "diversity_reward_embedder_hi",
            "embedder_gap", "embedder_gap_lo", "embedder_gap_hi",
@@ -43,7 +46,7 @@ def row_stats(row: dict, idx: np.ndarray) -> dict:
     """A row's table entry: each metric's mean over seeds, its bootstrap interval and its seeds' t interval."""
     out = {k: row[k] for k in ("name", "kind", "guidance_scale", "lam", "beta", "theta_d")}
     out["seeds"] = len(row["runs"])
-    for m in METRICS + ((JUDGE,) if has_judge([row]) else ()):
+    for m in METRICS + tuple(j for j in JUDGE_METRICS if has_judge([row], j)):
         ci = iv.mean_interval(scores(row, m), idx)
         _, slo, shi = iv.seed_interval([run[m] for run in row["runs"]])
         out.update({m: ci["estimate"], f"{m}_lo": ci["lo"], f"{m}_hi": ci["hi"], f"{m}_seed_lo": slo,
@@ -69,9 +72,29 @@ def row_stats(row: dict, idx: np.ndarray) -> dict:
     return out
 
 
-def has_judge(rows: list[dict]) -> bool:
-    """Whether every run of ``rows`` was also scored by the independent judge (per prompt)."""
-    return all(f"{JUDGE}_by_prompt" in run for r in rows for run in r["runs"])
+def has_judge(rows: list[dict], metric: str = JUDGE) -> bool:
+    """Whether every run of ``rows`` was also scored by the independent judge whose adherence is ``metric``."""
+    return all(f"{metric}_by_prompt" in run for r in rows for run in r["runs"])
+
+
+def judge_status(rows: list[dict]) -> dict[str, dict]:
+    """Who decided the claims: the scorer, and each independent judge ``used`` (it scored every run), ``skipped``
+    (its package is missing here, or it scored only some runs: why) or ``absent`` (the world has no such judge)."""
+    skipped = {}
+    for r in rows:
+        for run in r["runs"]:
+            skipped.update(run.get("judges_skipped", {}))
+    out = {"scorer": {"status": "used", "metric": "adherence"}}
+    for name, metric in INDEPENDENT_JUDGES.items():
+        some = any(f"{metric}_by_prompt" in run for r in rows for run in r["runs"])
+        if has_judge(rows, metric):
+            out[name] = {"status": "used", "metric": metric}
+        elif name in skipped or some:
+            out[name] = {"status": "skipped", "metric": metric,
+                         "why": skipped.get(name, "it scored only some of the runs")}
+        else:
+            out[name] = {"status": "absent", "metric": metric, "why": "the world configures no such judge"}
+    return out
 
 
 def families(rows: list[dict]) -> dict[str, list[dict]]:
@@ -83,19 +106,16 @@ def families(rows: list[dict]) -> dict[str, list[dict]]:
     return {k: v for k, v in fams.items() if v}
 
 
-def summarize(rows: list[dict], rounds: int, seed: int = 0) -> dict:
-    """Everything ``eval.json`` holds: rows with intervals, the reference point, each family's hypervolume, the
-    hypervolume differences against the CFG sweep, and the claims."""
-    n_prompts = len(rows[0]["runs"][0]["diversity_by_prompt"])
-    idx = iv.bootstrap_indices(n_prompts, rounds, seed)
-    stats = [row_stats(r, idx) for r in rows]
-    ref = iv.reference_point(np.asarray([[s["adherence"], s["diversity"]] for s in stats], dtype=float))
-    fams, draws, hv = families(rows), {}, {}
-    for name, members in fams.items():
-        pairs = [(scores(r, "adherence"), scores(r, "diversity")) for r in members]
+def fronts(rows: list[dict], stats: list[dict], idx: np.ndarray, metric: str = "adherence") -> tuple:
+    """``(reference point, each family's hypervolume, the differences against the CFG sweep)`` on ``metric`` (an
+    adherence: the scorer's or a judge's) against held-out diversity; one bootstrap resample ``idx`` for all."""
+    ref = iv.reference_point(np.asarray([[s[metric], s["diversity"]] for s in stats], dtype=float))
+    draws, hv = {}, {}
+    for name, members in families(rows).items():
+        pairs = [(scores(r, metric), scores(r, "diversity")) for r in members]
         draws[name] = iv.hypervolume_draws(pairs, idx, ref)
         lo, hi = iv.percentile_interval(draws[name])
-        points = np.asarray([[s["adherence"], s["diversity"]] for s in stats if s["name"] in
+        points = np.asarray([[s[metric], s["diversity"]] for s in stats if s["name"] in
                              {r["name"] for r in members}], dtype=float)
         front = iv.pareto_front(np.asarray([[iv.point_mean(a), iv.point_mean(d)] for a, d in pairs]))
         hv[name] = {"label": FAMILIES[name], "rows": [r["name"] for r in members],
@@ -107,14 +127,41 @@ def summarize(rows: list[dict], rounds: int, seed: int = 0) -> dict:
             lo, hi = iv.percentile_interval(draws[name] - draws["cfg"])
             diffs[f"{name}_minus_cfg"] = {"estimate": hv[name]["estimate"] - hv["cfg"]["estimate"], "lo": lo,
                                           "hi": hi}
+    return ref, hv, diffs
+
+
+def summarize(rows: list[dict], rounds: int, seed: int = 0) -> dict:
+    """Everything ``eval.json`` holds: rows with intervals, the reference point, each family's hypervolume, the
+    hypervolume differences against the CFG sweep, and the claims: by the trained scorer (``claims``) and again by
+    each independent judge that scored every run (``claims_by_judge``: the claims that rest on an adherence,
+    :data:`ADHERENCE_CLAIMS`, each with that judge's adherence and fronts); ``judges`` says which decided and why
+    one did not, and ``verdicts`` puts every decider's verdict on each claim side by side."""
+    n_prompts = len(rows[0]["runs"][0]["diversity_by_prompt"])
+    idx = iv.bootstrap_indices(n_prompts, rounds, seed)
+    stats = [row_stats(r, idx) for r in rows]
+    ref, hv, diffs = fronts(rows, stats, idx)
+    status = judge_status(rows)
+    by_judge, hv_by_judge = {}, {}
+    for name, st in status.items():
+        if name == "scorer" or st["status"] != "used":
+            continue
+        try:
+            _, _, jdiffs = fronts(rows, stats, idx, st["metric"])
+        except ValueError:  # no row's prompts asked for anything this judge reads: no fronts on its adherence
+            jdiffs = {}
+        hv_by_judge[name] = jdiffs
+        by_judge[name] = [c for c in claims(rows, idx, jdiffs, st["metric"]) if c["id"] in ADHERENCE_CLAIMS]
+    scorer = claims(rows, idx, diffs)
+    verdicts = {str(c["id"]): {"scorer": c["verdict"]} for c in scorer}
+    for name, cs in by_judge.items():
+        for c in cs:
+            verdicts[str(c["id"])][name] = c["verdict"]
     return {"bootstrap": {"rounds": rounds, "seed": seed, "prompts": n_prompts, "level": iv.LEVEL},
             "reference_point": {"adherence": ref[0], "diversity": ref[1],
                                 "rule": "worst adherence and diversity among all rows, minus 5% of each span"},
-            "rows": stats, "hypervolume": hv, "hypervolume_difference": diffs,
-            "claims": claims(rows, idx, diffs),
-            # Claims 1 and 3 again, with the independent judge's adherence (it reads fewer attributes: its own gap)
-            **({"claims_judge": [c for c in claims(rows, idx, diffs, JUDGE) if c["id"] in (1, 3)]}
-               if has_judge(rows) else {})}
+            "rows": stats, "hypervolume": hv, "hypervolume_difference": diffs, "claims": scorer,
+            "judges": status, "claims_by_judge": by_judge, "hypervolume_difference_by_judge": hv_by_judge,
+            "verdicts": verdicts}
 
 
 def _find(rows, **want):
@@ -133,7 +180,8 @@ def _claim(cid, text, statistic, est=None, lo=None, hi=None, threshold=None, hol
 def claims(rows: list[dict], idx: np.ndarray, diffs: dict, adherence: str = "adherence") -> list[dict]:
     """The paper's headline claims (METHOD.md), each decided by its interval (the paired bootstrap over prompts).
     θ_q is the β = 0 row, θ_d the largest β's, and the merge the λ = 0.5 one towards that θ_d. ``adherence``: the
-    trained scorer's (``adherence``) or the independent judge's (``adherence_judge``), for claims 1 and 3."""
+    trained scorer's (``adherence``) or an independent judge's (claims 1, 3, 4a and 4b; ``diffs`` then holds the
+    hypervolume differences on that adherence)."""
     g1, g3 = _find(rows, kind="cfg", guidance_scale=1.0), _find(rows, kind="cfg", guidance_scale=3.0)
     trained = families(rows).get("beta", [])
     q = next((r for r in trained if r["beta"] == 0), None)
@@ -165,12 +213,12 @@ def claims(rows: list[dict], idx: np.ndarray, diffs: dict, adherence: str = "adh
     out.append(_claim_merge(half, g3, gap, bar, diff, adherence))
     for cid, name in (("4a", "merge"), ("4b", "beta")):
         text = f"the {FAMILIES[name]} front beats the CFG front: the hypervolume difference's interval lies above 0"
-        c = diffs.get(f"{name}_minus_cfg")
+        c, on = diffs.get(f"{name}_minus_cfg"), "" if adherence == "adherence" else f" ({adherence} × diversity)"
         if c:
-            out.append(_claim(cid, text, f"hypervolume {name} − cfg", c["estimate"], c["lo"], c["hi"], 0.0,
+            out.append(_claim(cid, text, f"hypervolume {name} − cfg{on}", c["estimate"], c["lo"], c["hi"], 0.0,
                               c["lo"] > 0))
         else:
-            out.append(_claim(cid, text, f"hypervolume {name} − cfg", why=f"needs {name} and cfg rows"))
+            out.append(_claim(cid, text, f"hypervolume {name} − cfg{on}", why=f"needs {name} and cfg rows"))
     out.append(_claim_speed(half, g3))
     return out
 

@@ -18,6 +18,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from tqdm import tqdm
+
+from divcfg.common.data.tokens import read_tokens
+from divcfg.common.data.world_dir import World
+from divcfg.common.storage.checkpoint import load_weights
+from divcfg.model.loaders import load_policy, policy_family
+from divcfg.model.merge import merge_state_dicts
+from divcfg.model.policy import AudioTokenPolicy
+from divcfg.model.policy_config import PolicyConfig
+from divcfg.reward.eval_groups import check_group, multirun_groups, parse_group, resolve_checkpoint, seed_of
+from divcfg.reward.eval_outputs import write_outputs
+from divcfg.reward.eval_report import summarize
+from divcfg.reward.intervals import check_bootstrap
+from divcfg.reward.judges import Judges, measure_policy
+
 DEFAULT_PROMPTS, DEFAULT_SAMPLES = 96, 8
 
 
@@ -47,8 +62,6 @@ class RowPlan:
 def plan_rows(world_dir, base: Callable, gammas, models, merge, lams, groups, merge_with) -> list[RowPlan]:
     """Every row, with every check on the checkpoints done before any model is loaded or sampled. ``base()`` loads
     the world's base model; ``merge_with`` names the β > 0 groups merged with θ_q (None: all of them)."""
-    from divcfg.common.checkpoint import policy_family
-    from divcfg.reward.eval_groups import check_group, resolve_checkpoint, seed_of
 
     paths = [*models, *(merge or ()), *(c for cs in groups.values() for c in cs)]
     # Each checkpoint's files (config, summary, TensorBoard curves) are read once, here
@@ -82,15 +95,11 @@ def plan_rows(world_dir, base: Callable, gammas, models, merge, lams, groups, me
 
 
 def _loader(path):
-    from divcfg.common.checkpoint import load_policy
     return lambda: load_policy(path).eval()
 
 
 def _merged(a, b, lam: float):
     """A policy of ``(1 − λ) a + λ b``; the two must be one architecture (common.merge refuses otherwise)."""
-    from divcfg.common.checkpoint import load_weights
-    from divcfg.common.merge import merge_state_dicts
-    from divcfg.common.policy import AudioTokenPolicy, PolicyConfig
     if a.arch != b.arch:
         raise ValueError(f"can't merge {a.path} and {b.path}: different model shapes")
     if a.world is not None and b.world is not None and a.world != b.world:
@@ -116,6 +125,10 @@ def _group_merge_rows(groups: dict, lams, merge_with: list[str] | None) -> list[
     quality = [n for n, cs in groups.items() if cs[0].beta == 0]
     diverse = [n for n, cs in groups.items() if cs[0].beta is not None and cs[0].beta > 0]
     if merge_with is not None:
+        missing = [n for n in merge_with if n not in groups]
+        if missing:
+            raise ValueError(f"--merge-with {missing}: no such group; the groups are {list(groups)} (β > 0: "
+                             f"{diverse})")
         unknown = [n for n in merge_with if n not in diverse]
         if unknown:
             raise ValueError(f"--merge-with {unknown}: not a β > 0 group; the β > 0 groups are {diverse}")
@@ -150,12 +163,7 @@ def evaluate(world_dir: str, models: list[str], gammas: list[float], merge: tupl
              batch: int = 0) -> list[dict]:
     """Measure every row; each row dict holds its plan's fields and ``runs``, one :func:`measure_policy` result per
     seed (with per-prompt scores)."""
-    from tqdm import tqdm
 
-    from divcfg.common.checkpoint import load_policy
-    from divcfg.common.tokens import read_tokens
-    from divcfg.common.world_dir import World
-    from divcfg.reward.judges import Judges, measure_policy
 
     if samples < 2:
         raise ValueError(f"--samples must be >= 2 to measure diversity, got {samples}")
@@ -168,7 +176,10 @@ def evaluate(world_dir: str, models: list[str], gammas: list[float], merge: tupl
     if prompts is not None and prompts > len(heldout):
         raise ValueError(f"--prompts {prompts}: the world {world_dir} has {len(heldout)} held-out prompts")
     heldout = heldout[:DEFAULT_PROMPTS if prompts is None else prompts]  # the tiny world has fewer than 96: all
-    judges = Judges.load(world_dir)
+    judges = Judges.load(world_dir)  # says on stderr which independent judge is skipped, and why
+    if judges.skipped:
+        print(f"divcfg eval: the claims are decided without the {', '.join(judges.skipped)} judge (its package is "
+              f"missing); by the scorer{''.join(f' and the {n} judge' for n in judges.independent)}", file=sys.stderr)
     heldout_codes = read_tokens(world.path("heldout.parquet")).codes
     n_frames = heldout_codes.shape[2]
     # FAD's reference, as world.json's: held-out-embedder features of the held-out clips, decoded as samples are
@@ -220,26 +231,37 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--batch", type=int, default=0, help="clips per generate call (0: all of a row's at once)")
     ap.add_argument("--seed", type=int, default=0, help="sampling seed, the same for every row")
     ap.add_argument("--out", required=True, help="output directory: eval.csv, eval.json, pareto.png, "
-                    "training.png (the trained rows' reward and KL curves), tb/")
+                    "training.png (the trained rows' reward and KL curves, when they have any), tb/")
     return ap
 
 
 def _print_report(report: dict) -> None:
+    used = {n: s["metric"] for n, s in report["judges"].items() if n != "scorer" and s["status"] == "used"}
     for r in report["rows"]:
+        judged = "".join(f"  {n} judge {_num(r.get(metric))}" for n, metric in used.items())
         print(f"{r['name']:>22}  γ={r['guidance_scale']:<4g} adherence {_num(r['adherence'])} "
-              f"[{_num(r['adherence_lo'])}, {_num(r['adherence_hi'])}]  diversity {_num(r['diversity'])} "
+              f"[{_num(r['adherence_lo'])}, {_num(r['adherence_hi'])}]{judged}  diversity {_num(r['diversity'])} "
               f"[{_num(r['diversity_lo'])}, {_num(r['diversity_hi'])}] (reward emb "
               f"{_num(r['diversity_reward_embedder'])})  FAD {_num(r.get('fad'))}  {_num(r['frames_per_s'])} frames/s")
-    for c in report["claims"] + report.get("claims_judge", []):
+    for c in report["claims"]:
         print(f"claim {c['id']}: {c['verdict']}  {c['statistic']} = {_num(c['estimate'])} "
               f"[{_num(c['lo'])}, {_num(c['hi'])}]")
+    for name, cs in report["claims_by_judge"].items():
+        for c in cs:
+            print(f"claim {c['id']} by the {name} judge: {c['verdict']}  {c['statistic']} = {_num(c['estimate'])} "
+                  f"[{_num(c['lo'])}, {_num(c['hi'])}]")
+    print(judges_line(report["judges"]))
+
+
+def judges_line(status: dict) -> str:
+    """Who decided the claims, and why a judge the world configures did not (its package is missing)."""
+    used = [n for n, s in status.items() if s["status"] == "used"]
+    skipped = "".join(f"; the {n} judge is skipped: {s['why']}" for n, s in status.items()
+                      if s["status"] == "skipped")
+    return f"claims decided by: {', '.join(used)}{skipped}"
 
 
 def main(argv: list[str] | None = None) -> int:
-    from divcfg.reward.eval_groups import multirun_groups, parse_group
-    from divcfg.reward.eval_outputs import write_outputs
-    from divcfg.reward.eval_report import summarize
-    from divcfg.reward.intervals import check_bootstrap
 
     args = _parser().parse_args(argv)
     start = time.perf_counter()
@@ -258,18 +280,18 @@ def main(argv: list[str] | None = None) -> int:
                 if name in groups:
                     raise ValueError(f"group {name!r} named twice (--group or --multirun {d})")
                 groups[name] = ckpts
+        merge_with = None if args.merge_with is None else [n.strip() for n in args.merge_with.split(",") if n.strip()]
         rows = evaluate(args.world, args.models, gammas, tuple(args.merge) if args.merge else None, lams,
-                        args.prompts, args.samples, args.seed, groups=groups, batch=args.batch,
-                        merge_with=None if args.merge_with is None else [n for n in args.merge_with.split(",") if n])
+                        args.prompts, args.samples, args.seed, groups=groups, batch=args.batch, merge_with=merge_with)
         report = summarize(rows, args.bootstrap, seed=args.seed)
         report["command"] = "divcfg eval " + " ".join(sys.argv[2:] if argv is None else argv)
         report["wall_s"] = time.perf_counter() - start
-        write_outputs(report, Path(args.out))
+        written = write_outputs(report, Path(args.out))
     except (ValueError, FileNotFoundError) as e:  # CheckpointError is a ValueError
         print(f"divcfg eval: error: {e}", file=sys.stderr)
         return 2
     _print_report(report)
-    print(f"wrote {args.out}/eval.csv, eval.json, pareto.png, training.png, tb/")
+    print(f"wrote {args.out}/{', '.join(written)}")
     return 0
 
 

@@ -7,20 +7,43 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from divcfg.common.codec import Codec, load_codec
-from divcfg.common.caption_schema import CaptionSchema, load_schema
-from divcfg.common.captions import ATTRIBUTES, parse_prompt
-from divcfg.common.logprob import token_logprobs
+from divcfg.codec.offline import Codec, load_codec
+from divcfg.common.data.caption_schema import CaptionSchema, load_schema
+from divcfg.common.data.captions import ATTRIBUTES, parse_prompt
+from divcfg.model.logprob import token_logprobs
+from divcfg.reward import pitch_judge, rhythm_judge
 from divcfg.reward.diversity import diversity_reward
 from divcfg.reward.embedder import MusicEmbedder, load_embedder
 from divcfg.reward.scorer import AttributeScorer, adherence, load_scorer
+
+INDEPENDENT_JUDGES = {"pitch": "adherence_judge", "rhythm": "adherence_judge_rhythm"}
+"""The independent judges (pretrained by others, so they check the trained scorer) and the name of each one's
+adherence in measurements: Basic Pitch for mode, register, texture and density (reward/pitch_judge.py; its name is
+the one world.json has always had) and madmom for tempo and meter (reward/rhythm_judge.py)."""
+
+
+def _load_independent(world_dir: Path) -> tuple[dict[str, object], dict[str, str]]:
+    """The independent judges the world configures, and those it configures but this install can't run (name ->
+    why: the missing package and how to install it). The others still judge."""
+    loaders = {"pitch": pitch_judge.load_pitch_judge, "rhythm": rhythm_judge.load_rhythm_judge}
+    judges, skipped = {}, {}
+    for name, load in loaders.items():
+        try:
+            judge = load(world_dir)
+        except ImportError as e:
+            skipped[name] = str(e)
+            continue
+        if judge is not None:
+            judges[name] = judge
+    return judges, skipped
 
 
 @dataclass
@@ -31,20 +54,30 @@ class Judges:
     scorer: AttributeScorer
     schema: CaptionSchema | None = None
     """The world's attribute table and caption phrases (captions.json); None: the procedural world's."""
-    pitch: object | None = None
-    """The independent judge (reward.pitch_judge.PitchJudge) where the world configures one (pitch_judge.json)."""
+    independent: dict[str, object] = field(default_factory=dict)
+    """The independent judges the world configures, by name of :data:`INDEPENDENT_JUDGES`: ``pitch``
+    (reward.pitch_judge.PitchJudge, where the world has pitch_judge.json) and ``rhythm``
+    (reward.rhythm_judge.RhythmJudge, where its captions name tempo and meter)."""
+    skipped: dict[str, str] = field(default_factory=dict)
+    """Judges the world configures that this install can't run: name -> why (the package missing)."""
+
+    @property
+    def pitch(self):
+        """The Basic Pitch judge, or None."""
+        return self.independent.get("pitch")
 
     @staticmethod
     def load(world_dir: str | os.PathLike, codec=None) -> "Judges":
         """The world's embedders and scorer, with the world's codec or ``codec`` (a policy's own, e.g. MusicGen's
         EnCodec: the codes must be decoded by the codec that made them). The embedders and the scorer resample
         whatever rate the codec decodes at to the rate they were trained on."""
-        from divcfg.reward.pitch_judge import load_pitch_judge
-
         d = Path(world_dir)
+        independent, skipped = _load_independent(d)
+        for name, why in skipped.items():
+            print(f"judges: the {name} judge is skipped: {why}", file=sys.stderr)
         return Judges(codec if codec is not None else load_codec(d / "codec"), load_embedder(d / "embedder_reward"),
-                      load_embedder(d / "embedder_eval"), load_scorer(d / "scorer"), load_schema(d),
-                      load_pitch_judge(d))
+                      load_embedder(d / "embedder_eval"), load_scorer(d / "scorer"), load_schema(d), independent,
+                      skipped)
 
     @torch.inference_mode()
     def decode(self, codes) -> torch.Tensor:
@@ -67,15 +100,31 @@ class Judges:
             return adherence(probs, requested, self.schema.attributes)
         return adherence(probs, [parse_prompt(p) for p in prompts], ATTRIBUTES)
 
-    def judge_adherence(self, wav: torch.Tensor, prompts: list[str]) -> torch.Tensor:
-        """Independent-judge adherence ``[N]``: the fraction of the requested attributes it reads that it hears as
-        requested; NaN where a prompt requests none of them (or the world has no independent judge)."""
-        from divcfg.reward.pitch_judge import judge_adherence
-
-        if self.pitch is None or self.schema is None:
+    def judge_adherence(self, wav: torch.Tensor, prompts: list[str], judge: str = "pitch") -> torch.Tensor:
+        """Adherence ``[N]`` by the independent ``judge``: the fraction of the requested attributes it reads that it
+        hears as requested; NaN where a prompt requests none of them (or the world has no such judge)."""
+        if judge not in INDEPENDENT_JUDGES:
+            raise ValueError(f"unknown judge {judge!r}; known: {list(INDEPENDENT_JUDGES)}")
+        if judge not in self.independent or self.schema is None:
             return torch.full((len(prompts),), float("nan"), dtype=torch.float64)
+        rule = {"pitch": pitch_judge.judge_adherence, "rhythm": rhythm_judge.judge_adherence}[judge]
         requested = [self.schema.parse(p) for p in prompts]
-        return torch.as_tensor(judge_adherence(self.pitch, np.asarray(wav), self.codec.sample_rate, requested))
+        return torch.as_tensor(rule(self.independent[judge], np.asarray(wav), self.codec.sample_rate, requested))
+
+
+def independent_figures(judges: Judges, wav: torch.Tensor, prompts: list[str], groups: tuple[int, int]) -> dict:
+    """Each independent judge's adherence over ``wav [P · G, samples]`` (the clips of ``prompts``, G per prompt) and
+    per prompt, under its :data:`INDEPENDENT_JUDGES` name; ``judges_skipped`` names those that can't run here."""
+    out = {}
+    for name in judges.independent:
+        metric = INDEPENDENT_JUDGES[name]
+        heard = judges.judge_adherence(wav, prompts, name).numpy()
+        out[metric] = None if np.isnan(heard).all() else float(np.nanmean(heard))
+        out[f"{metric}_by_prompt"] = [None if np.isnan(a).all() else float(np.nanmean(a))
+                                      for a in heard.reshape(groups)]
+    if judges.skipped:
+        out["judges_skipped"] = dict(judges.skipped)
+    return out
 
 
 @torch.no_grad()
@@ -101,7 +150,9 @@ def measure_policy(policy, judges: Judges, prompts: list[str], samples: int, gui
     ``frames_per_s``, ``forward_passes_per_token``, and per prompt (lists of ``len(prompts)``, for paired
     comparisons): ``adherence_by_prompt`` (None where the prompt asked for nothing the scorer reads),
     ``diversity_by_prompt`` and ``diversity_reward_embedder_by_prompt``. With ``fad_reference`` (held-out-embedder
-    features of real clips), ``fad``: :func:`divcfg.reward.fad.fad_report` of the samples against them.
+    features of real clips), ``fad``: :func:`divcfg.reward.fad.fad_report` of the samples against them. Per
+    independent judge the world has, its adherence and per prompt (names in :data:`INDEPENDENT_JUDGES`), and
+    ``judges_skipped`` (name -> why) for those it configures that can't run here.
     """
     gen = torch.Generator().manual_seed(seed)
     all_prompts = [p for p in prompts for _ in range(samples)]
@@ -133,11 +184,7 @@ def measure_policy(policy, judges: Judges, prompts: list[str], samples: int, gui
     result["adherence_by_prompt"] = [None if math.isnan(a) else float(a) for a in by_prompt]
     result["diversity_by_prompt"] = [float(d) for d in div_eval]
     result["diversity_reward_embedder_by_prompt"] = [float(d) for d in div_reward]
-    if judges.pitch is not None:  # the independent judge beside the scorer (worlds that configure one)
-        heard = judges.judge_adherence(wav, all_prompts).numpy()
-        result["adherence_judge"] = None if np.isnan(heard).all() else float(np.nanmean(heard))
-        result["adherence_judge_by_prompt"] = [None if np.isnan(a).all() else float(np.nanmean(a))
-                                               for a in heard.reshape(groups)]
+    result.update(independent_figures(judges, wav, all_prompts, groups))  # the independent judges, by the scorer
     if fad_reference is not None:  # held-out-embedder features [N, E] of real clips: FAD with interval (reward/fad.py)
         from divcfg.reward.fad import fad_report
         result["fad"] = fad_report(eval_emb.numpy(), fad_reference, seed=seed)

@@ -12,10 +12,15 @@ quantity here counts onsets or onset-started notes.
 """
 from __future__ import annotations
 
+import dataclasses
+import json
+import logging
 import os
 from dataclasses import dataclass
 
 import numpy as np
+import torch
+import torchaudio.functional as AF
 
 # Basic Pitch's fixed front end (basic_pitch/constants.py).
 _SR = 22050
@@ -70,7 +75,6 @@ class PitchJudge:
     """Basic Pitch transcription plus the attribute rules of :class:`PitchJudgeConfig`."""
 
     def __init__(self, cfg: PitchJudgeConfig = PitchJudgeConfig(), threads: int = 1):
-        import logging
 
         path = model_path()
         try:
@@ -88,8 +92,6 @@ class PitchJudge:
 
     def posteriors(self, wav: np.ndarray, sample_rate: int) -> tuple[np.ndarray, np.ndarray]:
         """Note and onset posteriors ``[frames, 88]`` of one clip ``wav [samples]`` (float32, any rate)."""
-        import torch
-        import torchaudio.functional as AF
 
         x = AF.resample(torch.as_tensor(np.asarray(wav, np.float32)), sample_rate, _SR).numpy()
         n_frames = int(np.floor(len(x) * _FPS / _SR))
@@ -159,8 +161,8 @@ def key_mode(notes: np.ndarray) -> str | None:
     """major or minor by music21's key analysis of the notes (durations weight the pitch classes)."""
     if len(notes) == 0:
         return None
-    from music21 import note as m21note
-    from music21 import stream
+    from music21 import note as m21note  # optional extra (divcfg[music])
+    from music21 import stream  # optional extra (divcfg[music])
 
     s = stream.Stream()
     for on, off, pitch in notes:
@@ -221,8 +223,6 @@ CONFIG_FILE = "pitch_judge.json"
 
 def save_pitch_judge_config(cfg: PitchJudgeConfig, world_dir: str | os.PathLike) -> None:
     """Write the thresholds a world defines its attributes by, so its judges read clips by the same rules."""
-    import dataclasses
-    import json
 
     with open(os.path.join(os.fspath(world_dir), CONFIG_FILE), "w") as f:
         json.dump(dataclasses.asdict(cfg), f, indent=1)
@@ -230,7 +230,6 @@ def save_pitch_judge_config(cfg: PitchJudgeConfig, world_dir: str | os.PathLike)
 
 def load_pitch_judge(world_dir: str | os.PathLike) -> PitchJudge | None:
     """The world's independent judge, or None for a world without ``pitch_judge.json`` (the procedural world)."""
-    import json
 
     path = os.path.join(os.fspath(world_dir), CONFIG_FILE)
     if not os.path.isfile(path):

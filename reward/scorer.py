@@ -21,16 +21,15 @@ import torchaudio.functional as AF
 from tqdm import tqdm
 
 from divcfg.reward.embedder import (
-    CONFIG_FILE,
     LogMel,
-    add_noise,
-    as_clips,
     config_from_dict,
     load_state,
     read_checkpoint,
     warmup_cosine,
     write_checkpoint,
 )
+from divcfg.reward.pitch_judge import CONFIG_FILE
+from divcfg.reward.views import add_noise, as_clips
 
 Attributes = dict[str, tuple[str, ...]]
 

@@ -7,25 +7,31 @@ from __future__ import annotations
 
 import time
 
+import psutil
+
 # Cold-start timestamps (``stats()["startup"]``, `divcfg bench coldstart`): the imports below, torch above all.
 _IMPORT_START = time.time()
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from divcfg.common.config.checks import WORLD_EMBEDDERS  # noqa: E402
 from divcfg.common.record import RolloutBatch  # noqa: E402
 from divcfg.reward.diversity import diversity_reward  # noqa: E402
+from divcfg.reward.embedder import load_embedder  # noqa: E402
 
 _IMPORTED = time.time()
 
 
 class RewardWorker:
     def __init__(self, judges_factory, embedder: str = "reward", threads: int = 1):
-        import psutil
+        """``embedder``: reward.embedder, the world's ``reward`` or ``eval`` embedder, or a saved embedder's
+        directory (loaded here, in the worker: a model does not travel to it)."""
         self.startup = {"process_start": psutil.Process().create_time(), "import_start": _IMPORT_START,
                         "imported": _IMPORTED, "init_start": time.time()}
         torch.set_num_threads(threads)
         self.judges = judges_factory()
         self.embedder = embedder
+        self.own_embedder = None if embedder in WORLD_EMBEDDERS else load_embedder(embedder)
         self.dropped = 0
         self.startup["built"] = time.time()
 
@@ -65,7 +71,7 @@ class RewardWorker:
         prompts = [p for b in groups for p in b.prompt]
         with torch.inference_mode():
             wav = self.judges.decode(codes)
-            emb = self.judges.embed(wav, self.embedder).view(len(groups), g, -1)
+            emb = self._embed(wav).view(len(groups), g, -1)
             rewards = diversity_reward(emb) if g >= 2 else torch.zeros(len(groups), g)
             quality = self.judges.adherence(wav, prompts).view(len(groups), g)
         seconds = (time.perf_counter() - start) / len(groups)
@@ -81,7 +87,14 @@ class RewardWorker:
         return out
 
 
+    def _embed(self, wav: torch.Tensor) -> torch.Tensor:
+        """Unit-norm embeddings ``[N, E]`` of ``wav [N, samples]`` (at the codec's rate) by reward.embedder."""
+        if self.own_embedder is None:
+            return self.judges.embed(wav, self.embedder)
+        return self.own_embedder.embed(wav, self.judges.codec.sample_rate)
+
+
 def remote_reward_worker(num_cpus: float, num_gpus: float):
     """The Ray shell, as actors/rollout.py's (no restarts, no task events: see there why)."""
-    import ray
+    import ray  # start-up: ray takes ~1.1 s to import; the plain classes here run without it
     return ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=0, enable_task_events=False)(RewardWorker)

@@ -28,7 +28,7 @@ def gen():
 @pytest.fixture(scope="session")
 def tiny_world(tmp_path_factory):
     """The tiny world (built once per session, 2-5 min on 2 cores), or a prebuilt one named by DIVCFG_TEST_TINY_WORLD."""
-    from divcfg.common.world_dir import World
+    from divcfg.common.data.world_dir import World
     from divcfg.world.build import build_world
     prebuilt = os.environ.get("DIVCFG_TEST_TINY_WORLD")
     if prebuilt:

@@ -1,7 +1,8 @@
 import pytest
 from omegaconf import OmegaConf
 
-from divcfg.common.config import ConfigError, TrainConfig, validate_train
+from divcfg.common.config.checks import ConfigError, validate_train
+from divcfg.common.config.schema import TrainConfig
 
 
 def cfg(**changes):
@@ -60,7 +61,8 @@ def test_unknown_key_is_refused_by_the_schema():
 def test_musicgen_model_entries_compose(name):
     from hydra import compose, initialize_config_dir
 
-    from divcfg.common.config import CONF_DIR, register_configs, validate_model
+    from divcfg.common.config.checks import validate_model
+    from divcfg.common.config.schema import CONF_DIR, register_configs
     register_configs()
     with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
         m = compose("pretrain", overrides=["data=x", "out=y", f"model={name}"]).model
@@ -72,7 +74,7 @@ def test_default_kl_reduction_is_the_per_sequence_sum():
     """METHOD.md's objective is the sequence-level reverse KL: summed over a sample's codes."""
     from hydra import compose, initialize_config_dir
 
-    from divcfg.common.config import CONF_DIR, AlgoConfig, register_configs
+    from divcfg.common.config.schema import CONF_DIR, AlgoConfig, register_configs
     assert AlgoConfig().kl_reduction == "sum" and cfg().algo.kl_reduction == "sum"
     register_configs()
     with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
@@ -110,3 +112,27 @@ def test_resume_of_a_sum_run_keeps_sum(tmp_path):
     new = cfg(**{"algo.beta": 15.0})
     assert _check_resume_config(tmp_path, new, set_on_command_line=set()) is False
     assert new.algo.kl_reduction == "sum"
+
+
+def test_a_key_no_schema_declares_is_refused_at_any_depth():
+    from divcfg.common.config.checks import refuse_unknown_keys
+    refuse_unknown_keys(cfg(), TrainConfig)
+    c = cfg()
+    OmegaConf.set_struct(c, False)
+    c.prompts = "my_prompts.txt"  # what `divcfg train +prompts=FILE` composes
+    with pytest.raises(ConfigError, match=r"prompts: unknown config key \(added with '\+'\?\); nothing reads it. "
+                                          r"Known keys: actors, algo, "):
+        refuse_unknown_keys(c, TrainConfig)
+    c = cfg()
+    OmegaConf.set_struct(c.reward, False)
+    c.reward.embeder = "DIR"
+    with pytest.raises(ConfigError, match=r"reward.embeder: unknown config key .* Known keys of reward: .*embedder"):
+        refuse_unknown_keys(c, TrainConfig)
+
+
+def test_train_refuses_a_plus_key_before_any_work(tmp_path, capsys):
+    from divcfg.job.train import main
+    code = main([f"run.dir={tmp_path / 'run'}", "+prompts=prompts.txt", "world.size=tiny", f"world.dir={tmp_path / 'w'}"])
+    assert code == 2
+    assert "prompts: unknown config key" in capsys.readouterr().err
+    assert not (tmp_path / "w").exists() and not (tmp_path / "run" / "checkpoints").exists()

@@ -9,8 +9,8 @@ pytestmark = pytest.mark.slow
 
 
 def test_world_build_is_complete_and_cached(tiny_world):
-    from divcfg.common.captions import ATTRIBUTES
-    from divcfg.common.world_dir import WorldError
+    from divcfg.common.data.captions import ATTRIBUTES
+    from divcfg.common.data.world_dir import WorldError
     from divcfg.world.build import build_world
     info = json.loads((tiny_world / "world.json").read_text())
     for key in ("adherence_cfg1", "adherence_cfg3", "diversity_cfg1", "diversity_cfg3", "embedder_recall_at_1",
@@ -39,9 +39,9 @@ def test_world_embedders_tell_clips_apart(tiny_world):
     """Chunks of one held-out clip are closer to each other than to chunks of other clips, for both embedders."""
     import torch
 
-    from divcfg.common.tokens import read_tokens
-    from divcfg.reward.embedder import random_chunk_pairs
+    from divcfg.common.data.tokens import read_tokens
     from divcfg.reward.judges import Judges
+    from divcfg.reward.views import random_chunk_pairs
     judges = Judges.load(tiny_world)
     wav = judges.decode(read_tokens(tiny_world / "heldout.parquet").codes)
     for which, model in (("reward", judges.reward_embedder), ("eval", judges.eval_embedder)):
@@ -111,7 +111,7 @@ def test_train_local_and_resume(tiny_world, tmp_path):
     assert main(args + [f"run.dir={tmp_path / 'run2'}", f"run.resume={run}", "learner.steps=4"]) == 0
     ckpts = sorted(p.name for p in (tmp_path / "run2" / "checkpoints").glob("step_*"))
     assert ckpts[-1] == "step_000004"
-    from divcfg.common.checkpoint import load_train_state
+    from divcfg.common.storage.train_state import load_train_state
     state = load_train_state(tmp_path / "run2" / "checkpoints" / "step_000004")
     assert state["version"] == 4 and state["stream_position"] == 4 * 4
 
@@ -262,7 +262,7 @@ def test_driver_killed_at_a_random_step_resumes_where_it_stopped(tiny_world, tmp
     last = sorted(p for p in (run / "checkpoints").glob("step_*") if (p / "COMPLETE").is_file())[-1]
     done = int(last.name.split("_")[1])
     assert done >= stop_after and done < 8
-    from divcfg.common.checkpoint import load_train_state
+    from divcfg.common.storage.train_state import load_train_state
     before = load_train_state(last)
 
     from divcfg.cli import main

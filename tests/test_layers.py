@@ -11,10 +11,10 @@ import os
 import shutil
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
@@ -44,7 +44,7 @@ def copy_checkout(dst: Path) -> Path:
 def test_the_rooms_import_only_downward():
     done = lint(ROOT)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "1 kept, 0 broken" in done.stdout
+    assert "2 kept, 0 broken" in done.stdout
 
 
 def test_every_room_is_a_layer_and_the_linter_sees_it():
@@ -57,18 +57,37 @@ def test_every_room_is_a_layer_and_the_linter_sees_it():
     for layer in LAYERS:
         assert layer in graph.modules, f"import-linter cannot find {layer}"
     # Not just the package names: the modules inside each room, and their imports.
-    assert {"divcfg.common.policy", "divcfg.job.train", "divcfg.world.build"} <= graph.modules
-    assert "divcfg.common.cfg" in graph.find_modules_directly_imported_by("divcfg.common.policy")
+    assert {"divcfg.model.policy", "divcfg.job.train", "divcfg.world.build"} <= graph.modules
+    assert "divcfg.model.guidance" in graph.find_modules_directly_imported_by("divcfg.model.policy")
 
 
 def test_a_wrong_import_breaks_the_contract(tmp_path):
     copy = copy_checkout(tmp_path)
-    captions = copy / "common" / "captions.py"
+    captions = copy / "common" / "data" / "captions.py"
     captions.write_text(captions.read_text() + "\nfrom divcfg.reward import judges  # noqa: E402\n")
     done = lint(copy)
     assert done.returncode == 1, done.stdout + done.stderr
     assert "divcfg.common is not allowed to import divcfg.reward" in done.stdout
-    assert "divcfg.common.captions -> divcfg.reward.judges" in done.stdout
+    assert "divcfg.common.data.captions -> divcfg.reward.judges" in done.stdout
+
+
+def test_commons_sub_packages_may_not_import_each_other(tmp_path):
+    copy = copy_checkout(tmp_path)
+    storage = copy / "common" / "storage" / "checkpoint.py"
+    storage.write_text(storage.read_text() + "\nfrom divcfg.common.data import prompts  # noqa: E402\n")
+    done = lint(copy)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "common's sub-packages are independent BROKEN" in done.stdout
+    assert "divcfg.common.storage.checkpoint -> divcfg.common.data.prompts" in done.stdout
+
+
+def test_nothing_in_common_may_import_the_model_or_the_codec(tmp_path):
+    copy = copy_checkout(tmp_path)
+    tokens = copy / "common" / "data" / "tokens.py"
+    tokens.write_text(tokens.read_text() + "\nfrom divcfg.codec import offline  # noqa: E402\n")
+    done = lint(copy)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "divcfg.common is not allowed to import divcfg.codec" in done.stdout
 
 
 def test_roles_may_not_import_each_other(tmp_path):

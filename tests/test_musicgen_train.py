@@ -12,11 +12,13 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from divcfg.common.checkpoint import (CheckpointError, _write_marker, load_policy, load_weights, policy_family,  # noqa: E402
-                                      save_policy)
-from divcfg.common.musicgen import TINY, MusicGenPolicy, MusicGenSpec, tiny_musicgen  # noqa: E402
 from divcfg.common.record import new_group  # noqa: E402
+from divcfg.common.storage.checkpoint import CheckpointError, _write_marker, load_weights
 from divcfg.learner.learner import Learner  # noqa: E402
+from divcfg.model.loaders import load_policy, policy_family, save_policy
+from divcfg.model.musicgen.convert import DECODER_FIELDS
+from divcfg.model.musicgen.loading import TINY, tiny_musicgen
+from divcfg.model.musicgen.policy import MusicGenPolicy, MusicGenSpec
 
 transformers.logging.set_verbosity_error()
 PROMPTS = ["a calm piano melody", "fast loud drums"]
@@ -41,8 +43,10 @@ def test_snapshots_carry_only_the_trainable_tensors(train_layers):
     learner = _learner(spec)
     learner.step(_group(learner.student, PROMPTS[0]), 3)
     weights = learner.weights()
-    trainable = {n for n, p in learner.student.named_parameters() if p.requires_grad}
-    assert set(weights) == trainable and not any(k.startswith("text_encoder.") for k in weights)
+    # Published under MusicGen's own names (the converted decoder's fused tensors split back): the same numbers.
+    trainable = [p for p in learner.student.parameters() if p.requires_grad]
+    assert sum(w.size for w in weights.values()) == sum(p.numel() for p in trainable)
+    assert not any(k.startswith("text_encoder.") for k in weights)
     actor = RolloutWorker(spec, n_frames=8, group_size=2)
     actor.set_weights(learner.version, weights)
     codes = torch.randint(0, 64, (2, 4, 8))
@@ -66,7 +70,7 @@ def test_teacher_shares_the_frozen_text_encoder_and_only_the_decoder_trains():
         learner.step(_group(s, PROMPTS[1]), 3)
     assert all(torch.equal(before[k], v) for k, v in t.state_dict().items())  # the teacher stays the base model
     # What memory_estimate counts for the learner's weights: the student plus the teacher's trainable copy.
-    from divcfg.common.musicgen import memory_estimate
+    from divcfg.model.musicgen.memory import memory_estimate
     held = {p.data_ptr(): p.numel() for m in (s, t) for p in m.parameters()}
     assert sum(held.values()) * 4 == memory_estimate(s.model_config, 1, 4).learner_weights
 
@@ -81,13 +85,34 @@ def test_a_learner_step_lowers_the_kl_to_the_cfg_teacher():
     assert first > 1e-3 and last < 0.7 * first, (first, last)
 
 
+def test_learner_kl_and_actor_logprobs_match_the_adapter():
+    """model.decoder=divcfg against model.decoder=transformers on the same weights and seed: the actors' log-probs of
+    the same codes, and the learner's KL over three updates, agree within 1e-4 (issue: MusicGen in the fast decoder)."""
+    from divcfg.actors.rollout import RolloutWorker
+
+    specs = {d: MusicGenSpec(TINY, text_max_len=96, seed=0, decoder=d) for d in ("divcfg", "transformers")}
+    actors = {d: RolloutWorker(spec, n_frames=8, group_size=3) for d, spec in specs.items()}
+    groups = {d: _group(a.policy, PROMPTS[0], seed=5) for d, a in actors.items()}  # the same sampling seed
+    assert np.array_equal(groups["divcfg"].codes, groups["transformers"].codes)
+    assert np.allclose(groups["divcfg"].logprobs, groups["transformers"].logprobs, atol=1e-4)
+    batch = groups["transformers"]
+    kls = {}
+    for d, spec in specs.items():
+        torch.manual_seed(0)
+        learner = _learner(spec, lr=1e-3)
+        kls[d] = [learner.step(batch, 3)["losses/distill_kl"] for _ in range(3)]
+    assert np.allclose(kls["divcfg"], kls["transformers"], rtol=1e-4, atol=1e-6), kls
+
+
 def test_checkpoint_records_the_source_and_the_trained_tensors(tmp_path):
     spec = MusicGenSpec(TINY, train_layers=1, text_max_len=96, seed=3)
     learner = _learner(spec)
     learner.step(_group(learner.student, PROMPTS[0]), 3)
     save_policy(learner.student, tmp_path / "s", meta={"codec": None})
     state, config, _ = load_weights(tmp_path / "s", "policy")
+    recorded = config.pop("decoder_config")  # what a later transformers is checked against (convert.py)
     assert config == {"family": "musicgen", "musicgen": TINY, "train_layers": 1, "text_max_len": 96, "seed": 3}
+    assert set(recorded) == set(DECODER_FIELDS) and recorded["num_codebooks"] == 4
     assert set(state) == set(learner.student.trainable_state_dict()) and policy_family(tmp_path / "s") == "musicgen"
     loaded = load_policy(tmp_path / "s")
     assert isinstance(loaded, MusicGenPolicy) and loaded.spec == MusicGenSpec(TINY, 1, 96, False, 3)
@@ -156,7 +181,8 @@ def test_pretrain_refuses_musicgen(tmp_path, capsys):
 def test_train_model_overrides_compose(overrides, family, musicgen, preset, codec):
     from hydra import compose, initialize_config_dir
 
-    from divcfg.common.config import CONF_DIR, register_configs, validate_train
+    from divcfg.common.config.checks import validate_train
+    from divcfg.common.config.schema import CONF_DIR, register_configs
     register_configs()
     with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
         cfg = compose("train", overrides=overrides)
@@ -167,7 +193,8 @@ def test_train_model_overrides_compose(overrides, family, musicgen, preset, code
 def test_musicgen_codec_with_the_divcfg_policy_is_refused():
     from hydra import compose, initialize_config_dir
 
-    from divcfg.common.config import CONF_DIR, ConfigError, register_configs, validate_train
+    from divcfg.common.config.checks import ConfigError, validate_train
+    from divcfg.common.config.schema import CONF_DIR, register_configs
     register_configs()
     with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
         cfg = compose("train", overrides=["codec=musicgen"])
@@ -208,7 +235,7 @@ def test_train_musicgen_tiny_local_resume_and_codec_check(tiny_world, tmp_path, 
             "logging.audio_every=0"]
     assert main(args + [f"run.dir={tmp_path / 'a'}", "learner.steps=1"]) == 0
     assert main(args + [f"run.dir={tmp_path / 'b'}", f"run.resume={tmp_path / 'a'}", "learner.steps=2"]) == 0
-    from divcfg.common.checkpoint import load_train_state
+    from divcfg.common.storage.train_state import load_train_state
     state = load_train_state(tmp_path / "b" / "checkpoints" / "step_000002")
     assert state["version"] == 2
     # Resuming a MusicGen run with another model is refused.
@@ -258,7 +285,7 @@ def _fsdp_worker(rank, workers, init_method, spec, batch):
 
 @pytest.mark.parametrize("train_layers", [0, 1])
 def test_fsdp_over_musicgen_makes_the_one_learner_update(train_layers):
-    """learner.shard=fsdp with model.family=musicgen: each trained decoder layer is an FSDP unit, the frozen T5 (and
+    """learner.shard=fsdp with model.family=musicgen (in divcfg's decoder: one root unit), the frozen T5 (and
     the layers below train_layers) stay whole and shared with the teacher, and two workers on 2 + 1 groups take the
     step one learner takes on the whole batch."""
     from divcfg.learner.group import spawn_workers

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Imports divcfg from the working directory only: the editable install's .pth puts the checkout on sys.path too.
 IMPORT = ("import sys; sys.path = [''] + [p for p in sys.path[1:] if p != {root!r}]; "
-          "import divcfg.common.policy as p, divcfg.job, divcfg.conf; print(p.__file__)")
+          "import divcfg.model.policy as p, divcfg.job, divcfg.conf; print(p.__file__)")
 
 
 def test_a_ray_working_dir_upload_imports(tmp_path):
@@ -26,11 +26,11 @@ def test_a_ray_working_dir_upload_imports(tmp_path):
     with zipfile.ZipFile(package) as z:
         names = set(z.namelist())
         z.extractall(tmp_path / "wd")
-    assert {"divcfg/common/policy.py", "common/policy.py", "divcfg/conf/train.yaml"} <= names
+    assert {"divcfg/model/policy.py", "model/policy.py", "divcfg/conf/train.yaml"} <= names
     done = subprocess.run([sys.executable, "-c", IMPORT.format(root=str(ROOT))], cwd=tmp_path / "wd",
                           capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ""}, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == str(tmp_path / "wd" / "divcfg" / "common" / "policy.py")
+    assert done.stdout.strip() == str(tmp_path / "wd" / "divcfg" / "model" / "policy.py")
 
 
 @pytest.mark.slow
@@ -48,6 +48,6 @@ def test_the_wheel_holds_every_room_and_builds_quietly(tmp_path):
     (wheel,) = tmp_path.glob("divcfg-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {f"divcfg/{room}/__init__.py" for room in rooms} <= names
-    assert {"divcfg/common/policy.py", "divcfg/conf/train.yaml", "divcfg/conf/algo/diverse.yaml",
+    assert {"divcfg/model/policy.py", "divcfg/conf/train.yaml", "divcfg/conf/algo/diverse.yaml",
             "divcfg/deploy/kuberay/rayjob.yaml"} <= names
     assert not any("__pycache__" in n or n.startswith("tests/") for n in names)

@@ -23,18 +23,27 @@ import time
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
-from divcfg.common.world_dir import (_NEEDS_AUDIO, SIZES, STAGES, WORLD_VERSION, World, WorldError, codec_rate,
-                                     size_params)
-
+from divcfg.codec.evaluation import codec_figures
+from divcfg.codec.fit import fit_offline_codec
+from divcfg.codec.offline import OfflineCodecConfig, load_codec, reconstruction_metrics
+from divcfg.common.config.schema import PretrainConfig
+from divcfg.common.data.captions import ATTRIBUTES, attribute_labels
+from divcfg.common.data.tokens import read_tokens, write_tokens
+from divcfg.common.data.world_dir import _NEEDS_AUDIO, STAGES, WORLD_VERSION, World, WorldError, codec_rate, size_params
+from divcfg.learner.pretrain import next_token_loss, pretrain, pretrain_text
+from divcfg.model.loaders import load_policy, save_policy
+from divcfg.model.policy import build_policy
+from divcfg.model.policy_config import policy_config
+from divcfg.reward.embedder import embedder_config, recall_at_1, save_embedder, train_embedder
+from divcfg.reward.judges import Judges, measure_policy
+from divcfg.reward.rhythm_judge import config_from_bands, measure_or_skip, report_figures
+from divcfg.reward.scorer import save_scorer, scorer_accuracy, scorer_config, train_scorer
+from divcfg.world.music_captions import TEMPO_BPM
+from divcfg.world.procedural import WorldConfig, corpus_audio, recaption, write_corpus
 
 KINDS = ("procedural", "music")
-
-
-def _corpus_audio(wcfg, start: int, count: int) -> tuple[np.ndarray, list]:
-    from divcfg.world.procedural import generate_corpus
-    clips = generate_corpus(wcfg, start=start, count=count)
-    return np.stack([c.audio for c in clips]).astype(np.float32), clips
 
 
 def codec_fit_indices(n_train: int, seed: int) -> np.ndarray:
@@ -50,7 +59,6 @@ def build_world(out: str | os.PathLike, size: str = "small", seed: int = 0, prog
     ``kind``: "procedural" (synthetic tones) or "music" (real works from music21's corpus rendered with a SoundFont,
     world/music_clips.py; ``soundfont`` and ``collections`` apply to it); ``codec``: "KxV" (``codec_rate``). Each
     stage is a method of :class:`_Builder`; a new kind supplies its corpus functions (see ``_Builder.__init__``)."""
-    from tqdm import tqdm
 
     p = codec_rate(codec, size_params(size))
     if kind not in KINDS:
@@ -94,8 +102,6 @@ class _Builder:
     writes its outputs under the world's directory and returns the figures recorded with the stage."""
 
     def __init__(self, world: World, p: dict, seed: int, identity: dict, progress: bool, src=None):
-        from divcfg.common.captions import ATTRIBUTES, attribute_labels
-        from divcfg.world.procedural import WorldConfig, recaption, write_corpus
 
         self.world, self.p, self.seed, self.identity, self.progress, self.src = world, p, seed, identity, progress, src
         self.wcfg = WorldConfig(seed=seed, n_clips=p["n_clips"], duration_s=p["duration_s"])
@@ -104,7 +110,7 @@ class _Builder:
         if src is None:
             self.attributes, self.labels, self.recaption, self.write_corpus = (ATTRIBUTES, attribute_labels,
                                                                                recaption, write_corpus)
-            self.corpus_audio = _corpus_audio
+            self.corpus_audio = corpus_audio
         else:
             self.attributes, self.labels, self.recaption, self.write_corpus = (src.attributes, src.labels,
                                                                                src.recaption, src.write_corpus)
@@ -129,7 +135,6 @@ class _Builder:
         return {"clips": len(clips), "heldout_prompts": len(unique), **music}
 
     def codec(self) -> dict:
-        from divcfg.common.codec import OfflineCodecConfig, fit_offline_codec
 
         p, seed = self.p, self.seed
         fit_idx = codec_fit_indices(self.n_train, seed)
@@ -141,8 +146,6 @@ class _Builder:
         return {}
 
     def tokens(self) -> dict:
-        from divcfg.common.codec import load_codec, reconstruction_metrics
-        from divcfg.common.tokens import write_tokens
 
         p, audio, clips, n_train = self.p, self.audio, self.clips, self.n_train
         codec = load_codec(self.world.path("codec"))
@@ -162,11 +165,6 @@ class _Builder:
                 "reconstruction": reconstruction_metrics(codec, audio[n_train: n_train + 16])}
 
     def base(self) -> dict:
-        from divcfg.common.checkpoint import save_policy
-        from divcfg.common.config import PretrainConfig
-        from divcfg.common.policy import build_policy, policy_config
-        from divcfg.common.tokens import read_tokens
-        from divcfg.learner.pretrain import pretrain, pretrain_text
 
         p, seed, attributes = self.p, self.seed, self.attributes
         data = read_tokens(self.world.path("tokens.parquet"))
@@ -190,8 +188,7 @@ class _Builder:
                 "text_accuracy": dict(zip(attributes, (round(a, 3) for a in text["accuracy"]))), **result}
 
     def embedders(self) -> dict:
-        from divcfg.common.codec import load_codec
-        from divcfg.reward.embedder import embedder_config, recall_at_1, save_embedder, train_embedder
+        from divcfg.codec.offline import load_codec
 
         p, seed = self.p, self.seed
         codec = load_codec(self.world.path("codec"))
@@ -208,8 +205,7 @@ class _Builder:
         return {"recall_at_1": recalls}
 
     def scorer(self) -> dict:
-        from divcfg.common.codec import load_codec
-        from divcfg.reward.scorer import save_scorer, scorer_accuracy, scorer_config, train_scorer
+        from divcfg.codec.offline import load_codec
 
         p, seed, n_train = self.p, self.seed, self.n_train
         codec = load_codec(self.world.path("codec"))
@@ -220,8 +216,7 @@ class _Builder:
         scorer = train_scorer(train_decoded, labels[np.sort(train_idx)], self.attributes, codec.sample_rate, scfg,
                               steps=p["scorer_steps"], batch_size=32, lr=2e-3, progress=self.progress)
         save_scorer(scorer, self.world.path("scorer"))
-        # What the codec keeps (common/codec_eval.py): the scorer on held-out clips before and after the round trip.
-        from divcfg.common.codec_eval import codec_figures
+        # What the codec keeps (codec/evaluation.py): the scorer on held-out clips before and after the round trip.
         figures = codec_figures(codec, self.audio[n_train:], round_tripped=heldout_decoded, accuracy=lambda w: (
             scorer_accuracy(scorer, w, labels[n_train:], codec.sample_rate)))
         stage = {"accuracy": figures["accuracy"]["round_trip"], "codec": figures}
@@ -230,9 +225,14 @@ class _Builder:
         return stage
 
     def measure(self) -> dict:
+
+        # The rhythm judge's ceiling first: it writes the thresholds every later judging of this world reads (from
+        # the tempo bands the clips were rendered in, rhythm_judge.json)
+        rhythm = measure_or_skip(self.world.root, config=config_from_bands(TEMPO_BPM)) if self.src else None
         measured = _measure(self.world, self.p, self.seed)
-        if self.src:  # the independent judge's ceiling: held-out clips as rendered and through the codec
+        if self.src:  # the independent judges' ceilings: held-out clips as rendered and through the codec
             measured["pitch_judge_real"] = self.src.measure_judge(self.world.root)
+            measured["rhythm_judge_real"] = rhythm
         return measured
 
 
@@ -251,9 +251,6 @@ def _decoded_range(codec, audio: np.ndarray, start: int, stop: int) -> np.ndarra
 
 
 def _measure(world: World, p: dict, seed: int) -> dict:
-    from divcfg.common.checkpoint import load_policy
-    from divcfg.common.tokens import read_tokens
-    from divcfg.reward.judges import Judges, measure_policy
 
     judges = Judges.load(world.root)
     base = load_policy(world.path("base")).eval()
@@ -280,7 +277,6 @@ def _prompt_use(base, judges, heldout, n: int = 64) -> dict:
     prompt; per clip it is comparable with the prompt's information. Zero means CFG has nothing to amplify.
     ``adherence_real`` scores the held-out clips themselves (through the codec), the ceiling for samples.
     """
-    from divcfg.learner.pretrain import next_token_loss
 
     codes = torch.as_tensor(np.asarray(heldout.codes[:n]), dtype=torch.long)
     prompts = heldout.prompts[:n]
@@ -302,6 +298,7 @@ def _paired_se(a: list | None, b: list | None) -> float | None:
 
 
 def _report(world: World, state: dict) -> dict:
+
     done = state["done"]
     m = done["measure"]
     return {
@@ -332,6 +329,7 @@ def _report(world: World, state: dict) -> dict:
                                                                        for g in ("cfg1", "cfg3"))),
             "pitch_judge_real": m["pitch_judge_real"], "music": done["corpus"].get("music")}
            if "pitch_judge_real" in m else {}),
+        **report_figures(world.root, m),  # the rhythm judge's (reward/rhythm_judge.py)
     }
 
 
@@ -351,6 +349,9 @@ def ensure_world(root: str | os.PathLike, size: str, seed: int = 0, progress: bo
 
 
 def main(argv: list[str] | None = None) -> int:
+    from divcfg.world.folder import KIND as FOLDER
+    from divcfg.world.folder import add_folder_arguments, folder_cli, folder_options_given
+
     ap = argparse.ArgumentParser(prog="divcfg world", description="Build the offline music world.")
     sub = ap.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build", help="build (or finish) a world; cached and resumable")
@@ -359,12 +360,13 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--threads", type=int, default=0, help="torch threads (0 = all cores)")
     b.add_argument("--no-progress", action="store_true")
-    b.add_argument("--kind", default="procedural", help=f"world kind: {', '.join(KINDS)}")
+    b.add_argument("--kind", default="procedural", help=f"world kind: {', '.join((*KINDS, FOLDER))}")
     b.add_argument("--codec", default=None, metavar="KxV",
                    help="codec codebooks x codes each (default: the size's, 4x256 on small: 100 tokens/s, 800 bit/s)")
     b.add_argument("--soundfont", default=None, help="music: SF2 to render with (default: pretty_midi's TimGM6mb)")
     b.add_argument("--collections", default=None,
                    help="music: comma-separated music21 collections (default bach,essen,oneills,ryans,airds)")
+    add_folder_arguments(b)  # folder: a world from the user's own audio and their MusicGen (world/folder.py)
     b = sub.add_parser("listen", help="spectrograms of held-out prompts: original, codec round trip, base model "
                        "at γ = 1 and 3, students")
     b.add_argument("world", help="world directory")
@@ -377,6 +379,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "listen":
         from divcfg.world.listen import listen_cli
         return listen_cli(args)
+    if args.kind == FOLDER or folder_options_given(args):  # folder_cli refuses folder options with another kind
+        return folder_cli(args)
     try:
         size_params(args.size)
         report = build_world(args.out or f"worlds/{args.size}", args.size, args.seed,

@@ -14,19 +14,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.tensorboard import SummaryWriter
 
-from divcfg.common.world_dir import WorldError
+from divcfg.codec.evaluation import figure_to_image, spectrogram_figure
+from divcfg.common.data.tokens import read_tokens
+from divcfg.common.data.world_dir import World, WorldError, size_params
+from divcfg.model.loaders import load_policy
+from divcfg.reward.judges import Judges
+from divcfg.world.procedural import WorldConfig, corpus_audio
 
 
 def spectrogram_rows(world_dir: str | os.PathLike, students: dict[str, str], clips: int = 3,
                      seed: int = 0) -> tuple[dict[str, np.ndarray], list[str], int]:
     """``(rows name -> audio [clips, samples], the prompts, sample rate)``."""
-    from divcfg.common.checkpoint import load_policy
-    from divcfg.common.tokens import read_tokens
-    from divcfg.common.world_dir import World, size_params
-    from divcfg.reward.judges import Judges
-    from divcfg.world.build import _corpus_audio
-    from divcfg.world.procedural import WorldConfig
 
     world = World(world_dir)
     if not world.is_built():
@@ -41,7 +41,7 @@ def spectrogram_rows(world_dir: str | os.PathLike, students: dict[str, str], cli
     if identity.get("kind", "procedural") == "procedural":
         p = size_params(identity["size"])
         wcfg = WorldConfig(seed=identity["seed"], n_clips=p["n_clips"], duration_s=p["duration_s"])
-        rows["original"] = _corpus_audio(wcfg, p["n_clips"] - p["n_heldout"], clips)[0]  # held-out clips come last
+        rows["original"] = corpus_audio(wcfg, p["n_clips"] - p["n_heldout"], clips)[0]  # held-out clips come last
     else:  # the music world's clips as rendered, in held-out order (as the judge's ceiling reads them)
         from divcfg.world.music_clips import HELDOUT_AUDIO
         rows["original"] = np.load(world.path(HELDOUT_AUDIO), mmap_mode="r")[:clips].astype(np.float32)
@@ -60,10 +60,8 @@ def spectrogram_rows(world_dir: str | os.PathLike, students: dict[str, str], cli
 def listen(world_dir: str | os.PathLike, students: dict[str, str], out: str | os.PathLike, clips: int = 3,
            seed: int = 0) -> Path:
     """Write ``out/spectrograms.png`` and its TensorBoard copy; returns the PNG's path."""
-    import matplotlib.pyplot as plt
-    from torch.utils.tensorboard import SummaryWriter
+    import matplotlib.pyplot as plt  # start-up: matplotlib takes ~1.8 s to import, for plots only
 
-    from divcfg.common.codec_eval import figure_to_image, spectrogram_figure
 
     rows, prompts, rate = spectrogram_rows(world_dir, students, clips, seed)
     out = Path(out)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from divcfg.common.caption_schema import CaptionSchema
+from divcfg.common.data.caption_schema import CaptionSchema
 
 # Text encoder limit, as in the procedural world.
 PROMPT_MAX_BYTES = 96

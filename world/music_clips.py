@@ -8,15 +8,41 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
 from multiprocessing import get_context
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import torch
 
-from divcfg.world.music_captions import (TEMPO_BPM, attribute_table, caption_schema, density_of, describe, meter_of,
-                                         mode_of, register_of, texture_of)
-from divcfg.world.music_corpus import DEFAULT_COLLECTIONS, MusicConfig, WorkSet, load_works, split_works, styles_of
+from divcfg.codec.offline import load_codec
+from divcfg.common.data.tokens import read_tokens
+from divcfg.reward.intervals import bootstrap_indices, ratio_interval, ratios_by_group
+from divcfg.reward.pitch_judge import PitchJudgeConfig, judge_hits, load_pitch_judge, save_pitch_judge_config
+from divcfg.reward.scorer import attributes_above_chance
+from divcfg.world.music_captions import (
+    DENSITY_BOUNDS,
+    REGISTER_BOUNDS,
+    TEMPO_BPM,
+    attribute_table,
+    caption_schema,
+    density_of,
+    describe,
+    meter_of,
+    mode_of,
+    register_of,
+    texture_of,
+)
+from divcfg.world.music_corpus import (
+    DEFAULT_COLLECTIONS,
+    MusicConfig,
+    WorkSet,
+    load_works,
+    require_music21,
+    split_works,
+    styles_of,
+)
 from divcfg.world.music_render import FAMILY_PROGRAMS, Note, Renderer, check_soundfont, default_soundfont
 from divcfg.world.procedural import Clip
 
@@ -118,7 +144,6 @@ class MusicSource:
 
     def __init__(self, cfg: MusicConfig, world_dir: str | os.PathLike, n_heldout: int, n_captions: int,
                  progress: bool = False):
-        from divcfg.world.music_corpus import require_music21
 
         require_music21()  # before any work, with how to install it
         check_soundfont(cfg.soundfont or default_soundfont())
@@ -160,8 +185,6 @@ class MusicSource:
         """corpus.parquet (one row per clip: work, collection, split, prompt, attributes), the caption schema and
         the independent judge's thresholds for the judges, and the held-out clips as rendered (the judge's
         ceiling is measured on them)."""
-        from divcfg.reward.pitch_judge import PitchJudgeConfig, save_pitch_judge_config
-        from divcfg.world.music_captions import DENSITY_BOUNDS, REGISTER_BOUNDS
 
         facts, n_train = self.facts["clips"], len(clips) - self.n_heldout
         table = pa.table({"clip_id": [c.clip_id for c in clips], "prompt": [c.prompt for c in clips],
@@ -182,9 +205,7 @@ class MusicSource:
         """Keep, for the trained scorer's adherence, only the attributes it reads from decoded held-out audio well
         above chance (reward/scorer.py: ``attributes_above_chance``); the others stay in the captions (the base
         model reads them) but no longer count. Saved in captions.json; returns world.json's figures."""
-        from dataclasses import replace
 
-        from divcfg.reward.scorer import attributes_above_chance
 
         kept, report = attributes_above_chance(accuracy, heldout_labels, self.attributes)
         # A scorer that reads nothing above chance (a tiny world's can) can't choose: adherence then counts all.
@@ -199,12 +220,7 @@ class MusicSource:
         """The independent judge's accuracy per attribute on the held-out clips, as rendered and after the codec's
         round trip: its ceiling, and what the codec's decoding costs it. ``ratio``: round trip over rendered per
         attribute, with a 95% paired bootstrap interval over the clips (``bootstrap`` rounds)."""
-        import torch
 
-        from divcfg.common.codec import load_codec
-        from divcfg.common.tokens import read_tokens
-        from divcfg.reward.intervals import bootstrap_indices, ratio_interval, ratios_by_group
-        from divcfg.reward.pitch_judge import judge_hits, load_pitch_judge
 
         judge = load_pitch_judge(world_dir)
         heldout = read_tokens(os.path.join(os.fspath(world_dir), "heldout.parquet"))

@@ -15,6 +15,7 @@ from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from divcfg.world.music_captions import meter_of, mode_of
 
@@ -101,7 +102,7 @@ def require_music21():
 
 def candidate_works(collections: tuple[str, ...], seed: int) -> dict[str, list[dict]]:
     """Per collection, its works in a seeded random order: ``{"path", "number"}`` dicts from music21's metadata."""
-    from music21 import corpus
+    from music21 import corpus  # optional extra (divcfg[music])
 
     bundle = corpus.corpora.CoreCorpus().metadataBundle
     # The bundle's own iteration indexes a fresh list per item (quadratic in 15,000 works); read its entries directly.
@@ -121,7 +122,7 @@ def candidate_works(collections: tuple[str, ...], seed: int) -> dict[str, list[d
 
 def parse_work(collection: str, path: str, number) -> dict:
     """One work's record: metadata, key, time signature and notes; ``{"error": ...}`` if it fails to parse."""
-    from music21 import corpus
+    from music21 import corpus  # optional extra (divcfg[music])
 
     work_id = f"{path}#{number}" if number else path
     try:
@@ -182,7 +183,6 @@ class WorkSet:
 def load_works(cfg: MusicConfig, cache_dir: str | os.PathLike, progress: bool = False) -> WorkSet:
     """``cfg.n_works`` usable works, as evenly spread over the collections as their sizes allow; parses what the
     cache lacks on ``cfg.workers`` processes, appending each record to the cache as it arrives."""
-    from tqdm import tqdm
 
     require_music21()
     cache_path = Path(cache_dir) / CACHE_FILE

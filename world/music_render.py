@@ -65,7 +65,7 @@ class Renderer:
     """One loaded SoundFont; renders note lists to mono float32 audio. Not thread-safe (one synth)."""
 
     def __init__(self, soundfont: str | os.PathLike | None = None, sample_rate: int = 16000):
-        import tinysoundfont
+        import tinysoundfont  # optional extra (divcfg[music])
 
         self.soundfont = check_soundfont(soundfont if soundfont is not None else default_soundfont())
         self.sample_rate = sample_rate
@@ -119,7 +119,7 @@ class Renderer:
 
 def midi_notes(path: str | os.PathLike) -> list[Note]:
     """The notes of a MIDI file (pretty_midi), one voice per instrument track; drum tracks are left out."""
-    import pretty_midi
+    import pretty_midi  # optional extra (divcfg[music])
 
     midi = pretty_midi.PrettyMIDI(os.fspath(path))
     return [Note(n.start, n.end, n.pitch, voice, n.velocity)

@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from divcfg.common.captions import ATTRIBUTES, attribute_labels, make_prompt
+from divcfg.common.data.captions import ATTRIBUTES, attribute_labels, make_prompt
 
 
 @dataclass
@@ -356,3 +356,9 @@ def read_corpus(path: str | os.PathLike) -> list[Clip]:
     return [Clip(clip_id=columns["clip_id"][i], prompt=columns["prompt"][i],
                  attributes={name: columns[_attr_column(name)][i] for name in ATTRIBUTES},
                  described=tuple(columns["described"][i]), audio=audios[i]) for i in range(n)]
+
+
+def corpus_audio(wcfg, start: int, count: int) -> tuple[np.ndarray, list]:
+    """Clips ``start .. start + count`` of the procedural corpus: their audio ``[count, N]`` float32 and the clips."""
+    clips = generate_corpus(wcfg, start=start, count=count)
+    return np.stack([c.audio for c in clips]).astype(np.float32), clips

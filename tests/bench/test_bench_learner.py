@@ -8,7 +8,7 @@ import pytest
 from divcfg.bench.common import REQUIRED_KEYS
 from divcfg.bench.learner import PHASES, TARGET_FORWARD_EQUIVALENTS, main, run, synthetic_batch, world_policy_config
 from divcfg.bench.run import main as bench_main
-from divcfg.common.policy import build_policy
+from divcfg.model.policy import build_policy
 
 
 def test_world_policy_config_matches_the_small_world():

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from divcfg.common.audio import AudioError, read_audio, read_audio_folder, read_wav, write_wav
+from divcfg.common.data.audio import AudioError, read_audio, read_audio_folder, read_wav, write_wav
 
 SR = 16000
 

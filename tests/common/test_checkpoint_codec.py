@@ -4,11 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from divcfg.common.audio import read_wav, write_wav
-from divcfg.common.checkpoint import CheckpointError, load_policy, save_policy
-from divcfg.common.codec import (CODEC_VERSION, ENCODEC_24KHZ_FILE, OfflineCodecConfig, fit_offline_codec,
-                                 load_codec, pretrained_encodec)
-from divcfg.common.policy import build_policy
+from divcfg.codec.fit import fit_offline_codec
+from divcfg.codec.offline import CODEC_VERSION, ENCODEC_24KHZ_FILE, OfflineCodecConfig, load_codec, pretrained_encodec
+from divcfg.common.data.audio import read_wav, write_wav
+from divcfg.common.storage.checkpoint import CheckpointError
+from divcfg.model.loaders import load_policy, save_policy
+from divcfg.model.policy import build_policy
 
 
 def tones(n=48, sr=16000, seconds=1.0, seed=0):
@@ -37,7 +38,7 @@ def test_offline_codec_uses_many_codes_and_keeps_length(codec):
 
 def test_random_init_codec_is_degenerate_without_fit():
     """The reason the fit exists: a random-init EnCodec maps everything to code 0."""
-    from divcfg.common.codec import Codec, build_offline_model
+    from divcfg.codec.offline import Codec, build_offline_model
     raw = Codec(build_offline_model(OfflineCodecConfig(card=64, encoder="seanet")), 4, "raw")
     assert raw.encode(tones(4)).unique().tolist() == [0]
 
@@ -78,6 +79,9 @@ def test_pretrained_encodec_bad_inputs(tmp_path):
         pretrained_encodec(6.0, repository=tmp_path / "nope")
     with pytest.raises(FileNotFoundError, match="holds 0 encodec_24khz"):
         pretrained_encodec(6.0, repository=tmp_path)
+    # The error names the option the user typed: a command line's flag, not the config key.
+    with pytest.raises(FileNotFoundError, match=r"^--encodec-repository=.*nope is not a directory"):
+        pretrained_encodec(6.0, repository=tmp_path / "nope", flag="--encodec-repository")
     (tmp_path / "encodec_24khz-broken.th").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="encodec_24khz-broken.th is corrupt"):
         pretrained_encodec(6.0, repository=tmp_path)
@@ -143,7 +147,7 @@ def test_fast_griffin_lim_matches_torchaudio(hop, n_iter):
     (its phase is a/|a| of almost nothing), so the bound there is looser."""
     import torchaudio.transforms as AT
 
-    from divcfg.common.codec import griffin_lim
+    from divcfg.codec.vocoder import griffin_lim
     mag = torch.rand(3, hop + 1, 40, generator=torch.Generator().manual_seed(hop)) * 3
     ref = AT.GriffinLim(n_fft=2 * hop, hop_length=hop, power=1.0, n_iter=n_iter, rand_init=False)(mag)
     fast = griffin_lim(mag, torch.hann_window(2 * hop), hop, n_iter)
@@ -161,7 +165,7 @@ def test_mel_decoder_uses_the_fast_griffin_lim():
     out = decoder(emb)
     assert out.shape == ref.shape and (out - ref).norm() / ref.norm() < 1e-3  # 16 iterations: see above
     with pytest.raises(ValueError, match="n_fft = 2 \\* hop"):
-        from divcfg.common.codec import griffin_lim
+        from divcfg.codec.vocoder import griffin_lim
         griffin_lim(mag, torch.hann_window(100), 40, 1)
 
 
@@ -176,7 +180,7 @@ def pitch_codec():
 
 
 def test_tone_and_chord_keep_their_pitches(pitch_codec):
-    from divcfg.common.vocoder import spectral_peak_hz
+    from divcfg.codec.vocoder import spectral_peak_hz
     codec = pitch_codec
     sr, t = 16000, np.arange(16000) / 16000
     # Within one bin of the decoder's STFT (25 Hz at n_fft 640) or 3% (half a semitone), whichever is wider.
@@ -200,7 +204,7 @@ def test_tone_and_chord_keep_their_pitches(pitch_codec):
 def test_spectrogram_decoder_fit_matches_a_direct_least_squares(codec):
     """The fit accumulates the normal equations batch by batch (the fast path); the slow reference builds the whole
     design matrix and solves the ridge problem at once."""
-    from divcfg.common.vocoder import SpectrogramDecoder
+    from divcfg.codec.vocoder import SpectrogramDecoder
     dec = SpectrogramDecoder(dimension=8, hop=64, context=1, subframes=4)
     g = torch.Generator().manual_seed(0)
     batches = [(torch.randn(3, 8, 10, generator=g), torch.randn(3, 640, generator=g) * 0.1) for _ in range(3)]
@@ -214,7 +218,7 @@ def test_spectrogram_decoder_fit_matches_a_direct_least_squares(codec):
 
 
 def test_codec_dir_of_an_old_version_or_incomplete_is_refused(codec, tmp_path):
-    from divcfg.common.codec import Codec, CodecError
+    from divcfg.codec.offline import Codec, CodecError
     # What a version-1 codec wrote: its configuration without a version.
     Codec(codec.model, codec.n_codebooks, "offline", {"offline": codec.config["offline"]}).save(tmp_path / "codec")
     with pytest.raises(CodecError, match="offline codec of version 1; this divcfg decodes versions 2, 3, 4; "
@@ -228,7 +232,7 @@ def test_codec_dir_of_an_old_version_or_incomplete_is_refused(codec, tmp_path):
 
 
 def test_codec_figures_and_spectrogram_image(codec):
-    from divcfg.common.codec_eval import codec_figures, figure_to_image, round_trip, spectrogram_figure
+    from divcfg.codec.evaluation import codec_figures, figure_to_image, round_trip, spectrogram_figure
     x = tones(6, seed=4)
     back = round_trip(codec, x)
     assert back.shape == x.shape
@@ -252,7 +256,7 @@ def test_overlap_griffin_lim_matches_torchaudio(n_iter):
     """The spectrogram decoder's Griffin-Lim (75% overlap) against torchaudio's, same fixed phase and momentum."""
     import torchaudio.functional as AF
 
-    from divcfg.common.vocoder import griffin_lim_overlap
+    from divcfg.codec.vocoder import griffin_lim_overlap
     mag = torch.rand(3, 129, 40, generator=torch.Generator().manual_seed(n_iter)) * 3
     window = torch.hann_window(256)
     ref = AF.griffinlim(mag, window, 256, 64, 256, 1.0, n_iter, 0.99, 39 * 64, False)
@@ -267,7 +271,7 @@ def test_a_policy_checkpoint_whose_tensors_do_not_match_its_config_is_refused_na
     """load_policy names the missing tensors and (the first five of) the unexpected ones; either alone refuses."""
     from dataclasses import asdict
 
-    from divcfg.common.checkpoint import save_weights
+    from divcfg.common.storage.checkpoint import save_weights
     policy = build_policy(seed=0)
     state = {k: v for k, v in policy.state_dict().items() if k != "pos"}
     extra = {f"extra.{i}": torch.zeros(1) for i in range(7)}
@@ -288,7 +292,7 @@ def test_a_policy_saved_before_word_features_and_the_pooled_condition_loads(tmp_
     """A config.json from before ``text_word_buckets`` and ``cond_pool`` existed reads as 0 and False."""
     from dataclasses import asdict
 
-    from divcfg.common.checkpoint import save_weights
+    from divcfg.common.storage.checkpoint import save_weights
     policy = build_policy(seed=0, text_word_buckets=0, cond_pool=False)
     old = {k: v for k, v in asdict(policy.cfg).items() if k not in ("text_word_buckets", "cond_pool")}
     save_weights(tmp_path / "old", "policy", policy.state_dict(), old, meta={"step": 9})
@@ -302,8 +306,9 @@ def test_loading_a_musicgen_checkpoint_offline_passes_local_files_only_to_the_hu
     """``load_musicgen_policy(..., local_files_only=True)`` must reach transformers' loader (no network), and the
     default must not."""
     pytest.importorskip("transformers")
-    from divcfg.common import musicgen
-    from divcfg.common.checkpoint import load_musicgen_policy, save_weights
+    from divcfg.common.storage.checkpoint import save_weights
+    from divcfg.model.loaders import load_musicgen_policy
+    from divcfg.model.musicgen import policy as musicgen
 
     def loader(name, local_files_only=False):
         raise RuntimeError(f"load {name} local_files_only={local_files_only}")
@@ -325,8 +330,8 @@ def head_codec():
 
 
 def test_the_head_starts_as_the_ridge_and_training_lowers_the_held_out_l1(codec, head_codec):
-    from divcfg.common.vocoder import SpectrogramDecoder
-    from divcfg.common.vocoder_head import fit_head
+    from divcfg.codec.vocoder import SpectrogramDecoder
+    from divcfg.codec.vocoder_head import fit_head
     # An untrained head adds exactly zero: the decoder is version 2's.
     ridge = codec.model.decoder
     with_head = SpectrogramDecoder(64, ridge.hop, ridge.context, ridge.subframes, ridge.n_iter, head_hidden=32)
@@ -359,7 +364,7 @@ def test_a_codec_with_a_head_saves_loads_and_decodes_the_same(head_codec, tmp_pa
 def test_a_version_2_codec_directory_still_loads_without_a_head(codec, tmp_path):
     """Version 3 is version 2 plus the head, version 4 starts from PGHI's phase; what version 2 wrote (no head_* or
     phase_init fields) loads as that decoder: no head, a flat phase."""
-    from divcfg.common.codec import Codec
+    from divcfg.codec.offline import Codec
     cfg = {k: v for k, v in codec.config["offline"].items() if not k.startswith("head_") and k != "phase_init"}
     Codec(codec.model, codec.n_codebooks, "offline", {"offline": cfg, "codec_version": 2}).save(tmp_path / "c2")
     loaded = load_codec(tmp_path / "c2")
@@ -376,7 +381,7 @@ def test_a_version_2_codec_directory_still_loads_without_a_head(codec, tmp_path)
 def test_a_version_3_codec_directory_decodes_from_the_flat_phase_it_was_built_with(head_codec, tmp_path):
     """A world built with codec version 3 keeps decoding as it did (its scorer learned from that audio): what version
     3 wrote has no phase_init, and loads with the flat phase; version 4's default starts from PGHI's."""
-    from divcfg.common.codec import Codec
+    from divcfg.codec.offline import Codec
     assert head_codec.model.decoder.phase_init == "pghi"
     cfg = {k: v for k, v in head_codec.config["offline"].items() if k != "phase_init"}
     old = {"offline": cfg, "codec_version": 3}

@@ -9,11 +9,18 @@ import numpy as np
 import pytest
 import torch
 
-from divcfg.common import checkpoint as ck
-from divcfg.common.checkpoint import (CheckpointError, atomic_dir, load_train_state, load_weights,
-                                      newest_verified_checkpoint, restore_rng, rng_state, save_policy,
-                                      save_train_state, save_weights, verify_checkpoint)
-from divcfg.common.policy import build_policy
+from divcfg.common.storage import checkpoint as ck
+from divcfg.common.storage.checkpoint import (
+    CheckpointError,
+    atomic_dir,
+    load_weights,
+    newest_verified_checkpoint,
+    save_weights,
+    verify_checkpoint,
+)
+from divcfg.common.storage.train_state import load_train_state, restore_rng, rng_state, save_train_state
+from divcfg.model.loaders import save_policy
+from divcfg.model.policy import build_policy
 
 
 def trained_adam(seed=0, steps=2):

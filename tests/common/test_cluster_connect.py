@@ -7,8 +7,8 @@ import time
 
 import pytest
 
+from divcfg.common.runtime.cluster import ClusterError, check_reachable, gcs_endpoint
 from divcfg.deploy import scale, submit
-from divcfg.common.cluster import ClusterError, check_reachable, gcs_endpoint
 
 
 def closed_port() -> int:

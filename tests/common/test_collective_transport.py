@@ -5,10 +5,16 @@ import numpy as np
 import pytest
 import torch
 
-from divcfg.common.collective_transport import (CollectiveTransport, GroupAddress, TransportError, check_backend,
-                                                pack, unpack)
-from divcfg.common.policy import build_policy
-from divcfg.common.transport import ObjectStoreTransport
+from divcfg.common.runtime.collective_transport import (
+    CollectiveTransport,
+    GroupAddress,
+    TransportError,
+    check_backend,
+    pack,
+    unpack,
+)
+from divcfg.common.runtime.transport import ObjectStoreTransport
+from divcfg.model.policy import build_policy
 
 
 def snapshot(seed: int) -> dict[str, np.ndarray]:
@@ -52,6 +58,7 @@ class Actor:
 @pytest.mark.ray
 def test_two_actors_receive_by_broadcast_what_the_object_store_delivers():
     import ray
+
     from divcfg.learner.group import free_port
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)

@@ -6,8 +6,8 @@ import dataclasses
 import re
 
 from divcfg.cli import main
-from divcfg.common.config import AlgoConfig, LearnerConfig, TrainConfig
-from divcfg.common.config_help import field_docs, plain, type_name
+from divcfg.common.config.help import field_docs, plain, type_name
+from divcfg.common.config.schema import AlgoConfig, LearnerConfig, TrainConfig
 
 
 def test_field_docs_are_read_from_the_source():
@@ -30,7 +30,7 @@ def test_train_help_lists_every_key_with_type_default_and_doc(capsys):
     assert "\n  run.dir: str = runs/${now:%Y%m%d-%H%M%S}\n" in out  # composed, not resolved
     assert "files: algo=NAME, NAME one of distill, diverse (now: distill)" in out
     for group in dataclasses.fields(TrainConfig):
-        cls = getattr(__import__("divcfg.common.config", fromlist=["x"]), group.type)
+        cls = getattr(__import__("divcfg.common.config.schema", fromlist=["x"]), group.type)
         assert f"\n{group.name}: " in out
         for f in dataclasses.fields(cls):
             assert f"\n  {group.name}.{f.name}: " in out, f"{group.name}.{f.name} missing from --help"

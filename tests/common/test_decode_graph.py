@@ -1,4 +1,4 @@
-"""The static-shape decoding step (common/decode_graph.py) against the eager KV-cached step and the full recompute.
+"""The static-shape decoding step (model/decode_graph.py) against the eager KV-cached step and the full recompute.
 
 On CPU the static step runs uncaptured, which checks everything the graph bakes in except the capture itself; the
 GPU tests (skipped without CUDA; run on the device machine) check the captured graph against the eager step.
@@ -9,12 +9,11 @@ import weakref
 
 import pytest
 import torch
-
-from divcfg.common.decode_graph import _GRAPHS, decode_graph, pad_condition
-from divcfg.common.delay import undelay
-from divcfg.common.policy import build_policy
-
 from test_policy import PROMPTS, generate_reference
+
+from divcfg.model.decode_graph import _GRAPHS, decode_graph, pad_condition
+from divcfg.model.delay import undelay
+from divcfg.model.policy import build_policy
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from divcfg.common.cfg import cfg_mix, filter_logits, sample_from_logits, sample_tokens, top_k_indices
-from divcfg.common.delay import delay, delay_valid_mask, undelay
+from divcfg.model.delay import delay, delay_valid_mask, undelay
+from divcfg.model.guidance import cfg_mix, filter_logits, sample_from_logits, sample_tokens, top_k_indices
 
 
 def test_delay_hand_example():

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from divcfg.common.prompts import PromptFileError, load_prompts
+from divcfg.common.data.prompts import PromptFileError, load_prompts
 from divcfg.common.record import RecordError, RolloutBatch, new_group
 
 # The deadline guards against a hang, not speed: a 2-core machine under load took 2 s for a 6 ms example, so it is

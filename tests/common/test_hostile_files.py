@@ -10,13 +10,14 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from divcfg.common.checkpoint import (CheckpointError, atomic_dir, load_policy, load_train_state, save_policy,
-                                      save_train_state, verify_checkpoint)
-from divcfg.common.policy import build_policy
-from divcfg.common.prompts import PromptFileError, load_prompts
+from divcfg.common.data.prompts import PromptFileError, load_prompts
+from divcfg.common.data.tokens import read_tokens, write_tokens
+from divcfg.common.data.world_dir import STAGE_OUTPUTS, STAGES, WORLD_VERSION, World, WorldError
 from divcfg.common.record import RecordError, RolloutBatch, new_group
-from divcfg.common.tokens import read_tokens, write_tokens
-from divcfg.common.world_dir import STAGE_OUTPUTS, STAGES, WORLD_VERSION, World, WorldError
+from divcfg.common.storage.checkpoint import CheckpointError, atomic_dir, verify_checkpoint
+from divcfg.common.storage.train_state import load_train_state, save_train_state
+from divcfg.model.loaders import load_policy, save_policy
+from divcfg.model.policy import build_policy
 
 
 def snapshot(root):
@@ -85,6 +86,27 @@ def test_missing_complete_marker(policy_ck):
     (policy_ck / "COMPLETE").unlink()
     refused(policy_ck, lambda: load_policy(policy_ck), CheckpointError,
             "checkpoint .*/ck is incomplete \\(no COMPLETE marker\\): it was not fully written")
+
+
+@pytest.mark.parametrize("files, message", [
+    ({"config.json": '{"model_type": "musicgen", "architectures": ["MusicgenForConditionalGeneration"]}',
+      "model.safetensors": ""},
+     "is a Hugging Face 'musicgen' model directory \\(config.json model_type='musicgen'\\), not a divcfg checkpoint "
+     "\\(MusicGen: pass it as model.musicgen=DIR"),
+    ({"world.json": "{}", "tokens.parquet": ""}, "is a divcfg world directory, not a checkpoint"),
+    ({"notes.txt": "hello"}, "is not a divcfg checkpoint: it has no COMPLETE marker and no divcfg config.json "
+                             "\\(it holds \\['notes.txt'\\]\\)"),
+])
+def test_a_directory_that_is_no_checkpoint_is_named_for_what_it_is(tmp_path, files, message):
+    """Never "not fully written" for a directory that is simply something else."""
+    d = tmp_path / "other"
+    d.mkdir()
+    for name, text in files.items():
+        (d / name).write_text(text)
+    with pytest.raises(CheckpointError, match=message) as e:
+        load_policy(d)
+    assert "not fully written" not in str(e.value)
+    assert sorted(f.name for f in d.iterdir()) == sorted(files)  # nothing written or removed
 
 
 # ---- train state ----------------------------------------------------------------------------------------------------
@@ -220,7 +242,7 @@ def test_bad_prompt_parquet(tmp_path):
 
 
 def test_oversized_prompt_file(tmp_path, monkeypatch):
-    import divcfg.common.prompts as prompts
+    import divcfg.common.data.prompts as prompts
     monkeypatch.setattr(prompts, "MAX_FILE_BYTES", 10)
     (tmp_path / "big.txt").write_text("a prompt that is too long\n")
     refused(tmp_path, lambda: load_prompts(tmp_path / "big.txt"), PromptFileError,

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from divcfg.common.checkpoint import load_policy, save_policy
-from divcfg.common.policy import build_policy
-from divcfg.common.merge import main, merge_state_dicts
+from divcfg.model.loaders import load_policy, save_policy
+from divcfg.model.merge import main, merge_state_dicts
+from divcfg.model.policy import build_policy
 
 
 @pytest.fixture

@@ -6,12 +6,13 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from divcfg.common.cfg import cfg_mix  # noqa: E402
-from divcfg.common.delay import delay, undelay  # noqa: E402
-from divcfg.common.musicgen import (TINY, CodecMismatchError, MusicGenCodec, MusicGenLoadError,  # noqa: E402
-                                    MusicGenPolicy, UnsupportedMusicGenError, build_musicgen, check_codec_matches,
-                                    load_musicgen, memory_estimate, tiny_musicgen, tiny_musicgen_config)
-from divcfg.common.policy import PromptTooLongError  # noqa: E402
+from divcfg.codec.musicgen import CodecMismatchError, MusicGenCodec, UnsupportedMusicGenError, check_codec_matches
+from divcfg.model.delay import delay, undelay  # noqa: E402
+from divcfg.model.guidance import cfg_mix  # noqa: E402
+from divcfg.model.musicgen.loading import TINY, MusicGenLoadError, load_musicgen, tiny_musicgen, tiny_musicgen_config
+from divcfg.model.musicgen.memory import memory_estimate
+from divcfg.model.musicgen.policy import MusicGenPolicy, build_musicgen
+from divcfg.model.text_condition import PromptTooLongError
 
 PROMPTS = ["a calm piano melody", "fast loud drums", "", "ünïcödé bells"]
 # special ids == vocab_size is MusicGen's own layout; transformers warns about it.
@@ -25,7 +26,9 @@ def model():
 
 @pytest.fixture(scope="module")
 def policy(model):
-    return MusicGenPolicy(model, name=TINY)  # shares the model's modules, so transformers runs the same weights
+    # The adapter (transformers' decoder): shares the model's modules, so transformers runs the same weights. The
+    # converted decoder (the default) is checked against transformers in tests/model/test_musicgen_convert.py.
+    return MusicGenPolicy(model, name=TINY, decoder="transformers")
 
 
 def test_delay_pattern_is_musicgens(model, policy):
@@ -93,7 +96,7 @@ def test_condition_and_null_branch_match_transformers(model, policy):
 
 @pytest.mark.parametrize("train_layers", [0, 1])
 def test_text_encoder_frozen_and_train_layers(train_layers):
-    policy, _ = build_musicgen(TINY, train_layers=train_layers)
+    policy, _ = build_musicgen(TINY, train_layers=train_layers, decoder="transformers")
     policy.train()
     assert not policy.text_encoder.training and policy.decoder.training
     assert not any(p.requires_grad for p in policy.text_encoder.parameters())

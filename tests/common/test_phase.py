@@ -1,11 +1,11 @@
-"""PGHI (common/phase.py): the compiled heap walk against its plain source, and what the phase it gives must do on
+"""PGHI (codec/phase.py): the compiled heap walk against its plain source, and what the phase it gives must do on
 signals whose phase is known: a tone's phase advance, a click's time, a chord with attacks."""
 import numpy as np
 import pytest
 import torch
 
-from divcfg.common.phase import _heap_integrate, heap_integrate, pghi_phase, phase_gradients
-from divcfg.common.vocoder import griffin_lim_overlap
+from divcfg.codec.phase import _heap_integrate, heap_integrate, pghi_phase, phase_gradients
+from divcfg.codec.vocoder import griffin_lim_overlap
 
 SR, HOP, N_FFT = 16000, 160, 640  # the codec's decoder STFT: 75% overlap at 16 kHz
 WINDOW = torch.hann_window(N_FFT)

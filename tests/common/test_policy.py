@@ -1,9 +1,11 @@
 import pytest
 import torch
 
-from divcfg.common.cfg import cfg_mix, sample_tokens
-from divcfg.common.delay import delay_valid_mask, delayed_length, undelay
-from divcfg.common.policy import PromptTooLongError, build_policy, policy_config
+from divcfg.model.delay import delay_valid_mask, delayed_length, undelay
+from divcfg.model.guidance import cfg_mix, sample_tokens
+from divcfg.model.policy import build_policy
+from divcfg.model.policy_config import policy_config
+from divcfg.model.text_condition import PromptTooLongError
 
 PROMPTS = ["a calm piano melody", "fast loud drums", "", "ünïcödé bells"]
 
@@ -143,7 +145,7 @@ def test_logits_trainable_and_causal(policy):
 
 
 def test_word_features_name_whole_words_wherever_they_stand():
-    from divcfg.common.policy import tokenize_prompts
+    from divcfg.model.text_condition import tokenize_prompts
     ids, words, mask = tokenize_prompts(["a fast tune", "Fast, low-pitched"], 32, word_buckets=4096)
     fast_a, fast_b = words[0, 2:6], words[1, 0:4]
     assert fast_a.unique().numel() == 1 and torch.equal(fast_a, fast_b)  # same word, other position and case
@@ -159,7 +161,7 @@ def test_inference_linear_matches_nn_linear_and_follows_weight_updates():
     state-dict load, which must rebuild the cached copy; training keeps F.linear and its gradients."""
     import torch.nn.functional as F
 
-    from divcfg.common.policy import Linear
+    from divcfg.model.layers import Linear
     lin = Linear(16, 24)
     x = torch.randn(2, 3, 16)
     with torch.no_grad():
@@ -176,3 +178,12 @@ def test_inference_linear_matches_nn_linear_and_follows_weight_updates():
     y = lin(x).sum()  # grad enabled: the ordinary path, differentiable
     y.backward()
     assert lin.weight.grad is not None
+    # A fused optimizer writes the weights without bumping their version: the cache must follow it anyway.
+    opt = torch.optim.Adam(lin.parameters(), lr=0.1, fused=True)
+    with torch.no_grad():
+        before = lin(x)
+    lin(x).square().sum().backward()
+    opt.step()
+    with torch.no_grad():
+        assert not torch.allclose(lin(x), before) and torch.allclose(lin(x), F.linear(x, lin.weight, lin.bias),
+                                                                     atol=1e-6)

@@ -4,7 +4,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from divcfg.common.prompts import PromptFileError, load_prompts
+from divcfg.common.data.prompts import PromptFileError, load_prompts
 from divcfg.common.record import RolloutBatch, new_group
 
 

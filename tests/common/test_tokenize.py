@@ -3,10 +3,11 @@ import json
 import numpy as np
 import pytest
 
-from divcfg.common.audio import write_wav
-from divcfg.common.codec import OfflineCodecConfig, fit_offline_codec
-from divcfg.common.tokenize import TokenizeError, tokenize_folder
-from divcfg.common.tokens import read_tokens
+from divcfg.codec.fit import fit_offline_codec
+from divcfg.codec.offline import OfflineCodecConfig
+from divcfg.codec.tokenize import TokenizeError, tokenize_folder
+from divcfg.common.data.audio import write_wav
+from divcfg.common.data.tokens import read_tokens
 
 
 @pytest.fixture(scope="module")
@@ -73,3 +74,31 @@ def test_undecodable_files_are_skipped_and_counted(tmp_path, codec):
     assert result["clips"] == 4 and len(result["skipped"]) == 1 and "broken.mp3" in result["skipped"][0]
     data = read_tokens(tmp_path / "t.parquet")
     assert data.columns["file"] == ["c0.wav", "c1.wav", "c2.wav", "f.flac"] and data.prompts[-1] == "a flac tone"
+
+
+def test_a_users_musicgen_directory_is_its_own_codec(tmp_path):
+    """`divcfg tokenize --codec DIR` with a MusicGen directory encodes with that model's EnCodec, as the model's own
+    encode would; a directory that is neither a codec nor MusicGen is refused by name."""
+    pytest.importorskip("transformers")
+    from divcfg.codec.tokenize import main
+    from divcfg.model.musicgen.loading import tiny_musicgen
+    model = tiny_musicgen(seed=3)
+    model.save_pretrained(tmp_path / "musicgen")
+    caps = write_folder(tmp_path / "audio", rates=(8000, 8000, 16000))
+    (tmp_path / "caps.jsonl").write_text("\n".join(json.dumps(c) for c in caps))
+    assert main(["--audio", str(tmp_path / "audio"), "--captions", str(tmp_path / "caps.jsonl"), "--codec",
+                 str(tmp_path / "musicgen"), "--out", str(tmp_path / "t.parquet"), "--seconds", "1"]) == 0
+    data = read_tokens(tmp_path / "t.parquet")
+    k, card = model.config.decoder.num_codebooks, model.config.decoder.vocab_size
+    assert data.codes.shape == (3, k, 50) and int(data.codes.max()) < card  # 50 frames/s, as MusicGen's EnCodec
+    import soundfile as sf
+    import torch
+    wav, sr = sf.read(tmp_path / "audio" / "c0.wav", dtype="float32")
+    assert sr == model.config.audio_encoder.sampling_rate
+    with torch.inference_mode():
+        want = model.audio_encoder.encode(torch.as_tensor(wav[:sr])[None, None], bandwidth=None).audio_codes[0]
+    assert torch.equal(torch.as_tensor(data.codes[0]), want[0].long())
+    (tmp_path / "neither").mkdir()
+    assert main(["--audio", str(tmp_path / "audio"), "--captions", str(tmp_path / "caps.jsonl"), "--codec",
+                 str(tmp_path / "neither"), "--out", str(tmp_path / "u.parquet")]) != 0
+    assert not (tmp_path / "u.parquet").exists()

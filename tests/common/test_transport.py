@@ -3,8 +3,8 @@ import numpy as np
 import torch
 
 from divcfg.actors.rollout import RolloutWorker
-from divcfg.common.policy import build_policy
-from divcfg.common.transport import InProcessTransport, ObjectStoreTransport
+from divcfg.common.runtime.transport import InProcessTransport, ObjectStoreTransport
+from divcfg.model.policy import build_policy
 
 
 class TinyPolicy:

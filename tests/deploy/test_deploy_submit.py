@@ -22,7 +22,6 @@ import pytest
 
 from divcfg.deploy import submit as sub
 
-
 # ----------------------------------------------------------------------------- fake dashboard
 
 

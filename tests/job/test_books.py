@@ -33,7 +33,7 @@ def test_admit_at_lag_zero_keeps_only_the_current_version():
 
 
 def test_admit_takes_a_single_sample_group():
-    """group_size 1 is a valid setting when beta is 0 (common/config_checks.py)."""
+    """group_size 1 is a valid setting when beta is 0 (common/config/checks.py)."""
     acct = Accounting()
     assert versions(admit([group(3, size=1), group(0, size=1)], version=3, max_lag=1, acct=acct)) == [3]
     assert acct.stale == 1

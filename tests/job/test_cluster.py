@@ -14,8 +14,10 @@ import pytest
 from ray._private.authentication_test_utils import reset_auth_token_state
 
 from divcfg.actors.rollout import remote_rollout_worker
+from divcfg.job.books import PromptStream
 from divcfg.job.control import set_target, start_control
-from divcfg.job.loop import PromptStream, RayTopology, run_ray
+from divcfg.job.loop import run_ray
+from divcfg.job.pool import RayTopology
 from divcfg.reward.worker import remote_reward_worker
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -42,9 +44,8 @@ def cluster(monkeypatch):
     """Head and nodes in this process's session. Token authentication is off here: this process read its auth mode
     when it imported Ray, and the head it starts must agree with it (tests/deploy/test_live_head.py covers tokens)."""
     import ray
-    from ray.cluster_utils import Cluster
-
     import test_loop_ray
+    from ray.cluster_utils import Cluster
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     # Ray caches the auth mode in-process (RayConfig): re-read it now, and again after the env is restored, or the

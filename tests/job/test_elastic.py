@@ -7,8 +7,11 @@ import numpy as np
 import pytest
 
 from divcfg.actors.rollout import remote_rollout_worker
+from divcfg.job.books import PromptStream
 from divcfg.job.control import running_jobs, set_target, start_control
-from divcfg.job.loop import PromptStream, RayTopology, RoleFailures, run_ray
+from divcfg.job.loop import run_ray
+from divcfg.job.pool import RayTopology
+from divcfg.job.recovery import RoleFailures
 from divcfg.reward.worker import remote_reward_worker
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])

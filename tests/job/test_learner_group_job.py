@@ -8,9 +8,10 @@ import time
 import pytest
 from test_scheduler import Died, FakeActor, FakeLearner, FakeMembers, FakeReward, balanced, no_stalls  # noqa: F401
 
-from divcfg.common.checkpoint import load_train_state
+from divcfg.common.storage.train_state import load_train_state
 from divcfg.job.books import PromptStream
-from divcfg.job.scheduler import RoleFailures, Scheduler
+from divcfg.job.recovery import RoleFailures
+from divcfg.job.scheduler import Scheduler
 
 PROMPTS = [f"prompt {i}" for i in range(5)]
 

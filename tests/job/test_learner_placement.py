@@ -3,11 +3,11 @@ GPU choice made before any actor starts."""
 import pytest
 from omegaconf import OmegaConf
 
-from divcfg.common.config import TrainConfig
-from divcfg.common.policy import build_policy
+from divcfg.common.config.schema import TrainConfig
 from divcfg.job.policy_source import PolicySource
 from divcfg.job.topology import GroupTrainee, build_learner
 from divcfg.learner.learner import Learner
+from divcfg.model.policy import build_policy
 
 
 class RecordedGroup:
@@ -21,8 +21,8 @@ class RecordedGroup:
 
 
 def _build(monkeypatch, resolved, **learner):
-    import divcfg.learner.group as group
-    monkeypatch.setattr(group, "LearnerGroup", RecordedGroup)
+    import divcfg.job.topology as topology
+    monkeypatch.setattr(topology, "LearnerGroup", RecordedGroup)
     RecordedGroup.asked = []
     cfg = OmegaConf.structured(TrainConfig)
     for k, v in learner.items():

@@ -7,9 +7,11 @@ import pytest
 import torch
 
 from divcfg.actors.rollout import RolloutWorker, remote_rollout_worker
-from divcfg.common.policy import build_policy
+from divcfg.job.books import PromptStream
+from divcfg.job.loop import run_local, run_ray
+from divcfg.job.pool import RayTopology
 from divcfg.learner.learner import Learner
-from divcfg.job.loop import PromptStream, RayTopology, run_local, run_ray
+from divcfg.model.policy import build_policy
 from divcfg.reward.worker import RewardWorker, remote_reward_worker
 
 pytestmark = pytest.mark.ray

@@ -1,7 +1,8 @@
 """Which checkpoint a run continues from, and that a fresh start never overwrites another run's checkpoints."""
 import pytest
 
-from divcfg.common.checkpoint import atomic_dir, save_train_state
+from divcfg.common.storage.checkpoint import atomic_dir
+from divcfg.common.storage.train_state import save_train_state
 from divcfg.job.run_dir import resolve_resume
 
 

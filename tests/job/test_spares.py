@@ -1,7 +1,6 @@
 """Warm spares: a killed actor's groups go to a spare that already holds the newest weights."""
 import sys
 
-import numpy as np
 import pytest
 
 from divcfg.actors.rollout import remote_rollout_worker

@@ -4,7 +4,7 @@ from types import SimpleNamespace
 import numpy as np
 from omegaconf import OmegaConf
 
-from divcfg.common.config import TrainConfig
+from divcfg.common.config.schema import TrainConfig
 from divcfg.job.step_log import StepLogger
 
 

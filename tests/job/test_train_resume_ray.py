@@ -3,7 +3,7 @@ used are generated first, none is lost or used twice, and the step count goes on
 import numpy as np
 import pytest
 
-from divcfg.common.checkpoint import load_train_state
+from divcfg.common.storage.train_state import load_train_state
 from divcfg.learner.learner import Learner
 
 # In the default suite (two short `divcfg train` runs on a local Ray instance, 1-2 minutes on 2 cores): resume in

@@ -8,10 +8,17 @@ import numpy as np
 import pytest
 import torch
 
-from divcfg.common.policy import build_policy
 from divcfg.common.record import RolloutBatch, new_group
-from divcfg.learner.group import (LearnerGroupError, LearnerGroupWorker, LearnerSpec, check_resources, check_shard,
-                                  spawn_workers, split_groups)
+from divcfg.learner.group import (
+    LearnerGroupError,
+    LearnerGroupWorker,
+    LearnerSpec,
+    check_resources,
+    check_shard,
+    spawn_workers,
+    split_groups,
+)
+from divcfg.model.policy import build_policy
 
 G = 2
 
@@ -207,7 +214,8 @@ def test_bad_group_settings_are_refused_naming_the_key():
 def test_config_refuses_bad_group_settings_naming_the_field():
     from omegaconf import OmegaConf
 
-    from divcfg.common.config import ConfigError, TrainConfig, validate_train
+    from divcfg.common.config.checks import ConfigError, validate_train
+    from divcfg.common.config.schema import TrainConfig
 
     def validate(**changes):
         c = OmegaConf.structured(TrainConfig)

@@ -2,10 +2,11 @@ import numpy as np
 import pytest
 import torch
 
-from divcfg.common.policy import build_policy
 from divcfg.common.record import RolloutBatch, new_group
+from divcfg.job.books import Accounting, PromptStream
+from divcfg.job.books import admit as _admit
 from divcfg.learner.learner import Learner
-from divcfg.job.loop import Accounting, PromptStream, _admit
+from divcfg.model.policy import build_policy
 
 
 def make_groups(policy, prompts, g, frames, version=0, seed=0):
@@ -74,7 +75,8 @@ def test_stale_groups_are_dropped_and_counted():
 def test_waiting_groups_that_an_update_made_too_old_are_dropped_and_lags_are_taken_at_training_time():
     from collections import deque
 
-    from divcfg.job.loop import _expire, _take
+    from divcfg.job.books import expire as _expire
+    from divcfg.job.books import take as _take
     policy = build_policy(seed=0)
     ready = deque(make_groups(policy, ["a"], 2, 3, version=v) for v in (4, 3, 5))  # admitted at version 5, lag <= 2
     acct = Accounting()
@@ -93,7 +95,7 @@ def test_prompt_stream_is_deterministic_and_resumable():
 
 
 def test_pg_step_raises_the_likelihood_of_the_more_diverse_sample():
-    from divcfg.learner.losses import sequence_logprob
+    from divcfg.model.logprob import sequence_logprob
     learner = Learner(build_policy(seed=0), beta=10.0, guidance_scale=1.0, lr=1e-3, baseline="loo", is_clip=2.0,
                       grad_clip=10.0)
     batch = make_groups(learner.student, ["a"], g=2, frames=4)
@@ -114,7 +116,8 @@ def test_bf16_rollout_actor_logprobs_match_the_fp32_learner_and_its_is_weights_s
     """actors.dtype=bf16: the actor keeps a bf16 copy loaded from the learner's fp32 snapshot. The log-probs it stores
     must be the fp32 student's to bf16 precision, so the truncated importance weights it feeds stay close to 1."""
     from divcfg.actors.rollout import RolloutWorker
-    from divcfg.learner.losses import sequence_logprob, truncated_importance_weights
+    from divcfg.learner.losses import truncated_importance_weights
+    from divcfg.model.logprob import sequence_logprob
 
     learner = Learner(build_policy(seed=0), beta=1.0, guidance_scale=3.0, lr=1e-3, baseline="loo", is_clip=2.0,
                       grad_clip=1.0)
@@ -174,7 +177,8 @@ def test_total_loss_is_the_kl_plus_beta_times_the_weighted_loo_policy_gradient()
     """``losses/total`` against ``L_distill + β · L_pg`` assembled by hand: importance weights chosen through the
     behaviour log-probs (one above the clip), the leave-one-out baseline written as a loop. Dropping the weights
     from either term, or the ``mean`` baseline, moves the total far beyond the tolerance (checked below)."""
-    from divcfg.learner.losses import reverse_kl, sequence_logprob, truncated_importance_weights
+    from divcfg.learner.losses import reverse_kl, truncated_importance_weights
+    from divcfg.model.logprob import sequence_logprob
     beta, g, clip, gamma = 0.7, 3, 2.0, 3.0
     learner = Learner(build_policy(seed=0), beta=beta, guidance_scale=gamma, lr=1e-3, baseline="loo", is_clip=clip,
                       grad_clip=1.0)
@@ -210,7 +214,9 @@ def test_total_loss_is_the_kl_plus_beta_times_the_weighted_loo_policy_gradient()
 def test_learner_state_through_a_checkpoint_resumes_the_same_update(tmp_path):
     """``Learner.state`` -> ``save_train_state`` -> ``load_train_state`` -> ``Learner.load_state`` on a fresh learner:
     the next update is bit for bit the one the original learner makes (Adam's moments and step count came back)."""
-    from divcfg.common.checkpoint import atomic_dir, load_train_state, save_train_state, snapshot_state
+    from divcfg.common.storage.checkpoint import atomic_dir
+    from divcfg.common.storage.train_state import load_train_state, save_train_state
+    from divcfg.model.loaders import snapshot_state
 
     def fresh():
         return Learner(build_policy(seed=0), beta=1.0, guidance_scale=3.0, lr=1e-2, baseline="loo", is_clip=2.0,
@@ -274,7 +280,7 @@ def test_adam_is_fused_unless_the_group_wrapper_says_it_cannot_be():
 
 
 def test_beta_zero_trains_groups_of_one_without_rewards():
-    """β = 0 (pure distillation) admits algo.group_size=1 (common/config_checks.py) and needs no reward: the policy
+    """β = 0 (pure distillation) admits algo.group_size=1 (common/config/checks.py) and needs no reward: the policy
     gradient is skipped, not computed and multiplied by zero (the leave-one-out baseline refuses groups of one, and a
     NaN reward times zero is NaN, which would skip every update)."""
     learner = Learner(build_policy(seed=0), beta=0.0, guidance_scale=3.0, lr=1e-3, baseline="loo", is_clip=2.0,

@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from divcfg.learner.losses import (group_advantages, reinforce_loss, reverse_kl, sequence_logprob,
-                                   truncated_importance_weights)
+from divcfg.learner.losses import group_advantages, reinforce_loss, reverse_kl, truncated_importance_weights
+from divcfg.model.logprob import sequence_logprob
 
 
 def test_reverse_kl_hand_computed():

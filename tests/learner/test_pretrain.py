@@ -19,9 +19,9 @@ def test_text_stage_learns_to_read_attributes_and_freezing_keeps_it_fixed(tmp_pa
     then left alone by next-token pretraining while the decoder trains."""
     import numpy as np
 
-    from divcfg.common.config import PretrainConfig
-    from divcfg.common.policy import build_policy
+    from divcfg.common.config.schema import PretrainConfig
     from divcfg.learner.pretrain import pretrain, pretrain_text
+    from divcfg.model.policy import build_policy
     words = ["low", "middle", "high"]
     rng = np.random.default_rng(0)
     values = rng.integers(0, 4, 400)  # 3 = not described
@@ -43,15 +43,15 @@ def test_text_stage_learns_to_read_attributes_and_freezing_keeps_it_fixed(tmp_pa
 def test_text_stage_refuses_labels_of_the_wrong_shape():
     import numpy as np
 
-    from divcfg.common.policy import build_policy
     from divcfg.learner.pretrain import pretrain_text
+    from divcfg.model.policy import build_policy
     with pytest.raises(ValueError, match=r"labels have shape \(2, 1\), expected \(2, 2\)"):
         pretrain_text(build_policy(), ["a", "b"], np.zeros((2, 1)), [3, 4], steps=1)
 
 
 def test_freeze_text_survives_a_checkpoint(tmp_path):
-    from divcfg.common.checkpoint import load_policy, save_policy
-    from divcfg.common.policy import build_policy
+    from divcfg.model.loaders import load_policy, save_policy
+    from divcfg.model.policy import build_policy
     save_policy(build_policy(freeze_text=True), tmp_path / "p")
     loaded = load_policy(tmp_path / "p")
     assert loaded.cfg.freeze_text and not any(p.requires_grad for p in loaded.text.parameters())

@@ -3,9 +3,9 @@ import math
 
 import pytest
 
-from divcfg.common.policy import build_policy
 from divcfg.learner.learner import Learner
 from divcfg.learner.schedule import LrSchedule, cosine_lr
+from divcfg.model.policy import build_policy
 from tests.learner.test_learner import make_groups
 
 

@@ -9,17 +9,14 @@ import torch
 
 from divcfg.reward.embedder import (
     MusicEmbedder,
-    add_noise,
     embedder_config,
     info_nce,
     load_embedder,
-    pitch_shift,
-    random_chunk_pairs,
     recall_at_1,
     save_embedder,
-    tempo_shift,
     train_embedder,
 )
+from divcfg.reward.views import add_noise, pitch_shift, random_chunk_pairs, tempo_shift
 
 torch.set_num_threads(1)
 SR = 16000

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from divcfg.common.checkpoint import save_policy
-from divcfg.common.policy import build_policy
+from divcfg.model.loaders import save_policy
+from divcfg.model.policy import build_policy
 from divcfg.reward.eval_groups import check_group, multirun_groups, parse_group, resolve_checkpoint
 
 
@@ -154,7 +154,7 @@ def test_a_claim_fails_when_its_interval_straddles_the_bar():
     assert claim1["verdict"] == "not measured"
 
 
-def test_the_independent_judge_decides_claims_1_and_3_by_its_own_adherence():
+def test_the_independent_judge_decides_the_adherence_claims_by_its_own_adherence():
     from divcfg.reward.eval_report import summarize
     rng = np.random.default_rng(2)
     noise = lambda s=1: rng.normal(0, 0.01, size=(s, 40))  # noqa: E731
@@ -163,7 +163,7 @@ def test_the_independent_judge_decides_claims_1_and_3_by_its_own_adherence():
             _row("q", "group", 0.56 + noise(2), 0.53 + noise(2), beta=0.0),
             _row("d", "group", 0.45 + noise(2), 0.80 + noise(2), beta=15.0),
             _row("merge β=15 λ=0.5", "merge", 0.555 + noise(2), 0.70 + noise(2), lam=0.5, beta=15.0, theta_d="d")]
-    assert "claims_judge" not in summarize(rows, 200)  # no judge in these runs: nothing to decide
+    assert summarize(rows, 200)["claims_by_judge"] == {}  # no judge in these runs: nothing to decide
     # The judge hears γ = 3 well above γ = 1 (gap 0.2) but q and the merge far below γ = 3 (−0.1 < −10% of the gap).
     judge = {"base γ=1": 0.5, "base γ=3": 0.7, "q": 0.6, "d": 0.5, "merge β=15 λ=0.5": 0.6}
     for r in rows:
@@ -172,8 +172,8 @@ def test_the_independent_judge_decides_claims_1_and_3_by_its_own_adherence():
             run["adherence_judge"], run["adherence_judge_by_prompt"] = float(by.mean()), by.tolist()
     report = summarize(rows, 200)
     scorer = {c["id"]: c["verdict"] for c in report["claims"]}
-    heard = {c["id"]: c for c in report["claims_judge"]}
-    assert scorer[1] == scorer[3] == "holds" and set(heard) == {1, 3}
+    heard = {c["id"]: c for c in report["claims_by_judge"]["pitch"]}
+    assert scorer[1] == scorer[3] == "holds" and set(heard) == {1, 3, "4a", "4b"}
     assert heard[1]["verdict"] == heard[3]["verdict"] == "fails"
     assert heard[1]["estimate"] == pytest.approx(-0.1, abs=0.01) and heard[1]["threshold"] == pytest.approx(-0.02,
                                                                                                            abs=0.003)
@@ -214,7 +214,7 @@ def test_merges_pair_theta_q_with_each_theta_d_seed_by_seed(tmp_path):
     # the merged policy is the interpolation of the two seeds' weights
     import torch
 
-    from divcfg.common.checkpoint import load_weights
+    from divcfg.common.storage.checkpoint import load_weights
     merged = rows["merge β=15 λ=0.5"].members[1][2]().state_dict()
     qa, _, _ = load_weights(runs[0, 1] / "student")
     da, _, _ = load_weights(runs[15, 1] / "student")

@@ -81,3 +81,27 @@ def test_the_interval_covers_a_known_fad_where_the_resamples_percentiles_do_not(
         # the percentiles the interval is reflected from: q = 2·FAD − bound
         percentile_covered += 2 * ci["fad"] - ci["high"] <= true <= 2 * ci["fad"] - ci["low"]
     assert covered >= 30 and percentile_covered <= 5, (covered, percentile_covered)
+
+
+def _with_moments(rng, n: int, mean: np.ndarray, var: np.ndarray) -> np.ndarray:
+    """``[n, D]`` features whose sample mean is ``mean`` and unbiased sample covariance ``diag(var)`` exactly:
+    Gaussian draws, centred and whitened by their own covariance's Cholesky factor, then scaled and shifted."""
+    z = rng.normal(size=(n, len(mean)))
+    z -= z.mean(0)
+    z = z @ np.linalg.inv(np.linalg.cholesky(np.cov(z, rowvar=False))).T
+    return z * np.sqrt(var) + mean
+
+
+def test_feature_sets_with_known_moments_match_the_closed_form():
+    """FAD of two feature sets (not of two given Gaussians) against ‖μa − μb‖² + tr(Σa + Σb − 2 (Σa Σb)^½), which
+    for diagonal covariances is ‖μa − μb‖² + Σ (√a_i − √b_i)²; and 0 for one set against a reordering of itself."""
+    rng = np.random.default_rng(4)
+    mu_a, mu_b = np.array([0.5, -1.0, 2.0, 0.0]), np.array([0.0, 1.0, 2.0, -0.5])
+    var_a, var_b = np.array([1.0, 4.0, 0.25, 2.0]), np.array([9.0, 1.0, 0.25, 0.5])
+    a, b = _with_moments(rng, 50, mu_a, var_a), _with_moments(rng, 80, mu_b, var_b)
+    assert np.allclose(gaussian_fit(a)[1], np.diag(var_a), atol=1e-12)
+    sa, sb = np.diag(var_a), np.diag(var_b)
+    expected = np.sum((mu_a - mu_b) ** 2) + np.trace(sa + sb - 2 * np.diag(np.sqrt(var_a * var_b)))
+    assert expected == pytest.approx(4.5 + 4 + 1 + 0 + 0.5)  # ‖Δμ‖² = 4.5; (1 − 3)², (2 − 1)², 0, (√2 − √½)²
+    assert fad(a, b) == pytest.approx(expected, rel=1e-10)
+    assert fad(a, a[rng.permutation(50)]) == pytest.approx(0.0, abs=1e-10)

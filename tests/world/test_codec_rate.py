@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from divcfg.common.world_dir import WORLD_VERSION, WorldError, codec_rate, size_params
+from divcfg.common.data.world_dir import WORLD_VERSION, WorldError, codec_rate, size_params
 
 
 def test_codec_rate_sets_the_codebooks_and_scales_the_fit_per_code():
@@ -32,9 +32,9 @@ def test_a_world_of_another_codec_rate_is_refused_before_any_stage(tmp_path):
 
 @pytest.mark.slow
 def test_a_tiny_world_builds_with_two_codebooks_of_32_codes(tmp_path):
-    from divcfg.common.checkpoint import load_policy
-    from divcfg.common.codec import load_codec
-    from divcfg.common.tokens import read_tokens
+    from divcfg.codec.offline import load_codec
+    from divcfg.common.data.tokens import read_tokens
+    from divcfg.model.loaders import load_policy
     from divcfg.world.build import build_world
     info = build_world(tmp_path, "tiny", progress=False, threads=1, codec="2x32")
     assert info["identity"]["codec"] == "2x32"

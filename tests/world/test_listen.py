@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from divcfg.common.codec import load_codec
-from divcfg.common.tokens import read_tokens
+from divcfg.codec.offline import load_codec
+from divcfg.common.data.tokens import read_tokens
 from divcfg.world.build import main
 from divcfg.world.listen import spectrogram_rows
 

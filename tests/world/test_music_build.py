@@ -16,7 +16,7 @@ pytest.importorskip("basic_pitch", reason="basic-pitch is not installed (make in
 def test_music_world_builds_end_to_end(tmp_path):
     import pyarrow.parquet as pq
 
-    from divcfg.common.world_dir import STAGE_OUTPUTS
+    from divcfg.common.data.world_dir import STAGE_OUTPUTS
     from divcfg.reward.judges import Judges
 
     out = tmp_path / "music"
@@ -70,7 +70,7 @@ def test_music_world_builds_end_to_end(tmp_path):
     assert list(rows)[:2] == ["original", "codec round trip"]
     assert np.array_equal(rows["original"], np.load(out / "heldout_rendered.npy")[:2])
     # The per-collection bench reads the world's own codec exactly as the build's measure did.
-    from divcfg.bench.codec_polyphony import main as codec_polyphony
+    from divcfg.experiments.codec_polyphony import main as codec_polyphony
     assert codec_polyphony(["--world", str(out), "--variant", "world", "--out", str(tmp_path / "poly.json")]) == 0
     poly = json.loads((tmp_path / "poly.json").read_text())
     assert poly["stft_distance"] == pytest.approx(info["codec_reconstruction"]["stft_distance"], abs=1e-4)
@@ -78,9 +78,9 @@ def test_music_world_builds_end_to_end(tmp_path):
         assert poly["judge"]["all"][a]["ratio"] == pytest.approx(r["ratio"])
     for c, r in judge["by_collection"].items():
         assert poly["judge"][c]["density"]["ratio"] == pytest.approx(r["density"]["ratio"], nan_ok=True)
-    # Fresh works the world was not built from, through its codec (bench/judge_fresh.py), leave the world as it was.
-    from divcfg.bench.judge_fresh import fresh_works
-    from divcfg.bench.judge_fresh import main as judge_fresh
+    # Fresh works the world was not built from, through its codec (experiments/judge_fresh.py), leave the world as it was.
+    from divcfg.experiments.judge_fresh import fresh_works
+    from divcfg.experiments.judge_fresh import main as judge_fresh
     before = (out / "music_works.jsonl").read_bytes()
     assert judge_fresh(["--world", str(out), "--clips", "6", "--variants", "pghi:8", "--workers", "1",
                         "--out", str(tmp_path / "fresh" / "out.json")]) == 0
@@ -112,8 +112,8 @@ def test_a_missing_world_is_built_as_the_kind_the_job_asks(tmp_path, monkeypatch
 def test_a_scorer_that_reads_nothing_above_chance_keeps_every_attribute(tmp_path):
     import numpy as np
 
-    from divcfg.common.caption_schema import load_schema
-    from divcfg.common.world_dir import size_params
+    from divcfg.common.data.caption_schema import load_schema
+    from divcfg.common.data.world_dir import size_params
     from divcfg.world.music_clips import music_source
     src = music_source("tiny", size_params("tiny"), 0, tmp_path)
     names = list(src.attributes)

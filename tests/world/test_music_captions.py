@@ -4,8 +4,18 @@ import itertools
 import numpy as np
 import pytest
 
-from divcfg.world.music_captions import (PROMPT_MAX_BYTES, STYLES, attribute_table, caption_schema, density_of,
-                                         describe, make_caption, meter_of, mode_of, register_of)
+from divcfg.world.music_captions import (
+    PROMPT_MAX_BYTES,
+    STYLES,
+    attribute_table,
+    caption_schema,
+    density_of,
+    describe,
+    make_caption,
+    meter_of,
+    mode_of,
+    register_of,
+)
 
 TABLE = attribute_table(list(STYLES))
 SCHEMA = caption_schema(list(STYLES))
@@ -34,7 +44,7 @@ def test_captions_read_naturally():
 
 
 def test_schema_round_trips_as_data(tmp_path):
-    from divcfg.common.caption_schema import load_schema
+    from divcfg.common.data.caption_schema import load_schema
 
     SCHEMA.save(tmp_path)
     loaded = load_schema(tmp_path)
@@ -49,7 +59,7 @@ def test_schema_round_trips_as_data(tmp_path):
 def test_scored_attributes_round_trip_and_filter_what_counts(tmp_path):
     from dataclasses import replace
 
-    from divcfg.common.caption_schema import load_schema
+    from divcfg.common.data.caption_schema import load_schema
 
     assert SCHEMA.scored is None and SCHEMA.scored_only({"tempo": "slow", "mode": "minor"}) == {"tempo": "slow",
                                                                                               "mode": "minor"}

@@ -3,8 +3,8 @@ import sys
 
 import pytest
 
-from divcfg.world.music_corpus import COLLECTIONS, MusicConfig, WorkSet, usable
 from divcfg.world.music_clips import plan_clips
+from divcfg.world.music_corpus import COLLECTIONS, MusicConfig, WorkSet, usable
 
 
 def _work(i: int) -> dict:

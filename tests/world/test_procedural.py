@@ -9,9 +9,18 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from divcfg.common.captions import ATTRIBUTES, PROMPT_MAX_BYTES, attribute_labels, make_prompt, parse_prompt
-from divcfg.world.procedural import (Clip, WorldConfig, clips_to_table, generate_clip, generate_corpus, read_corpus,
-                                     recaption, synthesize, write_corpus)
+from divcfg.common.data.captions import ATTRIBUTES, PROMPT_MAX_BYTES, attribute_labels, make_prompt, parse_prompt
+from divcfg.world.procedural import (
+    Clip,
+    WorldConfig,
+    clips_to_table,
+    generate_clip,
+    generate_corpus,
+    read_corpus,
+    recaption,
+    synthesize,
+    write_corpus,
+)
 
 SR = 16000
 # Short clips at a low rate keep the prompt tests fast; audio tests use the default rate.

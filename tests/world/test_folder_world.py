@@ -1,0 +1,291 @@
+"""The folder world (world/folder.py) on a tiny random MusicGen written with save_pretrained: a nested folder of short
+WAV and FLAC tracks with audiocraft captions (and a corrupt, a silent and a too-short file), built once through
+`divcfg world build --kind folder`; then its files, its resume, its CLAP ceiling and its refusals."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import soundfile as sf
+
+transformers = pytest.importorskip("transformers")
+
+from divcfg.codec.musicgen import musicgen_codec_from_dir  # noqa: E402
+from divcfg.common.data.folder import read_folder  # noqa: E402
+from divcfg.common.data.tokens import read_tokens  # noqa: E402
+from divcfg.common.data.world_dir import World, WorldError  # noqa: E402
+from divcfg.model.musicgen.loading import tiny_musicgen  # noqa: E402
+from divcfg.world.build import main  # noqa: E402
+from divcfg.world.folder import build_folder_world, model_clip  # noqa: E402
+
+transformers.logging.set_verbosity_error()
+N_TRACKS = 12
+TRACK_S = 3.0
+BAD = {"bad/corrupt.wav": "unreadable", "bad/silent.flac": "silent", "bad/short.wav": "shorter than one clip"}
+# The build's options, as the CLI takes them and as build_folder_world does (a resume must ask for the same world).
+CLIP_S, HELDOUT_FRACTION, EMBEDDER_STEPS = 1.0, 0.25, 3
+
+
+def caption(i: int) -> str | list[str]:
+    text = f"track {i}: a {['bright', 'dark', 'soft', 'loud'][i % 4]} tone near {110 * 2 ** (i / 4):.0f} Hz"
+    return [text, f"a tone, number {i}"] if i % 5 == 0 else text  # some tracks have two captions
+
+
+def track_audio(i: int, sr: int, rng: np.random.Generator) -> np.ndarray:
+    """A tone of its own pitch and tremolo rate, with a little noise, so each track sounds unlike the others."""
+    t = np.arange(int(TRACK_S * sr)) / sr
+    f = 110 * 2 ** (i / 4)
+    tone = np.sin(2 * np.pi * f * t) + 0.4 * np.sin(2 * np.pi * 2 * f * t)
+    return (0.3 * tone * (1 + 0.5 * np.sin(2 * np.pi * (1 + i) * t)) + 0.01 * rng.standard_normal(len(t))).astype(
+        np.float32)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    """Tracks in nested folders, WAV at 8 kHz and FLAC at 16 kHz (resampled to the tiny EnCodec's 8 kHz), each with
+    an audiocraft sidecar JSON, listed in data.jsonl; plus the three files the build must skip."""
+    root = tmp_path_factory.mktemp("music")
+    rng = np.random.default_rng(0)
+    files = {}
+    for i in range(N_TRACKS):
+        ext, sr = ("wav", 8000) if i % 2 == 0 else ("flac", 16000)
+        rel = f"{'ab'[i % 2]}/{'deep/' if i % 3 == 0 else ''}track{i:02d}.{ext}"
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        sf.write(root / rel, track_audio(i, sr, rng), sr)
+        files[rel] = caption(i)
+    (root / "bad").mkdir()
+    (root / "bad/corrupt.wav").write_bytes(b"RIFF\x00\x01not a wave file at all")
+    sf.write(root / "bad/silent.flac", np.zeros(int(TRACK_S * 16000), np.float32), 16000)
+    sf.write(root / "bad/short.wav", track_audio(0, 8000, rng)[:3000], 8000)
+    files.update({rel: f"the bad file {rel}" for rel in BAD})
+    lines = []
+    for rel, text in files.items():
+        (root / rel).with_suffix(".json").write_text(json.dumps({"description": text}))
+        lines.append(json.dumps({"path": rel, "duration": TRACK_S, "sample_rate": 8000}))
+    (root / "data.jsonl").write_text("\n".join(lines) + "\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def musicgen_dir(tmp_path_factory) -> Path:
+    """The tiny random MusicGen, its EnCodec's codebooks drawn from its own latents of the tracks: with
+    tiny_musicgen's N(0, 1) codebooks, 25 times the latents' scale, every frame takes the same code."""
+    import torch
+
+    model = tiny_musicgen(seed=0)
+    rng = np.random.default_rng(1)
+    audio = torch.as_tensor(np.stack([track_audio(i, 8000, rng) for i in range(N_TRACKS)]))
+    with torch.no_grad():
+        latents = model.audio_encoder.encoder(audio[:, None])  # [B, D, T]
+        residual = latents.transpose(1, 2).reshape(-1, latents.shape[1])
+        gen = torch.Generator().manual_seed(0)
+        for layer in model.audio_encoder.quantizer.layers:  # residual quantisation: each layer codes what is left
+            embed = residual[torch.randperm(len(residual), generator=gen)[:64]].clone()
+            layer.codebook.embed.copy_(embed)
+            residual = residual - embed[torch.cdist(residual, embed).argmin(1)]
+    path = tmp_path_factory.mktemp("mg") / "tiny-musicgen"
+    model.save_pretrained(path)
+    return path
+
+
+def cli(out, folder, model, *extra) -> list[str]:
+    return ["build", "--kind", "folder", "--audio", str(folder), "--captions", str(folder / "data.jsonl"),
+            "--out", str(out), "--model", str(model), "--clip-s", str(CLIP_S), "--heldout-fraction",
+            str(HELDOUT_FRACTION), "--embedder-steps", str(EMBEDDER_STEPS), "--no-progress", *extra]
+
+
+def build_again(out, folder, model, **kw) -> dict:
+    return build_folder_world(out, folder, folder / "data.jsonl", model, clip_s=CLIP_S,
+                              heldout_fraction=HELDOUT_FRACTION, embedder_steps=EMBEDDER_STEPS, progress=False, **kw)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, folder, musicgen_dir) -> Path:
+    out = tmp_path_factory.mktemp("worlds") / "folder"
+    assert main(cli(out, folder, musicgen_dir)) == 0
+    return out
+
+
+def test_tokens_hold_every_training_caption_and_the_heldout_clips(built, folder, musicgen_dir):
+    train, heldout = read_tokens(built / "tokens.parquet"), read_tokens(built / "heldout.parquet")
+    corpus = pq.read_table(built / "corpus.parquet").to_pydict()
+    is_held = np.array(corpus["heldout"])
+    # One training row per caption of each training clip; one held-out row (its first caption) per held-out clip.
+    assert len(train) == sum(len(c) for c, h in zip(corpus["captions"], is_held) if not h)
+    assert len(heldout) == int(is_held.sum()) == 9  # 3 of 12 tracks, three 1 s clips each
+    assert heldout.prompts == [corpus["captions"][i][0] for i in np.flatnonzero(is_held)]
+    assert train.codes.shape[1:] == heldout.codes.shape[1:] == (4, 50)  # K codebooks, 1 s at 50 frames/s
+    assert train.codes.min() >= 0 and train.codes.max() < 64
+    for data in (train, heldout):
+        assert data.meta == {"codec": "musicgen", "model": str(musicgen_dir.absolute()), "card": 64,
+                             "sample_rate": 8000, "frame_rate": 50.0, "world_seed": 0}
+    # Rows of one clip share its codes, and the codes are those the MusicGen's EnCodec makes of the clip.
+    first = [i for i, c in enumerate(train.columns["clip_id"]) if c == train.columns["clip_id"][0]]
+    assert len(first) >= 1 and all(np.array_equal(train.codes[first[0]], train.codes[i]) for i in first)
+    clips = read_folder(folder, folder / "data.jsonl", 8000, CLIP_S)
+    codec = musicgen_codec_from_dir(musicgen_dir)
+    held_ids = heldout.columns["clip_id"]
+    assert [clips.track[i] for i in held_ids] == heldout.columns["track"]
+    assert np.array_equal(codec.encode(clips.clips[held_ids]).numpy(), heldout.codes)
+    assert min(World(built).info()["codec_distinct_codes"]) > 1  # the codes tell clips apart
+
+
+def test_no_track_has_clips_on_both_sides(built):
+    train, heldout = read_tokens(built / "tokens.parquet"), read_tokens(built / "heldout.parquet")
+    train_tracks, held_tracks = set(train.columns["track"]), set(heldout.columns["track"])
+    assert len(held_tracks) == 3 and not train_tracks & held_tracks
+    assert len(train_tracks | held_tracks) == N_TRACKS and not set(BAD) & (train_tracks | held_tracks)
+    prompts = World(built).heldout_prompts()
+    assert prompts and not set(prompts) & set(train.prompts)
+
+
+def test_world_json_names_the_skipped_files_the_recall_and_the_judges(built, musicgen_dir):
+    info = World(built).info()
+    assert info["kind"] == "folder" and info["model"] == str(musicgen_dir.absolute())
+    assert info["clips"] == {"total": 36, "train": 27, "heldout": 9}
+    assert (info["tracks"]["total"], info["tracks"]["heldout"], info["seconds"]) == (N_TRACKS, 3, 36.0)
+    assert info["captions_format"] == "audiocraft" and info["training_rows"] == len(read_tokens(
+        built / "tokens.parquet"))
+    for rel, why in BAD.items():
+        assert why in info["skipped"][rel], info["skipped"]
+    recall = info["embedder_recall_at_1"]
+    assert recall["chance"] == pytest.approx(1 / 17) and recall["clips"] == 9  # 2 chunks of each of 9 clips
+    assert all(0.0 <= recall[w] <= 1.0 for w in ("reward", "eval"))
+    assert np.isfinite(info["codec_round_trip"]["snr_db"]) and info["codec_round_trip"]["clips"] == 9
+    assert info["clap_ceiling"] == {"measured": False, "why": "no --clap given"}
+    assert info["judges"] == {"adherence": "none", "clap": None, "scorer": None}
+    state = World(built).state()
+    assert state["identity"]["kind"] == "folder" and state["identity"]["clip_s"] == CLIP_S
+    assert set(state["done"]) == {"corpus", "tokens", "embedders", "measure"}
+    World(built).verify()  # every recorded stage has its files, as the other kinds' worlds do
+
+
+def test_a_second_build_does_nothing_and_returns_the_same_report(built, folder, musicgen_dir):
+    before = {p.name: p.stat().st_mtime_ns for p in built.iterdir() if p.is_file()}
+    state = (built / "state.json").read_bytes()
+    assert build_again(built, folder, musicgen_dir) == World(built).info()
+    assert (built / "state.json").read_bytes() == state
+    after = {p.name: p.stat().st_mtime_ns for p in built.iterdir() if p.is_file()}
+    assert {k: v for k, v in after.items() if k != "world.json"} == {k: v for k, v in before.items()
+                                                                      if k != "world.json"}
+
+
+def test_another_model_into_the_same_world_is_refused_naming_both(built, folder, musicgen_dir, tmp_path):
+    other = shutil.copytree(musicgen_dir, tmp_path / "other-musicgen")
+    state = (built / "state.json").read_bytes()
+    with pytest.raises(WorldError) as e:
+        build_again(built, folder, other)
+    assert str(musicgen_dir.absolute()) in str(e.value) and str(other.absolute()) in str(e.value)
+    assert (built / "state.json").read_bytes() == state
+
+
+def test_a_clap_added_later_measures_the_ceiling_only(built, folder, musicgen_dir, tmp_path):
+    out = shutil.copytree(built, tmp_path / "world")
+    tokens = (out / "tokens.parquet").stat().st_mtime_ns
+    clap = save_tiny_clap(tmp_path / "clap")
+    info = build_again(out, folder, musicgen_dir, clap=clap)
+    ceiling = info["clap_ceiling"]
+    assert ceiling["measured"] and ceiling["clips"] == 9 and ceiling["dir"] == str(clap.absolute())
+    assert -1.0 <= ceiling["real"] <= 1.0 and -1.0 <= ceiling["round_trip"] <= 1.0
+    assert info["judges"] == {"adherence": "clap", "clap": str(clap.absolute()), "scorer": None}
+    assert (out / "tokens.parquet").stat().st_mtime_ns == tokens
+    assert info["embedder_recall_at_1"] == World(built).info()["embedder_recall_at_1"]
+
+
+def save_tiny_clap(directory: Path) -> Path:
+    """A random CLAP of a one-layer RoBERTa and a two-stage HTSAT (as tests/reward/test_clap_judge.py builds), with a
+    byte-level BPE tokenizer trained on the captions' words."""
+    import torch
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import (
+        ClapAudioConfig,
+        ClapConfig,
+        ClapFeatureExtractor,
+        ClapModel,
+        ClapProcessor,
+        ClapTextConfig,
+        RobertaTokenizer,
+    )
+
+    directory.mkdir(parents=True)
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(["a bright dark soft loud tone near Hz track number"], vocab_size=300, min_frequency=1,
+                            special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+    bpe.save_model(str(directory))
+    tokenizer = RobertaTokenizer(vocab=str(directory / "vocab.json"), merges=str(directory / "merges.txt"),
+                                 model_max_length=64)
+    text = ClapTextConfig(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                          intermediate_size=32, max_position_embeddings=66, projection_dim=8)
+    audio = ClapAudioConfig(spec_size=256, num_mel_bins=64, window_size=8, depths=[1, 1], num_attention_heads=[1, 2],
+                            patch_embeds_hidden_size=8, hidden_size=16, projection_dim=8, enable_fusion=False)
+    torch.manual_seed(0)
+    ClapModel(ClapConfig(text_config=text.to_dict(), audio_config=audio.to_dict(), projection_dim=8)).save_pretrained(
+        directory)
+    ClapProcessor(feature_extractor=ClapFeatureExtractor(truncation="rand_trunc"), tokenizer=tokenizer
+                  ).save_pretrained(directory)
+    return directory
+
+
+# ---- refusals: each before any stage runs, so nothing already in --out is lost --------------------------------------
+
+def test_a_model_dir_that_is_not_musicgen_is_refused_saying_what_it_is(folder, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    clap_like = tmp_path / "clap-like"
+    clap_like.mkdir()
+    (clap_like / "config.json").write_text(json.dumps({"model_type": "clap"}))
+    a_world = tmp_path / "a-world"
+    a_world.mkdir()
+    (a_world / "state.json").write_text(json.dumps({"identity": {"kind": "music"}, "done": {}}))
+    for model, what in ((folder, "holds no config.json"), (clap_like, "names a 'clap' model"),
+                        (a_world, "divcfg world (kind music)"), (tmp_path / "nowhere", "does not exist")):
+        assert main(cli(out, folder, model)) == 2
+        err = capsys.readouterr().err
+        assert f"--model {model}" in err and "not a MusicGen directory" in err and what in err, err
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+
+
+def test_missing_inputs_and_a_clap_dir_that_is_not_clap_are_refused_by_name(folder, musicgen_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    cases = [(["--audio", str(tmp_path / "no-audio")], "--audio"),
+             (["--captions", str(tmp_path / "no-captions.jsonl")], "--captions"),
+             (["--clap", str(musicgen_dir)], f"--clap {musicgen_dir}"),
+             (["--heldout-prompts", str(tmp_path / "none.txt")], "--heldout-prompts")]
+    for extra, named in cases:
+        args = cli(out, folder, musicgen_dir)
+        for flag, value in zip(extra[::2], extra[1::2]):  # the later value of a repeated flag wins
+            args += [flag, value]
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert named in err and extra[1] in err, err
+    assert main(["build", "--kind", "folder", "--out", str(out), "--model", str(musicgen_dir)]) == 2
+    assert "needs --audio, --captions" in capsys.readouterr().err
+    assert main(["build", "--kind", "procedural", "--out", str(out), "--audio", str(folder)]) == 2
+    assert "--audio apply to --kind folder only" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_heldout_prompts_that_are_training_captions_are_refused(folder, musicgen_dir, tmp_path):
+    prompts = tmp_path / "heldout.txt"
+    prompts.write_text("a prompt no track has\n" + "\n".join(f"track {i}:" for i in range(3)) + "\n"
+                       + "\n".join(caption(i) if isinstance(caption(i), str) else caption(i)[0] for i in range(12)))
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match="also training prompts") as e:
+        build_again(out, folder, musicgen_dir, heldout_prompts=prompts)
+    assert str(prompts) in str(e.value) and "a prompt no track has" not in str(e.value)
+    assert not (out / "state.json").exists() and not (out / "corpus.parquet").exists()
+
+
+def test_the_clip_is_capped_to_what_the_decoder_takes(musicgen_dir):
+    # The tiny decoder has 256 positions and 4 codebooks: at most 253 frames, 5.06 s at 50 frames/s.
+    capped = model_clip(musicgen_dir, None)
+    assert (capped.requested_s, capped.frames, capped.max_frames) == (10.0, 253, 253)
+    assert capped.clip_s == pytest.approx(5.06)
+    assert model_clip(musicgen_dir, 1.0).frames == 50 and model_clip(musicgen_dir, 0.999).frames == 49
+    with pytest.raises(WorldError, match="shorter than one frame"):
+        model_clip(musicgen_dir, 0.001)
