@@ -16,18 +16,19 @@ from __future__ import annotations
 import numpy as np
 
 
-def _features(x, name: str) -> np.ndarray:
+def check_features(x, name: str, metric: str = "FAD") -> np.ndarray:
+    """Embeddings of one clip set as float64 ``[N >= 2, D]``, finite; an error names the set and the metric."""
     x = np.asarray(x, dtype=np.float64)
     if x.ndim != 2 or len(x) < 2:
-        raise ValueError(f"FAD needs {name} features [N >= 2, D], got shape {x.shape}")
+        raise ValueError(f"{metric} needs {name} features [N >= 2, D], got shape {x.shape}")
     if not np.isfinite(x).all():
-        raise ValueError(f"FAD: {name} features hold NaN or infinite values")
+        raise ValueError(f"{metric}: {name} features hold NaN or infinite values")
     return x
 
 
 def gaussian_fit(features) -> tuple[np.ndarray, np.ndarray]:
     """Features ``[N, D]`` -> (mean ``[D]``, unbiased covariance ``[D, D]``), float64."""
-    x = _features(features, "the")
+    x = check_features(features, "the")
     return x.mean(axis=0), np.cov(x, rowvar=False).reshape(x.shape[1], x.shape[1])
 
 
@@ -59,7 +60,7 @@ def frechet_distance(mu_a: np.ndarray, sigma_a: np.ndarray, mu_b: np.ndarray, si
 
 def fad(features_a, features_b) -> float:
     """FAD between two feature sets ``[N_a, D]`` and ``[N_b, D]``."""
-    a, b = _features(features_a, "the first set's"), _features(features_b, "the second set's")
+    a, b = check_features(features_a, "the first set's"), check_features(features_b, "the second set's")
     if a.shape[1] != b.shape[1]:
         raise ValueError(f"FAD: feature dimensions differ, {a.shape[1]} against {b.shape[1]}")
     return frechet_distance(*gaussian_fit(a), *gaussian_fit(b))
@@ -74,7 +75,7 @@ def fad_interval(features_a, features_b, n_boot: int = 200, level: float = 0.9, 
     200 clips: 0 of 60 at 90%). The interval is therefore the basic bootstrap's, reflected about the estimate:
     [2·FAD − q_high, 2·FAD − q_low], floored at 0 (the same test: 57 of 60).
     """
-    a, b = _features(features_a, "the first set's"), _features(features_b, "the second set's")
+    a, b = check_features(features_a, "the first set's"), check_features(features_b, "the second set's")
     rng = np.random.default_rng(seed)
     boot = [fad(a[rng.integers(0, len(a), len(a))], b[rng.integers(0, len(b), len(b))]) for _ in range(n_boot)]
     q_low, q_high = np.quantile(boot, [(1 - level) / 2, (1 + level) / 2])
@@ -91,7 +92,7 @@ def fad_by_clips(features_a, features_b, sizes: list[int], draws: int = 20, tole
     ``stable_clips`` is the smallest n whose draws' spread (std) and bias (mean against ``full``) are both within
     ``tolerance`` of ``full``; None when no size is (more clips are needed than the sets hold).
     """
-    a, b = _features(features_a, "the first set's"), _features(features_b, "the second set's")
+    a, b = check_features(features_a, "the first set's"), check_features(features_b, "the second set's")
     rng = np.random.default_rng(seed)
     full = fad(a, b)
     curve, stable = [], None

@@ -22,14 +22,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from divcfg.reward.fad import check_features
+
 
 def _features(x, name: str) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float64)
-    if x.ndim != 2 or len(x) < 2:
-        raise ValueError(f"KAD needs {name} features [N >= 2, D], got shape {x.shape}")
-    if not np.isfinite(x).all():
-        raise ValueError(f"KAD: {name} features hold NaN or infinite values")
-    return x
+    return check_features(x, name, "KAD")
 
 
 def _pair(features_a, features_b) -> tuple[np.ndarray, np.ndarray]:
