@@ -16,7 +16,13 @@ from divcfg.codec.offline import OfflineCodecConfig, load_codec
 from divcfg.common.data.audio import write_wav
 from divcfg.common.data.prompts import load_prompts
 from divcfg.common.storage.checkpoint import load_weights
-from divcfg.model.loaders import load_musicgen_policy, load_policy, policy_family
+from divcfg.model.loaders import (
+    is_musicgen_directory,
+    load_musicgen_directory,
+    load_musicgen_policy,
+    load_policy,
+    policy_family,
+)
 from divcfg.model.policy import build_policy
 from divcfg.model.policy_config import policy_config
 
@@ -77,12 +83,13 @@ def run(args) -> dict:
         if not args.checkpoint:
             raise ValueError("give a policy checkpoint directory, or --demo")
         model_name = os.path.abspath(args.checkpoint)
-        if policy_family(args.checkpoint) == "musicgen":
+        if is_musicgen_directory(args.checkpoint) or policy_family(args.checkpoint) == "musicgen":
             # MusicGen decodes with its own EnCodec, rebuilt from the source the checkpoint names.
             from divcfg.codec.musicgen import check_codec_matches
             from divcfg.model.musicgen.loading import MusicGenLoadError
             try:
-                policy, codec = load_musicgen_policy(args.checkpoint, decoder=args.decoder)
+                load = load_musicgen_directory if is_musicgen_directory(args.checkpoint) else load_musicgen_policy
+                policy, codec = load(args.checkpoint, decoder=args.decoder)
             except (MusicGenLoadError, ImportError) as e:  # not installed, or the weights can't be fetched
                 raise ValueError(str(e)) from None
             if args.codec:

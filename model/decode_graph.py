@@ -3,7 +3,7 @@
 On a GPU the world's decoders are launch-bound: a step of the small model is about a hundred kernels that each
 finish in microseconds, so a step costs the same 3 ms whatever the batch (BENCHMARKS.md, GPU). A CUDA graph
 launches the whole step at once. Capturing needs every shape and address fixed, so this step differs from the
-eager one (``AudioTokenPolicy._decode_step``) in three ways, and ``tests/common/test_decode_graph.py`` checks it
+eager one (``AudioTokenPolicy._decode_step``) in three ways, and ``tests/model/test_decode_graph.py`` checks it
 against the eager step on CPU, where it runs uncaptured:
 
 * the position is a device tensor, and each self-attention layer writes its key/value at that index and attends to

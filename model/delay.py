@@ -44,3 +44,15 @@ def undelay(seq: torch.Tensor, n_frames: int) -> torch.Tensor:
     col = torch.arange(n_frames, device=seq.device)[None, :] + torch.arange(k, device=seq.device)[:, None]  # [K, T]
     index = col.view(1, k, n_frames, *([1] * (seq.dim() - 3))).expand(b, k, n_frames, *seq.shape[3:])
     return torch.gather(seq, 2, index)
+
+
+def teacher_forced_columns(codes: torch.Tensor, special: int, n_codebooks: int, max_frames: int) -> torch.Tensor:
+    """``codes [B, K, T]`` -> the delayed input columns ``[B, K, T + K - 1]`` of one teacher-forced forward: BOS
+    (``special``) then the delayed codes shifted right by one, so the output at column s predicts delayed column s.
+    The policy's checks live here because every family's ``logits`` feeds its decoder through this one function."""
+    b, k, t = codes.shape
+    assert k == n_codebooks, f"codes have {k} codebooks, model has {n_codebooks}"
+    assert t <= max_frames, f"{t} frames > model.max_frames={max_frames}"
+    seq = delay(codes, special)  # [B, K, S]
+    bos = torch.full_like(seq[:, :, :1], special)
+    return torch.cat([bos, seq[:, :, :-1]], dim=2)  # input at column s is the target at column s-1

@@ -53,6 +53,22 @@ def policy_family(dirpath: str | os.PathLike) -> str:
         return "divcfg"
 
 
+def is_musicgen_directory(dirpath: str | os.PathLike) -> bool:
+    """Whether ``dirpath`` is a Hugging Face MusicGen model directory (``config.json`` with ``model_type:
+    musicgen``, as ``save_pretrained`` or ``hf download`` write it), i.e. the user's base model rather than a divcfg
+    checkpoint."""
+    try:
+        return json.loads((Path(dirpath) / "config.json").read_text()).get("model_type") == "musicgen"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def load_musicgen_directory(dirpath: str | os.PathLike, decoder: str = "divcfg"):
+    """``(MusicGenPolicy, MusicGenCodec)`` of a user's MusicGen directory as it is (the base model, its own
+    EnCodec), read with ``from_pretrained`` from local files only."""
+    return MusicGenSpec(str(Path(dirpath).expanduser().resolve()), local_files_only=True, decoder=decoder).build()
+
+
 def load_musicgen_policy(dirpath: str | os.PathLike, device: str | torch.device = "cpu",
                          local_files_only: bool = False, decoder: str = "divcfg"):
     """``(MusicGenPolicy, MusicGenCodec)`` from a MusicGen policy checkpoint: the model is rebuilt from the recorded

@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 
 from divcfg.model.decode_graph import decode_graph
-from divcfg.model.delay import delay, delayed_length, undelay
+from divcfg.model.delay import delayed_length, teacher_forced_columns, undelay
 from divcfg.model.guidance import cfg_mix
 from divcfg.model.layers import DecoderLayer, Linear
 from divcfg.model.policy_config import PolicyConfig, policy_config
@@ -179,14 +179,9 @@ class AudioTokenPolicy(CachedSampler, nn.Module):
         ``out[b, k, t]`` is the distribution that predicts ``codes[b, k, t]`` (aligned with the targets). With
         ``guidance_scale != 1`` the rows are cond then null and the output is the first half's guided logits.
         """
-        b, k, t = codes.shape
-        assert k == self.cfg.n_codebooks, f"codes have {k} codebooks, model has {self.cfg.n_codebooks}"
-        assert t <= self.cfg.max_frames, f"{t} frames > model.max_frames={self.cfg.max_frames}"
-        assert cond.states.shape[0] == b, f"condition batch {cond.states.shape[0]} != codes batch {b}"
-        seq = delay(codes, self.special)  # [B, K, S]
-        bos = torch.full_like(seq[:, :, :1], self.special)
-        columns = torch.cat([bos, seq[:, :, :-1]], dim=2)  # input at column s is the target at column s-1
-        return undelay(self.forward_delayed(columns, cond, guidance_scale), t)
+        assert cond.states.shape[0] == codes.shape[0], f"condition batch {cond.states.shape[0]} != codes batch"
+        columns = teacher_forced_columns(codes, self.special, self.cfg.n_codebooks, self.cfg.max_frames)
+        return undelay(self.forward_delayed(columns, cond, guidance_scale), codes.shape[2])
 
     def guided_logits(self, codes: torch.Tensor, cond: Condition, guidance_scale: float) -> torch.Tensor:
         """CFG logits ``[B, K, T, V]``: cond and uncond in one batched forward of size 2B, mixed per token (before

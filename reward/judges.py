@@ -5,6 +5,7 @@ because the reward's own embedder can be gamed (METHOD.md).
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import sys
@@ -46,12 +47,22 @@ def _load_independent(world_dir: Path) -> tuple[dict[str, object], dict[str, str
     return judges, skipped
 
 
+def _scorerless(world_dir: Path) -> bool:
+    """Whether the world says it has no scorer (``world.json``'s ``judges.scorer`` is null), so a missing scorer/ is
+    by design and not a deleted stage."""
+    try:
+        return json.loads((world_dir / "world.json").read_text()).get("judges", {}).get("scorer", "") is None
+    except (OSError, ValueError):
+        return False
+
+
 @dataclass
 class Judges:
     codec: Codec
     reward_embedder: MusicEmbedder
     eval_embedder: MusicEmbedder
-    scorer: AttributeScorer
+    scorer: AttributeScorer | None
+    """None: the world has no attribute labels to learn (a folder world of free-text captions): adherence is NaN."""
     schema: CaptionSchema | None = None
     """The world's attribute table and caption phrases (captions.json); None: the procedural world's."""
     independent: dict[str, object] = field(default_factory=dict)
@@ -75,9 +86,10 @@ class Judges:
         independent, skipped = _load_independent(d)
         for name, why in skipped.items():
             print(f"judges: the {name} judge is skipped: {why}", file=sys.stderr)
+        # A folder world trains no scorer where its captions carry no attributes (world.json: judges.scorer null).
+        scorer = load_scorer(d / "scorer") if (d / "scorer").exists() or not _scorerless(d) else None
         return Judges(codec if codec is not None else load_codec(d / "codec"), load_embedder(d / "embedder_reward"),
-                      load_embedder(d / "embedder_eval"), load_scorer(d / "scorer"), load_schema(d), independent,
-                      skipped)
+                      load_embedder(d / "embedder_eval"), scorer, load_schema(d), independent, skipped)
 
     @torch.inference_mode()
     def decode(self, codes) -> torch.Tensor:
@@ -92,7 +104,10 @@ class Judges:
 
     @torch.inference_mode()
     def adherence(self, wav: torch.Tensor, prompts: list[str]) -> torch.Tensor:
-        """Quality score ``[N]``: mean scorer probability of the attributes each prompt asks for."""
+        """Quality score ``[N]``: mean scorer probability of the attributes each prompt asks for (NaN without a
+        scorer)."""
+        if self.scorer is None:
+            return torch.full((len(prompts),), float("nan"))
         probs = self.scorer.predict_proba(wav, self.codec.sample_rate)
         if self.schema is not None:
             # Only the attributes the scorer reads well above chance count (captions.json's "scored").

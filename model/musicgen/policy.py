@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 
 from divcfg.codec.musicgen import MusicGenCodec, check_codec_matches
-from divcfg.model.delay import delay, undelay
+from divcfg.model.delay import teacher_forced_columns, undelay
 from divcfg.model.guidance import cfg_mix
 from divcfg.model.musicgen import convert
 from divcfg.model.musicgen.loading import (
@@ -201,14 +201,9 @@ class MusicGenPolicy(CachedSampler, nn.Module):
         ``out[b, k, t]`` predicts ``codes[b, k, t]``."""
         if self.fast is not None:
             return self.fast.logits(codes, cond)
-        b, k, t = codes.shape
-        assert k == self.cfg.n_codebooks, f"codes have {k} codebooks, model has {self.cfg.n_codebooks}"
-        assert t <= self.cfg.max_frames, f"{t} frames > model max_frames={self.cfg.max_frames}"
-        assert cond.states.shape[0] == b, f"condition batch {cond.states.shape[0]} != codes batch {b}"
-        seq = delay(codes, self.special)  # [B, K, S]
-        bos = torch.full_like(seq[:, :, :1], self.special)
-        columns = torch.cat([bos, seq[:, :, :-1]], dim=2)  # input at column s is the target at column s-1
-        return undelay(self.forward_delayed(columns, cond), t)
+        assert cond.states.shape[0] == codes.shape[0], f"condition batch {cond.states.shape[0]} != codes batch"
+        columns = teacher_forced_columns(codes, self.special, self.cfg.n_codebooks, self.cfg.max_frames)
+        return undelay(self.forward_delayed(columns, cond), codes.shape[2])
 
     def guided_logits(self, codes: torch.Tensor, cond: Condition, guidance_scale: float) -> torch.Tensor:
         """CFG logits ``[B, K, T, V]``: cond and null rows in one forward of size 2B, mixed per token."""

@@ -289,3 +289,30 @@ def test_the_clip_is_capped_to_what_the_decoder_takes(musicgen_dir):
     assert model_clip(musicgen_dir, 1.0).frames == 50 and model_clip(musicgen_dir, 0.999).frames == 49
     with pytest.raises(WorldError, match="shorter than one frame"):
         model_clip(musicgen_dir, 0.001)
+
+
+@pytest.mark.slow
+def test_train_and_sample_the_users_musicgen_on_its_folder_world(built, musicgen_dir, tmp_path):
+    """The whole loop on the user's own assets: `divcfg train` with the MusicGen directory on the folder world (its
+    prompts, its embedders, no world base), then `divcfg sample` of the student and of the user's directory itself."""
+    from divcfg.cli import main as cli_main
+    from divcfg.model.loaders import load_policy
+    from divcfg.model.musicgen.policy import MusicGenPolicy
+
+    run = tmp_path / "run"
+    assert cli_main(["train", "model=musicgen_small", f"model.musicgen={musicgen_dir}", "model.local_files_only=true",
+                     "model.text_max_len=96", f"world.dir={built}", "world.size=tiny", f"run.dir={run}",
+                     "learner.mode=local", "learner.steps=3", "algo.lr=3e-4", "algo.batch_prompts=2", "algo.beta=5",
+                     "probe.prompts=2", "probe.samples=2", "logging.progress=false", "logging.audio_every=0"]) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 3 and np.isfinite(summary["kl_end"]), summary
+    training = set(read_tokens(built / "tokens.parquet").prompts)
+    student = load_policy(run / "student")
+    assert isinstance(student, MusicGenPolicy)
+    for source in (run / "student", musicgen_dir):
+        out = tmp_path / f"wav_{source.name}"
+        assert cli_main(["sample", str(source), "--prompt", sorted(training)[0], "--frames", "10", "--n", "2",
+                         "--guidance-scale", "3", "--threads", "1", "--out", str(out)]) == 0
+        wavs = sorted(out.rglob("*.wav"))
+        # The tiny EnCodec's rate: the audio comes back through the model's own codec, not the world's.
+        assert len(wavs) == 2 and {sf.info(w).samplerate for w in wavs} == {8000}, wavs
