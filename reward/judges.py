@@ -10,6 +10,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -186,8 +187,10 @@ def measure_policy(policy, judges: Judges, prompts: list[str], samples: int, gui
     div_eval = diversity_reward(eval_emb.view(*groups, -1)).mean(-1)  # [P]
     div_reward = diversity_reward(judges.embed(wav, "reward").view(*groups, -1)).mean(-1)
     adh = judges.adherence(wav, all_prompts)
-    by_prompt = np.nanmean(adh.numpy().reshape(groups), axis=1)
-    result = {"adherence": float(np.nanmean(adh.numpy())), "diversity": float(div_eval.mean()),
+    with warnings.catch_warnings():  # all NaN where nothing asked is read (or there is no scorer): None below
+        warnings.simplefilter("ignore", RuntimeWarning)
+        by_prompt, adh_mean = np.nanmean(adh.numpy().reshape(groups), axis=1), float(np.nanmean(adh.numpy()))
+    result = {"adherence": adh_mean, "diversity": float(div_eval.mean()),
               "diversity_reward_embedder": float(div_reward.mean()),
               "frames_per_s": len(all_prompts) * n_frames / seconds,
               "forward_passes_per_token": 2 if guidance_scale != 1.0 else 1}
