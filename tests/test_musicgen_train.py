@@ -165,6 +165,32 @@ def test_merge_and_sample_take_musicgen_checkpoints_eval_refuses(tmp_path, capsy
     assert "is a MusicGen checkpoint: divcfg eval" in capsys.readouterr().err
 
 
+def test_merging_two_musicgen_students_at_lambda_0_and_1_gives_each_back(tmp_path):
+    """divcfg merge on MusicGen checkpoints: λ = 0 is θ_A and λ = 1 is θ_B to the logit, and λ = 0.5 lies between."""
+    from divcfg.model.merge import main as merge_main
+    spec = MusicGenSpec(TINY, train_layers=1, text_max_len=96, seed=3)
+    students = []
+    for name, prompt in (("a", PROMPTS[0]), ("b", PROMPTS[1])):
+        learner = _learner(spec, lr=3e-2)
+        learner.step(_group(learner.student, prompt), 3)
+        save_policy(learner.student, tmp_path / name, meta={"codec": None})
+        students.append(learner.student.eval())
+    assert merge_main([str(tmp_path / "a"), str(tmp_path / "b"), "--lam", "0", "0.5", "1", "--out",
+                       str(tmp_path / "m")]) == 0
+    codes = torch.randint(0, 64, (2, 4, 6))
+
+    def logits(policy):
+        with torch.no_grad():
+            return policy.logits(codes, policy.encode_condition(PROMPTS))
+
+    a, b = (logits(p) for p in students)
+    assert not torch.allclose(a, b)
+    assert torch.allclose(logits(load_policy(tmp_path / "m" / "lam_0")), a, atol=1e-6)
+    assert torch.allclose(logits(load_policy(tmp_path / "m" / "lam_1")), b, atol=1e-6)
+    half = logits(load_policy(tmp_path / "m" / "lam_0.5"))
+    assert not torch.allclose(half, a) and not torch.allclose(half, b)
+
+
 def test_pretrain_refuses_musicgen(tmp_path, capsys):
     from divcfg.cli import main
     assert main(["pretrain", f"data={tmp_path / 'none.parquet'}", f"out={tmp_path / 'o'}", "model=musicgen_tiny"]) == 2
