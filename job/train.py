@@ -78,7 +78,7 @@ def _train(cfg) -> dict:
     start_step, resume_prompts = 0, []
     if resume_from is not None:
         start_step, resume_prompts = restore(resume_from, learner, stream, allow_pickle=cfg.run.allow_pickle)
-    judges = Judges.load(world_dir, codec=source.codec)
+    judges = Judges.load(world_dir, codec=source.codec).with_reward_embedder(cfg.reward.embedder)
     log = StepLogger(cfg, run_dir, learner, stream, judges, start_step, steps)
     model = cfg.model.musicgen if cfg.model.family == "musicgen" else "world base"
     print(f"divcfg train: world={world_dir} model={model} steps={start_step}->{steps} mode={cfg.learner.mode} "

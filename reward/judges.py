@@ -11,7 +11,7 @@ import os
 import sys
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -91,6 +91,14 @@ class Judges:
         scorer = load_scorer(d / "scorer") if (d / "scorer").exists() or not _scorerless(d) else None
         return Judges(codec if codec is not None else load_codec(d / "codec"), load_embedder(d / "embedder_reward"),
                       load_embedder(d / "embedder_eval"), scorer, load_schema(d), independent, skipped)
+
+    def with_reward_embedder(self, embedder: str) -> "Judges":
+        """These judges with ``reward.embedder`` as their reward embedder: the world's ``reward`` (as loaded), its
+        ``eval`` one, or a saved embedder's directory, so that the probe's reward-embedder diversity is the one the
+        diversity reward uses."""
+        if embedder == "reward":
+            return self
+        return replace(self, reward_embedder=self.eval_embedder if embedder == "eval" else load_embedder(embedder))
 
     @torch.inference_mode()
     def decode(self, codes) -> torch.Tensor:

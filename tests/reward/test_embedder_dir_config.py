@@ -111,3 +111,15 @@ def test_a_name_that_is_neither_the_worlds_nor_a_directory_is_refused(tmp_path):
         validate_train(cfg("rewrad"))
     with pytest.raises(ConfigError, match="no such directory"):
         validate_train(cfg(str(tmp_path / "missing")))
+
+
+def test_the_probe_judges_take_the_reward_embedder_that_reward_embedder_names(monkeypatch):
+    """job/train.py's probe reports diversity by the embedder the reward uses: the world's reward one, its eval one,
+    or the directory given."""
+    from divcfg.reward import judges as judges_mod
+    base = judges_mod.Judges(codec=None, reward_embedder="world reward", eval_embedder="world eval", scorer=None)
+    monkeypatch.setattr(judges_mod, "load_embedder", lambda d: f"loaded {d}")
+    assert base.with_reward_embedder("reward") is base
+    assert base.with_reward_embedder("eval").reward_embedder == "world eval"
+    own = base.with_reward_embedder("/my/embedder")
+    assert own.reward_embedder == "loaded /my/embedder" and own.eval_embedder == "world eval"
