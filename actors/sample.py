@@ -83,12 +83,13 @@ def run(args) -> dict:
         if not args.checkpoint:
             raise ValueError("give a policy checkpoint directory, or --demo")
         model_name = os.path.abspath(args.checkpoint)
-        if is_musicgen_directory(args.checkpoint) or policy_family(args.checkpoint) == "musicgen":
-            # MusicGen decodes with its own EnCodec, rebuilt from the source the checkpoint names.
+        hf_directory = is_musicgen_directory(args.checkpoint)  # the user's own MusicGen, as save_pretrained wrote it
+        if hf_directory or policy_family(args.checkpoint) == "musicgen":
+            # MusicGen decodes with its own EnCodec: the directory's, or rebuilt from the source a checkpoint names.
             from divcfg.codec.musicgen import check_codec_matches
             from divcfg.model.musicgen.loading import MusicGenLoadError
             try:
-                load = load_musicgen_directory if is_musicgen_directory(args.checkpoint) else load_musicgen_policy
+                load = load_musicgen_directory if hf_directory else load_musicgen_policy
                 policy, codec = load(args.checkpoint, decoder=args.decoder)
             except (MusicGenLoadError, ImportError) as e:  # not installed, or the weights can't be fetched
                 raise ValueError(str(e)) from None
