@@ -72,6 +72,10 @@ def load_musicgen(name_or_path: str, *, local_files_only: bool = False):
                                                                  local_files_only=local_files_only)
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, local_files_only=local_files_only)
     except OSError as e:  # transformers reports missing files, bad ids and no network all as OSError
+        if Path(name_or_path).is_dir():  # a local directory: no download would mend it, its files are what's wrong
+            raise MusicGenLoadError(f"could not load the MusicGen directory {name_or_path!r} ({type(e).__name__}: "
+                                    f"{e}). Copy the whole model directory (config.json, the weights, the tokenizer "
+                                    f"files), as `hf download ID --local-dir DIR` or save_pretrained writes it") from None
         raise MusicGenLoadError(
             f"could not load MusicGen {name_or_path!r} ({type(e).__name__}: {e}). On a machine with internet, run "
             f"`hf download {name_or_path}` (it fills the Hugging Face cache, HF_HOME) or "

@@ -148,6 +148,13 @@ def test_unloadable_id_offline(monkeypatch, tmp_path):
         load_musicgen("divcfg-tests/no-such-musicgen", local_files_only=True)
     with pytest.raises(MusicGenLoadError, match="no-such-dir: no such directory"):
         load_musicgen(str(tmp_path / "no-such-dir"))
+    # A directory with a MusicGen config but no weights: named, and told to copy the whole directory, not to download.
+    partial = tmp_path / "partial"
+    tiny_musicgen(seed=0).config.save_pretrained(partial)
+    with pytest.raises(MusicGenLoadError, match=r"(?s)could not load the MusicGen directory .*partial.*model\.safetensors"
+                                                r".*Copy the whole model directory") as e:
+        load_musicgen(str(partial), local_files_only=True)
+    assert "On a machine with internet" not in str(e.value)
 
 
 def test_stereo_and_melody_are_refused(tmp_path):
