@@ -91,7 +91,7 @@ def pareto_plot(report: dict, path: str | os.PathLike) -> None:
             ax.annotate(_label(r), (r["adherence"], r["diversity"]), fontsize=6, color="tab:green",
                         textcoords="offset points", xytext=(3, 3))
     ax.plot(ref["adherence"], ref["diversity"], "k+", ms=8, label="hypervolume reference point")
-    ax.set_xlabel("quality: prompt adherence (scorer), 95% bootstrap interval")
+    ax.set_xlabel(f"quality: prompt adherence ({adherence_by(report)}), 95% bootstrap interval")
     ax.set_ylabel("diversity: 1 − mean pairwise cosine (held-out embedder)")
     ax.set_title(f"quality–diversity fronts ({report['bootstrap']['prompts']} prompts, "
                  f"{report['bootstrap']['rounds']} bootstrap rounds)", fontsize=9)
@@ -158,8 +158,9 @@ def write_tensorboard(report: dict, out: Path) -> None:
                 v = r[f"{m}{suffix}"]
                 if v is not None and not math.isnan(v):
                     writer.add_scalar(f"eval/{m}{suffix}/{r['name']}", v, 0)
-        if r.get("fad") is not None:
-            writer.add_scalar(f"eval/fad/{r['name']}", r["fad"], 0)
+        for m in ("fad", "kad"):
+            if r.get(m) is not None:
+                writer.add_scalar(f"eval/{m}/{r['name']}", r[m], 0)
     for fam, info in report["hypervolume"].items():
         for k in ("estimate", "lo", "hi"):
             writer.add_scalar(f"eval/hypervolume_{k}/{fam}", info[k], 0)
@@ -180,13 +181,18 @@ def write_tensorboard(report: dict, out: Path) -> None:
 
 def claims_table(report: dict) -> str:
     """Markdown: every claim as each decider (the scorer, then each judge that ran) decided it, then who was skipped."""
-    deciders = [("scorer", report["claims"])] + list(report.get("claims_by_judge", {}).items())
+    deciders = [(adherence_by(report), report["claims"])] + list(report.get("claims_by_judge", {}).items())
     out = "| claim | decided by | statistic | estimate | 95% interval | threshold | verdict |\n|" + "---|" * 7 + "\n"
     out += "".join(f"| {c['id']} | {who} | {c['statistic']} | {_n(c['estimate'])} | [{_n(c['lo'])}, {_n(c['hi'])}] "
                    f"| {_n(c['threshold'])} | {c['verdict']} |\n" for who, cs in deciders for c in cs)
     skipped = [f"the {n} judge is skipped: {s['why']}" for n, s in report.get("judges", {}).items()
                if s["status"] == "skipped"]
     return out + "".join(f"\n{line}\n" for line in skipped)
+
+
+def adherence_by(report: dict) -> str:
+    """Whose adherence the headline figures and claims use: ``scorer``, or ``clap`` in a world without a scorer."""
+    return report.get("judges", {}).get("scorer", {}).get("by", "scorer")
 
 
 def _fmt(v) -> str:

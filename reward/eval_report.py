@@ -23,7 +23,7 @@ COLUMNS = ["name", "kind", "guidance_scale", "lam", "beta", "seeds",
            "diversity", "diversity_lo", "diversity_hi", "diversity_seed_lo", "diversity_seed_hi",
            "diversity_reward_embedder", "diversity_reward_embedder_lo", "diversity_reward_embedder_hi",
            "embedder_gap", "embedder_gap_lo", "embedder_gap_hi",
-           "fad", "fad_seed_lo", "fad_seed_hi",
+           "fad", "fad_seed_lo", "fad_seed_hi", "kad", "kad_seed_lo", "kad_seed_hi",
            "teacher_loglik", "forward_passes_per_token", "frames_per_s", "kl_end", "train_reward_start",
            "train_reward_end"]
 FAMILIES = {"cfg": "base + CFG (γ sweep)", "beta": "β sweep (no CFG)", "merge": "merges (λ sweep)"}
@@ -59,6 +59,9 @@ def row_stats(row: dict, idx: np.ndarray) -> dict:
     fads = [run["fad"]["fad"] for run in row["runs"] if run.get("fad")]
     _, flo, fhi = iv.seed_interval(fads) if fads else (None, None, None)
     out.update({"fad": _mean(fads), "fad_seed_lo": flo, "fad_seed_hi": fhi})
+    kads = [run["kad"]["kad"] for run in row["runs"] if run.get("kad")]  # the same, for KAD (reward/kad.py)
+    _, klo, khi = iv.seed_interval(kads) if kads else (None, None, None)
+    out.update({"kad": _mean(kads), "kad_seed_lo": klo, "kad_seed_hi": khi})
     out["teacher_loglik"] = _mean(run.get("teacher_loglik") for run in row["runs"])
     out["frames_per_s"] = _mean(run["frames_per_s"] for run in row["runs"])
     out["forward_passes_per_token"] = row["runs"][0]["forward_passes_per_token"]
@@ -84,7 +87,11 @@ def judge_status(rows: list[dict]) -> dict[str, dict]:
     for r in rows:
         for run in r["runs"]:
             skipped.update(run.get("judges_skipped", {}))
-    out = {"scorer": {"status": "used", "metric": "adherence"}}
+    # The adherence itself: the trained scorer's, or CLAP's where the world has no scorer (Judges.adherence_by)
+    by = {run.get("adherence_by", "scorer") for r in rows for run in r["runs"]}
+    out = {"scorer": {"status": "used", "metric": "adherence"} if by == {"scorer"} else
+           {"status": "used", "metric": "adherence", "by": by.pop()} if len(by) == 1 and None not in by else
+           {"status": "absent", "metric": "adherence", "why": "the world has no scorer and no CLAP judge"}}
     for name, metric in INDEPENDENT_JUDGES.items():
         some = any(f"{metric}_by_prompt" in run for r in rows for run in r["runs"])
         if has_judge(rows, metric):

@@ -6,12 +6,17 @@ configuration, ``--group`` or ``--multirun``) and single checkpoints, sampled wi
 (``--merge``). Every row samples the same prompts with the same sampling seed, so per-prompt scores pair across rows
 and a paired bootstrap over prompts (:mod:`divcfg.reward.intervals`) gives each figure and each difference its
 interval. Diversity is measured with the *held-out* embedder; the reward embedder's figure is reported beside it,
-and a big gap between them flags reward hacking.
+and a big gap between them flags reward hacking. FAD and KAD (reward/fad.py, reward/kad.py) compare each row's clips
+with the world's held-out real clips.
+
+The base model is the world's own (``base/``), or for a folder world the user's MusicGen directory it was built for,
+decoded by that MusicGen's EnCodec; adherence is the world's scorer's, or CLAP's where the world has no scorer.
 """
 from __future__ import annotations
 
 import argparse
 import functools
+import json
 import sys
 import time
 from dataclasses import dataclass, field
@@ -32,6 +37,7 @@ from divcfg.reward.eval_outputs import write_outputs
 from divcfg.reward.eval_report import summarize
 from divcfg.reward.intervals import check_bootstrap
 from divcfg.reward.judges import Judges, measure_policy
+from divcfg.reward.kad import reference_bandwidth
 
 DEFAULT_PROMPTS, DEFAULT_SAMPLES = 96, 8
 
@@ -59,18 +65,44 @@ class RowPlan:
     """Each seed's run summary figures (KL at the end, wall time), where the checkpoint has them."""
 
 
-def plan_rows(world_dir, base: Callable, gammas, models, merge, lams, groups, merge_with) -> list[RowPlan]:
+def world_musicgen(world: World) -> str | None:
+    """The MusicGen directory a folder world was built for (its base model, and the EnCodec its tokens come from),
+    or None for a world with a base model of its own (``base/``)."""
+    try:
+        info = world.info()
+    except (OSError, ValueError):
+        return None
+    return str(info["model"]) if info.get("kind") == "folder" and info.get("model") else None
+
+
+def check_family(path: str, ckpt, musicgen: str | None) -> None:
+    """A checkpoint is compared with the world's base model: a MusicGen student with the folder world of its own
+    MusicGen, a divcfg student with a world's own base. Anything else is refused, naming both."""
+    config = json.loads((ckpt.path / "config.json").read_text()).get("config", {})
+    family = config.get("family", "divcfg")
+    if musicgen is None and family == "musicgen":
+        raise ValueError(f"{path} is a MusicGen checkpoint (of {config.get('musicgen')}), and this world's base is a "
+                         f"divcfg policy: evaluate it on a folder world built for its MusicGen (`divcfg world build "
+                         f"--kind folder --model {config.get('musicgen')} ...`)")
+    if musicgen is not None and family != "musicgen":
+        raise ValueError(f"{path} is a divcfg policy, and this folder world's base is the MusicGen {musicgen}: "
+                         f"evaluate it on the world it was trained on")
+    if musicgen is not None and Path(str(config.get("musicgen"))).resolve() != Path(musicgen).resolve():
+        raise ValueError(f"{path} finetunes the MusicGen {config.get('musicgen')}, and this folder world was built "
+                         f"for {musicgen}: their codes and base model differ")
+
+
+def plan_rows(world_dir, base: Callable, gammas, models, merge, lams, groups, merge_with,
+              musicgen: str | None = None) -> list[RowPlan]:
     """Every row, with every check on the checkpoints done before any model is loaded or sampled. ``base()`` loads
-    the world's base model; ``merge_with`` names the β > 0 groups merged with θ_q (None: all of them)."""
+    the world's base model; ``merge_with`` names the β > 0 groups merged with θ_q (None: all of them); ``musicgen``
+    is the folder world's MusicGen directory (:func:`world_musicgen`), None for a world with its own base."""
 
     paths = [*models, *(merge or ()), *(c for cs in groups.values() for c in cs)]
     # Each checkpoint's files (config, summary, TensorBoard curves) are read once, here
     checkpoints = {path: resolve_checkpoint(path) for path in paths}
     for path in paths:
-        if policy_family(checkpoints[path].path) == "musicgen":
-            raise ValueError(f"{path} is a MusicGen checkpoint: divcfg eval compares checkpoints with the world's own "
-                             f"base model, codec and clip length, so it can't take MusicGen yet. Listen with "
-                             f"`divcfg sample {path}`; a run's summary.json has its KL, diversity and adherence")
+        check_family(path, checkpoints[path], musicgen)
     plans = [RowPlan(f"base γ={g:g}", "cfg", g, members=[(0, ("base", g), base)]) for g in gammas]
     for path in models:
         c = checkpoints[path]
@@ -108,8 +140,13 @@ def _merged(a, b, lam: float):
     def make():
         sa, ca, _ = load_weights(a.path, "policy")
         sb, _, _ = load_weights(b.path, "policy")
-        policy = AudioTokenPolicy(PolicyConfig(**ca))
-        policy.load_state_dict(merge_state_dicts(sa, sb, lam))
+        merged = merge_state_dicts(sa, sb, lam)
+        if policy_family(a.path) == "musicgen":  # its checkpoints hold the trained tensors only: onto θ_q's model
+            policy = load_policy(a.path)
+            policy.load_trainable_state_dict(merged)
+        else:
+            policy = AudioTokenPolicy(PolicyConfig(**ca))
+            policy.load_state_dict(merged)
         return policy.eval()
     return make
 
@@ -160,30 +197,41 @@ def _group_merge_rows(groups: dict, lams, merge_with: list[str] | None) -> list[
 def evaluate(world_dir: str, models: list[str], gammas: list[float], merge: tuple[str, str] | None,
              lams: list[float], prompts: int | None, samples: int, seed: int, progress: bool = True,
              groups: dict[str, list[str]] | None = None, merge_with: list[str] | None = None,
-             batch: int = 0) -> list[dict]:
+             batch: int = 0, clap: str | None = None) -> list[dict]:
     """Measure every row; each row dict holds its plan's fields and ``runs``, one :func:`measure_policy` result per
-    seed (with per-prompt scores)."""
+    seed (with per-prompt scores). ``clap``: a CLAP directory judging adherence (instead of the one world.json
+    names)."""
 
 
     if samples < 2:
         raise ValueError(f"--samples must be >= 2 to measure diversity, got {samples}")
     world = World(world_dir)
-    base = functools.cache(lambda: load_policy(world.path("base")).eval())  # loaded once, after every check
-    plans = plan_rows(world_dir, base, gammas, models, merge, lams, groups or {}, merge_with)
+    musicgen = world_musicgen(world)
+    # The base model and the codec its codes decode with: the world's own (base/, codec/), or the folder world's
+    # MusicGen directory as it is (its decoder and its EnCodec). Loaded once, after every check.
+    if musicgen is None:
+        base_and_codec = functools.cache(lambda: (load_policy(world.path("base")).eval(), None))
+    else:
+        base_and_codec = functools.cache(lambda: _musicgen_base(musicgen))
+    base = functools.cache(lambda: base_and_codec()[0])
+    plans = plan_rows(world_dir, base, gammas, models, merge, lams, groups or {}, merge_with, musicgen)
     if not world.is_built():
         raise FileNotFoundError(f"no complete world in {world_dir}; run `divcfg world build` first")
     heldout = world.heldout_prompts()
     if prompts is not None and prompts > len(heldout):
         raise ValueError(f"--prompts {prompts}: the world {world_dir} has {len(heldout)} held-out prompts")
     heldout = heldout[:DEFAULT_PROMPTS if prompts is None else prompts]  # the tiny world has fewer than 96: all
-    judges = Judges.load(world_dir)  # says on stderr which independent judge is skipped, and why
+    # Says on stderr which independent judge is skipped, and why
+    judges = Judges.load(world_dir, codec=base_and_codec()[1], clap=clap)
     if judges.skipped:
         print(f"divcfg eval: the claims are decided without the {', '.join(judges.skipped)} judge (its package is "
-              f"missing); by the scorer{''.join(f' and the {n} judge' for n in judges.independent)}", file=sys.stderr)
+              f"missing); by the {judges.adherence_by or 'no adherence'}"
+              f"{''.join(f' and the {n} judge' for n in judges.independent)}", file=sys.stderr)
     heldout_codes = read_tokens(world.path("heldout.parquet")).codes
     n_frames = heldout_codes.shape[2]
     # FAD's reference, as world.json's: held-out-embedder features of the held-out clips, decoded as samples are
     real = judges.embed(judges.decode(heldout_codes), "eval").numpy()
+    kad_bandwidth = reference_bandwidth(real)  # one kernel for every row, so that their KADs compare
     measured, rows = {}, []
     todo = sum(len(p.members) for p in plans)
     with tqdm(total=todo, desc="eval", disable=not progress) as bar:
@@ -194,7 +242,7 @@ def evaluate(world_dir: str, models: list[str], gammas: list[float], merge: tupl
                     start = time.perf_counter()
                     measured[key] = measure_policy(make(), judges, heldout, samples, plan.guidance_scale, n_frames,
                                                    seed=seed, teacher=base(), teacher_scale=3.0, batch=batch,
-                                                   fad_reference=real)
+                                                   fad_reference=real, kad_bandwidth=kad_bandwidth)
                     measured[key]["measure_s"] = time.perf_counter() - start  # load, sample, decode and judge
                 runs.append({"seed": s, **measured[key]})
                 bar.update(1)
@@ -202,6 +250,17 @@ def evaluate(world_dir: str, models: list[str], gammas: list[float], merge: tupl
                          "lam": plan.lam, "beta": plan.beta, "theta_d": plan.theta_d, "runs": runs,
                          "train": plan.train})
     return rows
+
+
+def _musicgen_base(directory: str):
+    """``(policy, codec)`` of a folder world's MusicGen directory; a directory that has gone is named."""
+    from divcfg.model.loaders import load_musicgen_directory
+    from divcfg.model.musicgen.loading import MusicGenLoadError
+    try:
+        policy, codec = load_musicgen_directory(directory)
+    except (MusicGenLoadError, ImportError, OSError) as e:
+        raise ValueError(f"the folder world's base model, the MusicGen {directory} (world.json's model): {e}") from None
+    return policy.eval(), codec
 
 
 def _parse_floats(text: str, flag: str) -> list[float]:
@@ -230,6 +289,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--bootstrap", type=int, default=1000, help="paired bootstrap rounds over prompts (>= 100)")
     ap.add_argument("--batch", type=int, default=0, help="clips per generate call (0: all of a row's at once)")
     ap.add_argument("--seed", type=int, default=0, help="sampling seed, the same for every row")
+    ap.add_argument("--clap", metavar="DIR", help="a local CLAP directory judging adherence (default: the one the "
+                    "world's world.json names, if any)")
     ap.add_argument("--out", required=True, help="output directory: eval.csv, eval.json, pareto.png, "
                     "training.png (the trained rows' reward and KL curves, when they have any), tb/")
     return ap
@@ -242,7 +303,8 @@ def _print_report(report: dict) -> None:
         print(f"{r['name']:>22}  γ={r['guidance_scale']:<4g} adherence {_num(r['adherence'])} "
               f"[{_num(r['adherence_lo'])}, {_num(r['adherence_hi'])}]{judged}  diversity {_num(r['diversity'])} "
               f"[{_num(r['diversity_lo'])}, {_num(r['diversity_hi'])}] (reward emb "
-              f"{_num(r['diversity_reward_embedder'])})  FAD {_num(r.get('fad'))}  {_num(r['frames_per_s'])} frames/s")
+              f"{_num(r['diversity_reward_embedder'])})  FAD {_num(r.get('fad'))}  KAD {_num(r.get('kad'))}  "
+              f"{_num(r['frames_per_s'])} frames/s")
     for c in report["claims"]:
         print(f"claim {c['id']}: {c['verdict']}  {c['statistic']} = {_num(c['estimate'])} "
               f"[{_num(c['lo'])}, {_num(c['hi'])}]")
@@ -255,7 +317,7 @@ def _print_report(report: dict) -> None:
 
 def judges_line(status: dict) -> str:
     """Who decided the claims, and why a judge the world configures did not (its package is missing)."""
-    used = [n for n, s in status.items() if s["status"] == "used"]
+    used = [s.get("by", n) for n, s in status.items() if s["status"] == "used"]
     skipped = "".join(f"; the {n} judge is skipped: {s['why']}" for n, s in status.items()
                       if s["status"] == "skipped")
     return f"claims decided by: {', '.join(used)}{skipped}"
@@ -282,7 +344,8 @@ def main(argv: list[str] | None = None) -> int:
                 groups[name] = ckpts
         merge_with = None if args.merge_with is None else [n.strip() for n in args.merge_with.split(",") if n.strip()]
         rows = evaluate(args.world, args.models, gammas, tuple(args.merge) if args.merge else None, lams,
-                        args.prompts, args.samples, args.seed, groups=groups, batch=args.batch, merge_with=merge_with)
+                        args.prompts, args.samples, args.seed, groups=groups, batch=args.batch, merge_with=merge_with,
+                        clap=args.clap)
         report = summarize(rows, args.bootstrap, seed=args.seed)
         report["command"] = "divcfg eval " + " ".join(sys.argv[2:] if argv is None else argv)
         report["wall_s"] = time.perf_counter() - start

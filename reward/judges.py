@@ -22,14 +22,16 @@ from divcfg.common.data.caption_schema import CaptionSchema, load_schema
 from divcfg.common.data.captions import ATTRIBUTES, parse_prompt
 from divcfg.model.logprob import token_logprobs
 from divcfg.reward import pitch_judge, rhythm_judge
+from divcfg.reward.clap_judge import ClapLoadError, load_clap_judge
 from divcfg.reward.diversity import diversity_reward
 from divcfg.reward.embedder import MusicEmbedder, load_embedder
 from divcfg.reward.scorer import AttributeScorer, adherence, load_scorer
 
-INDEPENDENT_JUDGES = {"pitch": "adherence_judge", "rhythm": "adherence_judge_rhythm"}
+INDEPENDENT_JUDGES = {"pitch": "adherence_judge", "rhythm": "adherence_judge_rhythm", "clap": "adherence_clap"}
 """The independent judges (pretrained by others, so they check the trained scorer) and the name of each one's
 adherence in measurements: Basic Pitch for mode, register, texture and density (reward/pitch_judge.py; its name is
-the one world.json has always had) and madmom for tempo and meter (reward/rhythm_judge.py)."""
+the one world.json has always had), madmom for tempo and meter (reward/rhythm_judge.py), and CLAP for any free-text
+prompt (reward/clap_judge.py; a judge beside the scorer where the world has one, else the adherence itself)."""
 
 
 def _load_independent(world_dir: Path) -> tuple[dict[str, object], dict[str, str]]:
@@ -48,13 +50,34 @@ def _load_independent(world_dir: Path) -> tuple[dict[str, object], dict[str, str
     return judges, skipped
 
 
+def _world_judges(world_dir: Path) -> dict:
+    """``world.json``'s ``judges`` (empty where the world records none)."""
+    try:
+        return json.loads((world_dir / "world.json").read_text()).get("judges", {}) or {}
+    except (OSError, ValueError, AttributeError):
+        return {}
+
+
 def _scorerless(world_dir: Path) -> bool:
     """Whether the world says it has no scorer (``world.json``'s ``judges.scorer`` is null), so a missing scorer/ is
     by design and not a deleted stage."""
+    return _world_judges(world_dir).get("scorer", "") is None
+
+
+def _load_clap(world_dir: Path, clap: str | os.PathLike | None, skipped: dict[str, str]):
+    """The CLAP judge of ``clap`` (``--clap`` / ``judge.clap``), else of the directory world.json names, else None.
+    A missing transformers is a named skip; a directory that holds no CLAP is an error naming where it came from."""
+    source = "--clap" if clap is not None else f"{world_dir / 'world.json'}'s judges.clap"
+    clap = clap if clap is not None else _world_judges(world_dir).get("clap")
+    if not clap:
+        return None
     try:
-        return json.loads((world_dir / "world.json").read_text()).get("judges", {}).get("scorer", "") is None
-    except (OSError, ValueError):
-        return False
+        return load_clap_judge(clap)
+    except ImportError as e:
+        skipped["clap"] = f"{e} (pip install 'divcfg[musicgen]')"
+    except ClapLoadError as e:
+        raise ValueError(f"{source} = {clap}: {e}") from None
+    return None
 
 
 @dataclass
@@ -72,6 +95,14 @@ class Judges:
     (reward.rhythm_judge.RhythmJudge, where its captions name tempo and meter)."""
     skipped: dict[str, str] = field(default_factory=dict)
     """Judges the world configures that this install can't run: name -> why (the package missing)."""
+    clap: object | None = None
+    """The CLAP judge (reward.clap_judge.ClapJudge), where the world or the caller names one. Without a scorer it is
+    the adherence (:meth:`adherence`); beside one, it is an independent judge (``independent["clap"]``)."""
+
+    @property
+    def adherence_by(self) -> str | None:
+        """Who :meth:`adherence` asks: ``scorer``, ``clap`` (a world without a scorer) or None (NaN adherence)."""
+        return "scorer" if self.scorer is not None else "clap" if self.clap is not None else None
 
     @property
     def pitch(self):
@@ -79,18 +110,22 @@ class Judges:
         return self.independent.get("pitch")
 
     @staticmethod
-    def load(world_dir: str | os.PathLike, codec=None) -> "Judges":
+    def load(world_dir: str | os.PathLike, codec=None, clap: str | os.PathLike | None = None) -> "Judges":
         """The world's embedders and scorer, with the world's codec or ``codec`` (a policy's own, e.g. MusicGen's
-        EnCodec: the codes must be decoded by the codec that made them). The embedders and the scorer resample
-        whatever rate the codec decodes at to the rate they were trained on."""
+        EnCodec: the codes must be decoded by the codec that made them), and the CLAP judge of ``clap`` or of
+        world.json's ``judges.clap``. The embedders, the scorer and CLAP resample whatever rate the codec decodes at
+        to the rate they were trained on."""
         d = Path(world_dir)
         independent, skipped = _load_independent(d)
+        clap_judge = _load_clap(d, clap, skipped)
         for name, why in skipped.items():
             print(f"judges: the {name} judge is skipped: {why}", file=sys.stderr)
         # A folder world trains no scorer where its captions carry no attributes (world.json: judges.scorer null).
         scorer = load_scorer(d / "scorer") if (d / "scorer").exists() or not _scorerless(d) else None
+        if clap_judge is not None and scorer is not None:
+            independent["clap"] = clap_judge  # beside the scorer it checks it; without one it is the adherence
         return Judges(codec if codec is not None else load_codec(d / "codec"), load_embedder(d / "embedder_reward"),
-                      load_embedder(d / "embedder_eval"), scorer, load_schema(d), independent, skipped)
+                      load_embedder(d / "embedder_eval"), scorer, load_schema(d), independent, skipped, clap_judge)
 
     def with_reward_embedder(self, embedder: str) -> "Judges":
         """These judges with ``reward.embedder`` as their reward embedder: the world's ``reward`` (as loaded), its
@@ -113,9 +148,11 @@ class Judges:
 
     @torch.inference_mode()
     def adherence(self, wav: torch.Tensor, prompts: list[str]) -> torch.Tensor:
-        """Quality score ``[N]``: mean scorer probability of the attributes each prompt asks for (NaN without a
-        scorer)."""
+        """Quality score ``[N]``: mean scorer probability of the attributes each prompt asks for; without a scorer,
+        the CLAP cosine of each clip with its prompt (NaN where the world has neither)."""
         if self.scorer is None:
+            if self.clap is not None:
+                return self.clap.score(wav, self.codec.sample_rate, prompts)
             return torch.full((len(prompts),), float("nan"))
         probs = self.scorer.predict_proba(wav, self.codec.sample_rate)
         if self.schema is not None:
@@ -129,6 +166,8 @@ class Judges:
         hears as requested; NaN where a prompt requests none of them (or the world has no such judge)."""
         if judge not in INDEPENDENT_JUDGES:
             raise ValueError(f"unknown judge {judge!r}; known: {list(INDEPENDENT_JUDGES)}")
+        if judge == "clap" and judge in self.independent:  # free text: no attribute table needed
+            return self.independent["clap"].score(wav, self.codec.sample_rate, prompts).double()
         if judge not in self.independent or self.schema is None:
             return torch.full((len(prompts),), float("nan"), dtype=torch.float64)
         rule = {"pitch": pitch_judge.judge_adherence, "rhythm": rhythm_judge.judge_adherence}[judge]
@@ -161,7 +200,7 @@ def teacher_loglik(teacher, codes: torch.Tensor, prompts: list[str], guidance_sc
 
 def measure_policy(policy, judges: Judges, prompts: list[str], samples: int, guidance_scale: float, n_frames: int,
                    seed: int = 0, teacher=None, teacher_scale: float = 3.0, batch: int = 0,
-                   fad_reference: np.ndarray | None = None) -> dict:
+                   fad_reference: np.ndarray | None = None, kad_bandwidth: float | None = None) -> dict:
     """Sample ``samples`` clips per prompt and score them.
 
     Every call with the same ``prompts``, ``samples``, ``seed`` and ``batch`` draws the same random numbers, so the
@@ -169,12 +208,13 @@ def measure_policy(policy, judges: Judges, prompts: list[str], samples: int, gui
     ``batch`` > 0 generates that many clips per call (whole prompts, so a group never straddles two calls); 0 all
     ``len(prompts) × samples`` at once. ``frames_per_s`` counts generation only, at that batch.
 
-    Returns ``adherence`` (scorer), ``diversity`` (held-out embedder, 1 − mean pairwise cosine per prompt, averaged),
+    Returns ``adherence`` (:meth:`Judges.adherence`; ``adherence_by`` says whose), ``diversity`` (held-out embedder, 1 − mean pairwise cosine per prompt, averaged),
     ``diversity_reward_embedder`` (the same with the reward embedder), ``teacher_loglik`` (when a teacher is given),
     ``frames_per_s``, ``forward_passes_per_token``, and per prompt (lists of ``len(prompts)``, for paired
     comparisons): ``adherence_by_prompt`` (None where the prompt asked for nothing the scorer reads),
     ``diversity_by_prompt`` and ``diversity_reward_embedder_by_prompt``. With ``fad_reference`` (held-out-embedder
-    features of real clips), ``fad``: :func:`divcfg.reward.fad.fad_report` of the samples against them. Per
+    features of real clips), ``fad``: :func:`divcfg.reward.fad.fad_report` of the samples against them, and ``kad``:
+    :func:`divcfg.reward.kad.kad_interval` at ``kad_bandwidth`` (default: the real clips' median distance). Per
     independent judge the world has, its adherence and per prompt (names in :data:`INDEPENDENT_JUDGES`), and
     ``judges_skipped`` (name -> why) for those it configures that can't run here.
     """
@@ -198,7 +238,7 @@ def measure_policy(policy, judges: Judges, prompts: list[str], samples: int, gui
     with warnings.catch_warnings():  # all NaN where nothing asked is read (or there is no scorer): None below
         warnings.simplefilter("ignore", RuntimeWarning)
         by_prompt, adh_mean = np.nanmean(adh.numpy().reshape(groups), axis=1), float(np.nanmean(adh.numpy()))
-    result = {"adherence": adh_mean, "diversity": float(div_eval.mean()),
+    result = {"adherence": adh_mean, "adherence_by": judges.adherence_by, "diversity": float(div_eval.mean()),
               "diversity_reward_embedder": float(div_reward.mean()),
               "frames_per_s": len(all_prompts) * n_frames / seconds,
               "forward_passes_per_token": 2 if guidance_scale != 1.0 else 1}
@@ -213,5 +253,9 @@ def measure_policy(policy, judges: Judges, prompts: list[str], samples: int, gui
     result.update(independent_figures(judges, wav, all_prompts, groups))  # the independent judges, by the scorer
     if fad_reference is not None:  # held-out-embedder features [N, E] of real clips: FAD with interval (reward/fad.py)
         from divcfg.reward.fad import fad_report
+        from divcfg.reward.kad import kad_interval, reference_bandwidth
         result["fad"] = fad_report(eval_emb.numpy(), fad_reference, seed=seed)
+        # One bandwidth for every row (the real clips' own median distance): KAD values compare only at one
+        bandwidth = kad_bandwidth if kad_bandwidth is not None else reference_bandwidth(fad_reference)
+        result["kad"] = kad_interval(eval_emb.numpy(), fad_reference, bandwidth=bandwidth, seed=seed)
     return result

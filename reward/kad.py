@@ -49,6 +49,13 @@ def median_bandwidth(features_a, features_b) -> float:
     return _median_distance(squared_distances(pooled, pooled))
 
 
+def reference_bandwidth(features) -> float:
+    """The median heuristic over one set (the median distance between two of its distinct clips): the bandwidth at
+    which several generated sets are each measured against this reference, so that their KADs compare."""
+    a = _features(features, "the reference set's")
+    return _median_distance(squared_distances(a, a))
+
+
 def _median_distance(sq: np.ndarray) -> float:
     """The median of √``sq`` over the pairs i < j of a pooled set's squared distances ``sq [P, P]``."""
     bandwidth = float(np.median(np.sqrt(sq[np.triu_indices(len(sq), k=1)])))

@@ -135,7 +135,7 @@ def test_checkpoint_records_the_source_and_the_trained_tensors(tmp_path):
         load_policy(tmp_path / "s")
 
 
-def test_merge_and_sample_take_musicgen_checkpoints_eval_refuses(tmp_path, capsys):
+def test_merge_and_sample_take_musicgen_checkpoints_eval_wants_their_folder_world(tmp_path, capsys):
     import wave
 
     from divcfg.cli import main
@@ -162,7 +162,8 @@ def test_merge_and_sample_take_musicgen_checkpoints_eval_refuses(tmp_path, capsy
     assert main(["merge", paths[0], str(tmp_path / "other"), "--lam", "0.5", "--out", str(tmp_path / "x")]) == 2
     assert "different architectures" in capsys.readouterr().err
     assert main(["eval", paths[0], "--world", str(tmp_path / "no-world"), "--out", str(tmp_path / "e")]) == 2
-    assert "is a MusicGen checkpoint: divcfg eval" in capsys.readouterr().err
+    # No folder world of its MusicGen: eval says where a MusicGen student can be evaluated
+    assert "is a MusicGen checkpoint (of tiny" in capsys.readouterr().err
 
 
 def test_merging_two_musicgen_students_at_lambda_0_and_1_gives_each_back(tmp_path):

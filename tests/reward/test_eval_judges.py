@@ -55,7 +55,7 @@ def test_each_judge_gets_its_columns_and_decides_the_adherence_claims(tmp_path):
     assert q["adherence_judge_rhythm"] == pytest.approx(0.35, abs=0.01)
     assert q["adherence_judge_rhythm_lo"] < q["adherence_judge_rhythm"] < q["adherence_judge_rhythm_hi"]
     assert {n: s["status"] for n, s in report["judges"].items()} == {"scorer": "used", "pitch": "used",
-                                                                      "rhythm": "used"}
+                                                                      "rhythm": "used", "clap": "absent"}
     assert set(report["claims_by_judge"]) == {"pitch", "rhythm"}
     for cs in report["claims_by_judge"].values():
         assert [c["id"] for c in cs] == [1, 3, "4a", "4b"]
@@ -149,3 +149,60 @@ def test_madmom_failing_to_import_skips_the_rhythm_judge_through_to_the_verdicts
     assert set(report["verdicts"]["1"]) == {"scorer", "pitch"}
     assert judges_line(report["judges"]).startswith("claims decided by: scorer, pitch; the rhythm judge is skipped: "
                                                     "the rhythm judge needs madmom")
+
+
+def test_a_world_without_a_scorer_decides_by_clap_and_says_so(tmp_path):
+    from divcfg.reward.eval_outputs import claims_table, write_outputs
+    from divcfg.reward.evaluate import judges_line
+    rows = _rows(judges=())
+    for r in rows:
+        for run in r["runs"]:
+            run["adherence_by"] = "clap"
+    report = summarize(rows, 200)
+    assert report["judges"]["scorer"] == {"status": "used", "metric": "adherence", "by": "clap"}
+    assert report["verdicts"]["1"] == {"scorer": "holds"} and report["claims_by_judge"] == {}
+    assert "| 1 | clap | adherence q − γ=3 |" in claims_table(report)
+    assert judges_line(report["judges"]).startswith("claims decided by: clap")
+    write_outputs(report, tmp_path)  # the plot's axis says whose adherence it is
+    # Runs with no adherence at all (no scorer, no CLAP) say so rather than claim a scorer decided
+    for r in rows:
+        for run in r["runs"]:
+            run["adherence_by"] = None
+    from divcfg.reward.eval_report import judge_status
+    assert judge_status(rows)["scorer"]["status"] == "absent"
+
+
+def test_clap_is_the_adherence_without_a_scorer_and_a_judge_beside_one(tmp_path):
+    from types import SimpleNamespace
+
+    import torch
+
+    from divcfg.reward.judges import Judges, _load_clap, independent_figures
+
+    class Clap:  # a CLAP that scores clip b by its first sample (and checks it is given the codec's rate)
+        def score(self, wavs, sample_rate, prompts):
+            assert sample_rate == 16000 and len(prompts) == len(wavs)
+            return wavs[:, 0].float()
+
+    class Scorer:
+        pass
+
+    wav = torch.tensor([[0.5, 0.0], [-0.25, 0.0], [0.125, 0.0], [1.0, 0.0]])
+    prompts = ["a", "a", "b", "b"]
+    alone = Judges(SimpleNamespace(sample_rate=16000), None, None, None, clap=Clap())
+    assert alone.adherence_by == "clap"
+    assert alone.adherence(wav, prompts).tolist() == [0.5, -0.25, 0.125, 1.0]
+    beside = Judges(SimpleNamespace(sample_rate=16000), None, None, Scorer(), independent={"clap": Clap()},
+                    clap=Clap())
+    assert beside.adherence_by == "scorer"
+    got = independent_figures(beside, wav, prompts, (2, 2))
+    assert got["adherence_clap_by_prompt"] == [0.125, 0.5625] and got["adherence_clap"] == pytest.approx(0.34375)
+    assert Judges(SimpleNamespace(sample_rate=16000), None, None, None).adherence_by is None
+    # --clap naming a directory that holds no CLAP: an error naming the flag and the directory
+    (tmp_path / "not_clap").mkdir()
+    (tmp_path / "not_clap" / "config.json").write_text('{"model_type": "musicgen"}')
+    with pytest.raises(ValueError, match=r"--clap = .*not_clap: CLAP judge: .* holds a 'musicgen' model"):
+        _load_clap(tmp_path, tmp_path / "not_clap", {})
+    (tmp_path / "world.json").write_text('{"judges": {"clap": "%s"}}' % (tmp_path / "gone"))
+    with pytest.raises(ValueError, match=r"world.json's judges.clap = .*gone: CLAP judge: .* is not a directory"):
+        _load_clap(tmp_path, None, {})

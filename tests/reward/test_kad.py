@@ -4,7 +4,15 @@ import math
 import numpy as np
 import pytest
 
-from divcfg.reward.kad import kad, kad_interval, median_bandwidth, mmd2, mmd2_from_blocks, rbf_kernel
+from divcfg.reward.kad import (
+    kad,
+    kad_interval,
+    median_bandwidth,
+    mmd2,
+    mmd2_from_blocks,
+    rbf_kernel,
+    reference_bandwidth,
+)
 
 
 def gaussian_mmd2(mean_shift, std: float, bandwidth: float) -> float:
@@ -83,6 +91,14 @@ def test_median_heuristic_is_the_pooled_median_and_symmetric():
     ab, ba = kad(a, b), kad(b, a)
     assert ab["bandwidth"] == pytest.approx(ba["bandwidth"]) and ab["kad"] == pytest.approx(ba["kad"], rel=1e-12)
     assert kad(a, b, bandwidth=0.7)["bandwidth"] == 0.7  # a given bandwidth is used and recorded
+
+
+def test_reference_bandwidth_is_the_median_over_one_set_only():
+    """The eval's one kernel for every row: pairs of distinct reference clips only (pooling the set with itself
+    would add a zero distance for every clip and pull the median down)."""
+    ref = np.array([[0.0], [1.0], [3.0], [7.0]])  # distances 1, 2, 3, 4, 6, 7: median 3.5
+    assert reference_bandwidth(ref) == pytest.approx(3.5, rel=1e-12)
+    assert median_bandwidth(ref, ref) == pytest.approx(3.0, rel=1e-12)  # with its 4 zeros, each distance 4 times
 
 
 def test_interval_covers_a_known_mmd2_when_copies_are_left_out():

@@ -291,28 +291,104 @@ def test_the_clip_is_capped_to_what_the_decoder_takes(musicgen_dir):
         model_clip(musicgen_dir, 0.001)
 
 
+def train_student(world: Path, musicgen_dir: Path, run: Path, beta: float) -> Path:
+    """`divcfg train` with the user's MusicGen directory on its folder world (its prompts, its embedders, no world
+    base): a few steps on local Ray."""
+    from divcfg.cli import main as cli_main
+
+    assert cli_main(["train", "model=musicgen_small", f"model.musicgen={musicgen_dir}", "model.local_files_only=true",
+                     "model.text_max_len=96", f"world.dir={world}", "world.size=tiny", f"run.dir={run}",
+                     "learner.mode=local", "learner.steps=3", "algo.lr=3e-4", "algo.batch_prompts=2",
+                     f"algo.beta={beta}", "probe.prompts=2", "probe.samples=2", "logging.progress=false",
+                     "logging.audio_every=0"]) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 3 and np.isfinite(summary["kl_end"]), summary
+    return run / "student"
+
+
+@pytest.fixture(scope="module")
+def students(built, musicgen_dir, tmp_path_factory) -> dict[float, Path]:
+    """θ_q (β = 0) and θ_d (β = 5) of the user's MusicGen on its folder world."""
+    runs = tmp_path_factory.mktemp("runs")
+    return {beta: train_student(built, musicgen_dir, runs / f"beta{beta:g}", beta) for beta in (0.0, 5.0)}
+
+
 @pytest.mark.slow
-def test_train_and_sample_the_users_musicgen_on_its_folder_world(built, musicgen_dir, tmp_path):
-    """The whole loop on the user's own assets: `divcfg train` with the MusicGen directory on the folder world (its
-    prompts, its embedders, no world base), then `divcfg sample` of the student and of the user's directory itself."""
+def test_train_and_sample_the_users_musicgen_on_its_folder_world(built, musicgen_dir, students, tmp_path):
+    """The whole loop on the user's own assets: the students `divcfg train` wrote, then `divcfg sample` of a student
+    and of the user's directory itself."""
     from divcfg.cli import main as cli_main
     from divcfg.model.loaders import load_policy
     from divcfg.model.musicgen.policy import MusicGenPolicy
 
-    run = tmp_path / "run"
-    assert cli_main(["train", "model=musicgen_small", f"model.musicgen={musicgen_dir}", "model.local_files_only=true",
-                     "model.text_max_len=96", f"world.dir={built}", "world.size=tiny", f"run.dir={run}",
-                     "learner.mode=local", "learner.steps=3", "algo.lr=3e-4", "algo.batch_prompts=2", "algo.beta=5",
-                     "probe.prompts=2", "probe.samples=2", "logging.progress=false", "logging.audio_every=0"]) == 0
-    summary = json.loads((run / "summary.json").read_text())
-    assert summary["steps"] == 3 and np.isfinite(summary["kl_end"]), summary
     training = set(read_tokens(built / "tokens.parquet").prompts)
-    student = load_policy(run / "student")
-    assert isinstance(student, MusicGenPolicy)
-    for source in (run / "student", musicgen_dir):
+    assert isinstance(load_policy(students[5.0]), MusicGenPolicy)
+    for source in (students[5.0], musicgen_dir):
         out = tmp_path / f"wav_{source.name}"
         assert cli_main(["sample", str(source), "--prompt", sorted(training)[0], "--frames", "10", "--n", "2",
                          "--guidance-scale", "3", "--threads", "1", "--out", str(out)]) == 0
         wavs = sorted(out.rglob("*.wav"))
         # The tiny EnCodec's rate: the audio comes back through the model's own codec, not the world's.
         assert len(wavs) == 2 and {sf.info(w).samplerate for w in wavs} == {8000}, wavs
+
+
+@pytest.mark.slow
+def test_eval_of_the_users_musicgen_judges_by_clap_with_fad_kad_fronts_and_claims(built, students, tmp_path):
+    """`divcfg eval` on the folder world: the MusicGen base's γ sweep, θ_q, θ_d and their merge, adherence by a CLAP
+    given with --clap (the world has no scorer), FAD and KAD against the held-out real clips, fronts and claims."""
+    from divcfg.cli import main as cli_main
+
+    clap, out = save_tiny_clap(tmp_path / "clap"), tmp_path / "eval"
+    assert cli_main(["eval", "--world", str(built), "--group", f"q={students[0.0]}", "--group", f"d={students[5.0]}",
+                     "--gammas", "1,3", "--lams", "0.5", "--prompts", "3", "--samples", "2", "--bootstrap", "100",
+                     "--clap", str(clap), "--out", str(out)]) == 0
+    report = json.loads((out / "eval.json").read_text())
+    assert report["bootstrap"]["prompts"] == 3
+    assert report["judges"]["scorer"] == {"status": "used", "metric": "adherence", "by": "clap"}
+    rows = {r["name"]: r for r in report["rows"]}
+    assert set(rows) == {"base γ=1", "base γ=3", "q", "d", "merge β=5 λ=0.5"}
+    assert [rows[n]["forward_passes_per_token"] for n in ("base γ=1", "base γ=3", "q", "merge β=5 λ=0.5")] == \
+        [1, 2, 1, 1]
+    for name, r in rows.items():
+        for m in ("adherence", "diversity"):  # adherence: the CLAP cosine of each clip with its prompt
+            assert r[f"{m}_lo"] <= r[m] <= r[f"{m}_hi"], (name, m, r)
+        assert -1.0 <= r["adherence"] <= 1.0 and r["teacher_loglik"] < 0, (name, r)
+        run = r["runs"][0]
+        assert run["adherence_by"] == "clap" and len(run["adherence_by_prompt"]) == 3
+        assert r["fad"] == run["fad"]["fad"] >= 0, (name, run["fad"])
+        kad = run["kad"]
+        assert r["kad"] == kad["kad"] and kad["low"] <= kad["kad"] <= kad["high"], (name, kad)
+        assert (kad["n_a"], kad["n_b"]) == (6, 9), kad  # 3 prompts × 2 samples against the 9 held-out clips
+    # Every row's KAD is taken at one bandwidth (the real clips' own), so that they compare
+    assert len({r["runs"][0]["kad"]["bandwidth"] for r in rows.values()}) == 1
+    assert rows["base γ=1"]["kad"] != rows["base γ=3"]["kad"]  # the γ sweep samples different clips
+    assert set(report["hypervolume"]) == {"cfg", "beta", "merge"}
+    for fam in report["hypervolume"].values():
+        assert fam["lo"] <= fam["estimate"] <= fam["hi"], fam
+    claims = {str(c["id"]): c for c in report["claims"]}
+    assert {"1", "2", "3", "4a", "4b", "5"} <= set(claims)
+    assert all(c["verdict"] in ("holds", "fails") for c in claims.values()), claims
+    header = (out / "eval.csv").read_text().splitlines()[0].split(",")
+    assert {"adherence", "adherence_lo", "fad", "kad", "kad_seed_lo"} <= set(header)
+    assert (out / "pareto.png").is_file()
+
+
+def test_eval_refuses_a_divcfg_checkpoint_on_a_folder_world_and_a_musicgen_one_elsewhere(built, musicgen_dir,
+                                                                                         tmp_path):
+    from divcfg.reward.eval_groups import resolve_checkpoint
+    from divcfg.reward.evaluate import check_family, world_musicgen
+
+    assert world_musicgen(World(built)) == str(musicgen_dir.resolve())
+    divcfg = tmp_path / "divcfg_ckpt"
+    divcfg.mkdir()
+    (divcfg / "config.json").write_text(json.dumps({"kind": "policy", "config": {"dim": 8}}))
+    with pytest.raises(ValueError, match="is a divcfg policy, and this folder world's base is the MusicGen"):
+        check_family(str(divcfg), resolve_checkpoint(divcfg), world_musicgen(World(built)))
+    other = tmp_path / "musicgen_ckpt"
+    other.mkdir()
+    (other / "config.json").write_text(json.dumps({"kind": "policy", "config": {"family": "musicgen",
+                                                                                  "musicgen": str(tmp_path / "mg")}}))
+    with pytest.raises(ValueError, match="finetunes the MusicGen .*mg, and this folder world was built for"):
+        check_family(str(other), resolve_checkpoint(other), world_musicgen(World(built)))
+    with pytest.raises(ValueError, match="is a MusicGen checkpoint .* evaluate it on a folder world"):
+        check_family(str(other), resolve_checkpoint(other), None)
