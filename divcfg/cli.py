@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "embedder": ("divcfg.reward.embedder_cli", "train a contrastive music embedder"),
     "sample": ("divcfg.actors.sample", "sample audio from a policy checkpoint (or a tiny demo model) to WAV files"),
     "merge": ("divcfg.model.merge", "interpolate the weights of two checkpoints"),
+    "export": ("divcfg.model.export", "write a MusicGen student as a Hugging Face directory (from_pretrained)"),
     "eval": ("divcfg.reward.evaluate", "evaluate models on quality and diversity; Pareto plot"),
     "submit": ("divcfg.deploy.submit", "submit `divcfg train` as a Ray job to a cluster"),
     "scale": ("divcfg.deploy.scale", "change the rollout-actor count of a running job"),

@@ -192,6 +192,34 @@ def test_merging_two_musicgen_students_at_lambda_0_and_1_gives_each_back(tmp_pat
     assert not torch.allclose(half, a) and not torch.allclose(half, b)
 
 
+def test_export_writes_a_merged_student_that_from_pretrained_loads_bit_for_bit(tmp_path, capsys):
+    """divcfg export: a merged MusicGen student as the user's ecosystem loads it, every tensor the student's."""
+    from divcfg.cli import main
+    spec = MusicGenSpec(TINY, train_layers=1, text_max_len=96, seed=4)
+    for name, prompt in (("a", PROMPTS[0]), ("b", PROMPTS[1])):
+        learner = _learner(spec, lr=3e-2)
+        learner.step(_group(learner.student, prompt), 3)
+        save_policy(learner.student, tmp_path / name, meta={"codec": None})
+    assert main(["merge", str(tmp_path / "a"), str(tmp_path / "b"), "--lam", "0.5", "--out", str(tmp_path / "m")]) == 0
+    assert main(["export", str(tmp_path / "m"), "--out", str(tmp_path / "hf")]) == 0
+    loaded = transformers.MusicgenForConditionalGeneration.from_pretrained(tmp_path / "hf").state_dict()
+    student = load_policy(tmp_path / "m")
+    ours = student.musicgen_state_dict()
+    assert ours and all(torch.equal(loaded[n], t) for n, t in ours.items())
+    merged, _, _ = load_weights(tmp_path / "m", "policy")  # the merge's own tensors, not the base's
+    assert all(torch.equal(loaded[n], t) for n, t in merged.items())
+    # Refusals: a non-empty --out (nothing overwritten), a divcfg policy, a directory that already is MusicGen's
+    assert main(["export", str(tmp_path / "m"), "--out", str(tmp_path / "hf")]) == 2
+    assert "exists and is not empty" in capsys.readouterr().err
+    assert main(["export", str(tmp_path / "hf"), "--out", str(tmp_path / "hf2")]) == 2
+    assert "already a Hugging Face MusicGen directory" in capsys.readouterr().err
+    save_weights_dir = tmp_path / "divcfg_policy"
+    save_weights_dir.mkdir()
+    (save_weights_dir / "config.json").write_text(json.dumps({"kind": "policy", "config": {"dim": 8}}))
+    assert main(["export", str(save_weights_dir), "--out", str(tmp_path / "hf3")]) == 2
+    assert "not a MusicGen policy checkpoint" in capsys.readouterr().err and not (tmp_path / "hf3").exists()
+
+
 def test_pretrain_refuses_musicgen(tmp_path, capsys):
     from divcfg.cli import main
     assert main(["pretrain", f"data={tmp_path / 'none.parquet'}", f"out={tmp_path / 'o'}", "model=musicgen_tiny"]) == 2
