@@ -13,6 +13,7 @@ BENCHMARKS = {
     "soak": ("divcfg.bench.soak", "a long tiny-world run with kills and resizes: RSS and object store growth"),
     "learner": ("divcfg.bench.learner", "learner tokens/s and step split vs one student forward"),
     "griffin-lim": ("divcfg.bench.griffin_lim", "the codec's Griffin-Lim vs torchaudio or a revision"),
+    "clap": ("divcfg.bench.clap", "CLAP adherence judging clips/s vs the held-out embedder on the same clips"),
     "pipeline": ("divcfg.bench.pipeline", "the divcfg train loop, async vs sync samples/s, busy fractions, lag"),
 }
 

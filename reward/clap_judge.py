@@ -21,7 +21,6 @@ transformers is an optional extra (``musicgen``/``dev``): it is imported inside 
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -150,20 +149,3 @@ def load_clap_judge(directory: str | Path, device: str | torch.device = "cpu", b
             f"enable_fusion={fusion}: a fusion model takes 4 mels per clip ('fusion'), a plain one 1 ('rand_trunc'). "
             f"Fix preprocessor_config.json or processor_config.json")
     return ClapJudge(model, processor, device, batch_size, seed)
-
-
-def benchmark_clap(judge: ClapJudge, clips: int = 8, seconds: float = 10.0, sample_rate: int = 32000,
-                   repeats: int = 2) -> dict:
-    """Clips per second of :meth:`ClapJudge.score` on ``clips`` random clips of ``seconds`` at ``sample_rate``
-    (resampling, feature extraction and both encoders), after one warm-up call; the best of ``repeats``."""
-    gen = torch.Generator().manual_seed(0)
-    wavs = 0.1 * torch.randn(clips, int(seconds * sample_rate), generator=gen)
-    prompts = [f"prompt {i % 4}" for i in range(clips)]
-    judge.score(wavs[:1], sample_rate, prompts[:1])
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        judge.score(wavs, sample_rate, prompts)
-        best = min(best, time.perf_counter() - start)
-    return {"clips_per_s": clips / best, "clips": clips, "seconds": seconds, "sample_rate": sample_rate,
-            "wall_s": best, "batch_size": judge.batch_size, "device": str(judge.device)}

@@ -9,7 +9,7 @@ import torchaudio.functional as AF
 
 pytest.importorskip("transformers")
 
-from divcfg.reward.clap_judge import ClapLoadError, benchmark_clap, load_clap_judge  # noqa: E402
+from divcfg.reward.clap_judge import ClapLoadError, load_clap_judge  # noqa: E402
 
 SENTENCES = ["a calm piano melody", "fast drums and a deep bass", "a sad violin at night",
              "upbeat electronic dance music", "slow jazz guitar with soft brushes"]
@@ -149,5 +149,11 @@ def test_bad_input_and_benchmark(clap):
         judge.score(torch.zeros(48000), 48000, ["x"])
     with pytest.raises(ValueError, match=r"got clips of shape \(2, 48000\) and 1 prompts"):
         judge.score(torch.zeros(2, 48000), 48000, ["x"])
-    bench = benchmark_clap(judge, clips=2, seconds=1.0, repeats=1)
-    assert bench["clips"] == 2 and bench["clips_per_s"] > 0
+    from divcfg.bench.clap import run
+    rate, realtime = run(str(clap[3]), clips=2, seconds=1.0, repeats=1, verbose=False)
+    assert rate["name"] == "clap/clips_per_s" and rate["clips"] == 2 and len(rate["clap_s"]) == 1
+    assert rate["value"] == pytest.approx(2 / rate["clap_s"][0])  # one repeat: its median is itself
+    assert rate["ratio"] == pytest.approx(rate["value"] / rate["baseline_value"])
+    assert realtime["value"] == pytest.approx(rate["value"] * 1.0)
+    with pytest.raises(ValueError, match="must be positive"):
+        run(str(clap[3]), clips=0)
