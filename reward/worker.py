@@ -14,10 +14,8 @@ _IMPORT_START = time.time()
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from divcfg.common.config.checks import WORLD_EMBEDDERS  # noqa: E402
 from divcfg.common.record import RolloutBatch  # noqa: E402
 from divcfg.reward.diversity import diversity_reward  # noqa: E402
-from divcfg.reward.embedder import load_embedder  # noqa: E402
 
 _IMPORTED = time.time()
 
@@ -29,9 +27,9 @@ class RewardWorker:
         self.startup = {"process_start": psutil.Process().create_time(), "import_start": _IMPORT_START,
                         "imported": _IMPORTED, "init_start": time.time()}
         torch.set_num_threads(threads)
-        self.judges = judges_factory()
-        self.embedder = embedder
-        self.own_embedder = None if embedder in WORLD_EMBEDDERS else load_embedder(embedder)
+        # The judges with reward.embedder as their reward embedder (loaded here when it is a directory), the one
+        # choice the driver's probe makes too, so that the probe reports the diversity the reward is
+        self.judges = judges_factory().with_reward_embedder(embedder)
         self.dropped = 0
         self.startup["built"] = time.time()
 
@@ -71,7 +69,7 @@ class RewardWorker:
         prompts = [p for b in groups for p in b.prompt]
         with torch.inference_mode():
             wav = self.judges.decode(codes)
-            emb = self._embed(wav).view(len(groups), g, -1)
+            emb = self.judges.embed(wav, "reward").view(len(groups), g, -1)
             rewards = diversity_reward(emb) if g >= 2 else torch.zeros(len(groups), g)
             quality = self.judges.adherence(wav, prompts).view(len(groups), g)
         seconds = (time.perf_counter() - start) / len(groups)
@@ -85,13 +83,6 @@ class RewardWorker:
             out.append(b.with_fields(diversity_reward=r.astype(np.float32), quality=q.astype(np.float32),
                                      reward_s=np.full(g, seconds, np.float32)))
         return out
-
-
-    def _embed(self, wav: torch.Tensor) -> torch.Tensor:
-        """Unit-norm embeddings ``[N, E]`` of ``wav [N, samples]`` (at the codec's rate) by reward.embedder."""
-        if self.own_embedder is None:
-            return self.judges.embed(wav, self.embedder)
-        return self.own_embedder.embed(wav, self.judges.codec.sample_rate)
 
 
 def remote_reward_worker(num_cpus: float, num_gpus: float):

@@ -2,7 +2,6 @@
 scores diversity with it; "reward" and "eval" stay the world's own; a directory that is not an embedder is refused
 at start-up, naming it and saying what it is."""
 import os
-import types
 
 import numpy as np
 import pytest
@@ -36,22 +35,31 @@ def saved(tmp_path):
     return tmp_path / "my_embedder"
 
 
-class WaveJudges:
-    """The world's judges, as far as a reward worker uses them: codes 'decode' to a sine per sample (its pitch set by
-    the codes), and the world's embedders must not be asked when reward.embedder names a directory."""
+class WaveCodec:
+    """Codes 'decode' to a sine per sample, its pitch set by the codes."""
 
-    codec = types.SimpleNamespace(sample_rate=SR)
+    sample_rate = SR
 
     def decode(self, codes):
         t = torch.arange(SR) / SR
         hz = 200 + 10 * torch.as_tensor(np.asarray(codes)).float().mean(dim=(1, 2))
         return 0.3 * torch.sin(2 * torch.pi * hz[:, None] * t)
 
-    def embed(self, wav, which="reward"):
-        raise AssertionError(f"the world's {which} embedder was asked, not reward.embedder's directory")
 
-    def adherence(self, wav, prompts):
-        return torch.zeros(len(prompts))
+class Refuse:
+    """A world embedder that must not be asked when reward.embedder names a directory."""
+
+    def __init__(self, which):
+        self.which = which
+
+    def embed(self, wav, sample_rate):
+        raise AssertionError(f"the world's {self.which} embedder was asked, not reward.embedder's directory")
+
+
+def WaveJudges():  # noqa: N802 (a judges factory, as reward workers take one)
+    """The world's judges, as far as a reward worker uses them, with world embedders that refuse to embed."""
+    from divcfg.reward.judges import Judges
+    return Judges(WaveCodec(), Refuse("reward"), Refuse("eval"), scorer=None)
 
 
 def test_a_saved_embedder_is_accepted_and_the_worker_scores_with_it(saved):
@@ -65,7 +73,7 @@ def test_a_saved_embedder_is_accepted_and_the_worker_scores_with_it(saved):
                       policy_version=0, generate_s=0.0)
     [scored] = worker.score([group])
     assert scored is not None and worker.dropped == 0
-    want = diversity_reward(load_embedder(saved).embed(WaveJudges().decode(codes), SR)[None])[0]
+    want = diversity_reward(load_embedder(saved).embed(WaveCodec().decode(codes), SR)[None])[0]
     np.testing.assert_allclose(scored.diversity_reward, want.numpy(), rtol=1e-5, atol=1e-6)
 
 
@@ -76,7 +84,8 @@ def test_the_worlds_own_embedders_keep_their_names(tmp_path, monkeypatch):
         validate_train(cfg(name))
         check_reward_embedder(cfg(name))
         assert reward_embedder(cfg(name)) == name
-        assert RewardWorker(WaveJudges, name).own_embedder is None
+        worker = RewardWorker(WaveJudges, name)  # the world's own, by name: nothing is loaded
+        assert isinstance(worker.judges.reward_embedder, Refuse) and worker.judges.reward_embedder.which == name
 
 
 def test_a_relative_directory_reaches_the_workers_absolute(saved, monkeypatch):
