@@ -6,6 +6,7 @@ Ray actor builds the same model itself (the weights then arrive through the weig
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 from divcfg.codec.musicgen import check_codec_matches
@@ -36,6 +37,7 @@ class PolicySource:
 
 def load_policy_source(cfg, world, heldout) -> PolicySource:
     """The policy source ``model.family`` names, checked against the world's clips and the codec it decodes with."""
+    check_world_model(cfg, world)
     if cfg.model.family == "musicgen":
         source = _musicgen_source(cfg, world, heldout)
     else:
@@ -46,6 +48,25 @@ def load_policy_source(cfg, world, heldout) -> PolicySource:
         raise ValueError(f"algo.n_frames={source.n_frames} (0 = the world's clip length) is more frames than the "
                          f"model takes ({source.base_policy.cfg.max_frames}); set algo.n_frames lower")
     return source
+
+
+def check_world_model(cfg, world) -> None:
+    """A folder world's codes are its model's codec's: only that model trains on it (world.json says which)."""
+    try:
+        info = world.info()
+    except (OSError, ValueError):
+        return
+    if info.get("kind") != "folder":
+        return
+    built_for, family = info.get("model"), info.get("model_family", "musicgen")
+    if cfg.model.family != family:
+        use = f"model=musicgen_small model.musicgen={built_for}" if family == "musicgen" else "the default model"
+        raise ValueError(f"world.dir={world.root} is a folder world built for the {family} model {built_for}, and "
+                         f"model.family={cfg.model.family}: its codes are that model's codec's; train with {use}")
+    if family == "musicgen" and Path(str(cfg.model.musicgen)).expanduser().resolve() != Path(built_for).resolve():
+        raise ValueError(f"model.musicgen={cfg.model.musicgen}: world.dir={world.root} was built for the MusicGen "
+                         f"{built_for}, whose EnCodec made its codes; pass model.musicgen={built_for} or build a "
+                         f"world for this model")
 
 
 def _musicgen_source(cfg, world, heldout) -> PolicySource:

@@ -37,8 +37,12 @@ def write_outputs(report: dict, out: Path) -> list[str]:
         w.writeheader()
         w.writerows(report["rows"])
     (out / "eval.json").write_text(json.dumps(_clean(report), indent=2, ensure_ascii=False))
-    pareto_plot(report, out / "pareto.png")
-    written = ["eval.csv", "eval.json", "pareto.png"]
+    written = ["eval.csv", "eval.json"]
+    if report["hypervolume"]:  # a world with no adherence has no quality axis to plot
+        pareto_plot(report, out / "pareto.png")
+        written.append("pareto.png")
+    else:
+        (out / "pareto.png").unlink(missing_ok=True)  # an earlier evaluation's
     if training_plot(report, out / "training.png"):
         written.append("training.png")
     else:

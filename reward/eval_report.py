@@ -146,8 +146,10 @@ def summarize(rows: list[dict], rounds: int, seed: int = 0) -> dict:
     n_prompts = len(rows[0]["runs"][0]["diversity_by_prompt"])
     idx = iv.bootstrap_indices(n_prompts, rounds, seed)
     stats = [row_stats(r, idx) for r in rows]
-    ref, hv, diffs = fronts(rows, stats, idx)
     status = judge_status(rows)
+    scored = status["scorer"]["status"] != "absent"
+    # No adherence at all (no scorer, no CLAP): no fronts, and the claims that rest on one are not measured
+    ref, hv, diffs = fronts(rows, stats, idx) if scored else ((None, None), {}, {})
     by_judge, hv_by_judge = {}, {}
     for name, st in status.items():
         if name == "scorer" or st["status"] != "used":
@@ -158,7 +160,10 @@ def summarize(rows: list[dict], rounds: int, seed: int = 0) -> dict:
             jdiffs = {}
         hv_by_judge[name] = jdiffs
         by_judge[name] = [c for c in claims(rows, idx, jdiffs, st["metric"]) if c["id"] in ADHERENCE_CLAIMS]
-    scorer = claims(rows, idx, diffs)
+    scorer = claims(rows, idx, diffs) if scored else [
+        c if c["id"] not in ADHERENCE_CLAIMS else
+        _claim(c["id"], c["claim"], c["statistic"], why=status["scorer"]["why"] + " (divcfg eval --clap DIR)")
+        for c in claims(rows, idx, diffs)]
     verdicts = {str(c["id"]): {"scorer": c["verdict"]} for c in scorer}
     for name, cs in by_judge.items():
         for c in cs:

@@ -67,12 +67,14 @@ class RowPlan:
 
 def world_musicgen(world: World) -> str | None:
     """The MusicGen directory a folder world was built for (its base model, and the EnCodec its tokens come from),
-    or None for a world with a base model of its own (``base/``)."""
+    or None for a world with a base model of its own (``base/``: every other world, and a folder world built for a
+    divcfg policy)."""
     try:
         info = world.info()
     except (OSError, ValueError):
         return None
-    return str(info["model"]) if info.get("kind") == "folder" and info.get("model") else None
+    musicgen = info.get("kind") == "folder" and info.get("model_family", "musicgen") == "musicgen"
+    return str(info["model"]) if musicgen and info.get("model") else None
 
 
 def check_family(path: str, ckpt, musicgen: str | None) -> None:

@@ -1,16 +1,19 @@
 """``divcfg world build --kind folder``: a world from a user's own folder of audio and captions, tokenized with the
-user's MusicGen's own EnCodec, so that finetuning that MusicGen on the world's codes needs no other codec.
+codec of the user's own model (world/folder_model.py): a MusicGen's own EnCodec, or a divcfg policy's offline codec,
+so that finetuning that model on the world's codes needs no other codec.
 
 Stages, each recorded in ``state.json`` as the other kinds' are, and skipped on a re-run with the same identity
 (kind, model directory, clip length, folder, split):
 
   corpus     the folder cut into clips (common/data/folder.py), split by track -> corpus.parquet, prompts_heldout.txt
-  tokens     every clip encoded by the MusicGen's EnCodec                           -> tokens.parquet, heldout.parquet
+  codec      (a divcfg policy) its offline codec, copied in                    -> codec/
+  tokens     every clip encoded by the model's codec                           -> tokens.parquet, heldout.parquet
+  base       (a divcfg policy) the policy itself, copied in as the base model  -> base/
   embedders  the reward and eval embedders on the training clips after the codec round trip, as reward workers hear
-             them; recall@1 on the held-out clips                                    -> embedder_reward/, embedder_eval/
+             them; recall@1 on the held-out clips                               -> embedder_reward/, embedder_eval/
   measure    the CLAP ceiling: the held-out clips against their captions (with --clap) -> world.json
 
-There is no base model (the user's MusicGen is the base) and no attribute scorer (free captions have no attribute
+A MusicGen stays in its directory (it is the base); no attribute scorer is trained (free captions have no attribute
 table to classify): adherence is judged by CLAP when the world has one, and ``world.json`` says which judges it has.
 """
 from __future__ import annotations
@@ -20,7 +23,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -30,93 +33,34 @@ import torch
 from tqdm import tqdm
 
 from divcfg.codec.evaluation import codec_figures, round_trip
-from divcfg.codec.musicgen import is_musicgen_dir, musicgen_codec_from_dir
 from divcfg.common.data.folder import read_captions, read_folder, read_heldout_prompts, split_by_track
 from divcfg.common.data.tokens import write_tokens
 from divcfg.common.data.world_dir import STAGE_OUTPUTS, WORLD_VERSION, World, WorldError
-from divcfg.model.musicgen.loading import check_supported
 from divcfg.reward.clap_judge import ClapLoadError, check_clap_dir, load_clap_judge
 from divcfg.reward.embedder import embedder_config, recall_at_1, save_embedder, train_embedder
+from divcfg.world.folder_model import (
+    DEFAULT_CLIP_S,
+    MUSICGEN,
+    ModelClip,
+    copy_checkpoint,
+    model_clip,
+    model_codec,
+    model_family,
+)
 
 KIND = "folder"
 FOLDER_STAGES = ("corpus", "tokens", "embedders", "measure")
-DEFAULT_CLIP_S = 10.0
+"""A MusicGen's folder world; a divcfg policy's also copies the policy and its codec (:func:`folder_stages`)."""
 # The options only this kind reads, so another kind given one is refused rather than silently ignoring it.
 FOLDER_FLAGS = ("--audio", "--captions", "--model", "--clip-s", "--heldout-prompts", "--heldout-fraction", "--clap",
                 "--embedder-steps")
 ENCODE_BATCH = 16  # clips per EnCodec call: 16 x 10 s at 32 kHz keeps the encoder's activations near 1 GB
 
 
-@dataclass(frozen=True)
-class ModelClip:
-    """The clip length a MusicGen can take, from its config.json."""
-
-    sample_rate: int
-    """EnCodec's rate (Hz): the folder is resampled to it."""
-    frame_rate: float
-    """Code frames per second."""
-    n_codebooks: int
-    card: int
-    frames: int
-    """T, frames per clip: the requested length, capped so the delayed sequence (T + K - 1) fits the decoder."""
-    max_frames: int
-    """``max_position_embeddings - num_codebooks + 1``."""
-    requested_s: float
-
-    @property
-    def clip_s(self) -> float:
-        return self.frames / self.frame_rate
-
-
-def describe_dir(path: Path) -> str:
-    """What ``path`` is, for the error refusing it: missing, a file, a divcfg world, or the model its config names."""
-    if not path.exists():
-        return "it does not exist"
-    if not path.is_dir():
-        return "it is a file, not a directory"
-    if World(path).state_file.is_file():
-        try:
-            kind = World(path).state().get("identity", {}).get("kind", "procedural")
-        except WorldError:
-            kind = "unknown: its state.json is corrupt"
-        return f"it is a divcfg world (kind {kind}), not a model"
-    config = path / "config.json"
-    if config.is_file():
-        try:
-            meta = json.loads(config.read_text())
-        except (ValueError, UnicodeDecodeError):
-            return "its config.json is not valid JSON"
-        model_type = meta.get("model_type") if isinstance(meta, dict) else None
-        return (f"its config.json names a {model_type!r} model, not 'musicgen' (text-only, mono MusicGen)"
-                if model_type else "its config.json names no model_type")
-    held = sorted(p.name for p in path.iterdir())
-    return f"it holds no config.json (it holds {', '.join(held[:8]) + (', ...' if len(held) > 8 else '') or 'nothing'})"
-
-
-def model_clip(model_dir: Path, clip_s: float | None) -> ModelClip:
-    """The clip length (``clip_s``, default 10 s, in whole frames) that ``model_dir``'s MusicGen can take."""
-    from transformers import AutoConfig  # optional extra (divcfg[musicgen])
-
-    config = AutoConfig.from_pretrained(str(model_dir), local_files_only=True)
-    check_supported(config, str(model_dir))
-    audio, decoder = config.audio_encoder, config.decoder
-    frame_rate = audio.sampling_rate / audio.hop_length
-    # The decoder reads the delayed codes: T frames take T + K - 1 positions.
-    max_frames = decoder.max_position_embeddings - decoder.num_codebooks + 1
-    requested = DEFAULT_CLIP_S if clip_s is None else float(clip_s)
-    frames = min(int(requested * frame_rate + 1e-6), max_frames)
-    if not frames >= 1:
-        raise WorldError(f"--clip-s {requested:g}: shorter than one frame of {model_dir} ({frame_rate:g} frames/s)")
-    return ModelClip(int(audio.sampling_rate), frame_rate, decoder.num_codebooks, decoder.vocab_size, frames,
-                     max_frames, requested)
-
-
 def check_inputs(audio: Path, captions: Path, model: Path, clap: Path | None, heldout_prompts: Path | None,
                  heldout_fraction: float, embedder_steps: int) -> None:
     """Refuse, naming the value, what would fail later: before a stage runs, so nothing in --out is touched."""
-    if not is_musicgen_dir(model):
-        raise WorldError(f"--model {model} is not a MusicGen directory (what save_pretrained or `hf download "
-                         f"facebook/musicgen-small --local-dir DIR` writes): {describe_dir(model)}")
+    model_family(model)  # a MusicGen directory or a divcfg world's policy and codec, else says what it is
     if not audio.is_dir():
         raise WorldError(f"--audio {audio}: no such folder")
     if not captions.exists():
@@ -132,6 +76,12 @@ def check_inputs(audio: Path, captions: Path, model: Path, clap: Path | None, he
         raise WorldError(f"--heldout-fraction {heldout_fraction:g}: must be in (0, 1)")
     if embedder_steps < 1:
         raise WorldError(f"--embedder-steps {embedder_steps}: must be at least 1")
+
+
+def folder_stages(family: str) -> tuple[str, ...]:
+    """The stages of a folder world for a model of ``family``: a divcfg policy and its codec are copied in (the
+    ``codec`` and ``base`` stages, whose outputs every divcfg world has) before its codes are made."""
+    return FOLDER_STAGES if family == MUSICGEN else ("corpus", "codec", "tokens", "base", "embedders", "measure")
 
 
 def build_folder_world(out: str | os.PathLike, audio: str | os.PathLike, captions: str | os.PathLike,
@@ -166,32 +116,33 @@ def build_folder_world(out: str | os.PathLike, audio: str | os.PathLike, caption
         raise WorldError(f"{root} holds a {old.get('kind', 'procedural')} world that differs from this build "
                          f"({diffs}); use another --out or delete it")
     state = state or {"identity": identity, "done": {}}
-    _forget_stale(world, state, clap)
+    stages = folder_stages(clip.family)
+    _forget_stale(world, state, clap, stages)
     root.mkdir(parents=True, exist_ok=True)
     builder = _FolderBuilder(world, clip, identity, clap, embedder, embedder_steps, embedder_clips, progress)
-    for stage in tqdm(FOLDER_STAGES, desc="world folder", disable=not progress):
+    for stage in tqdm(stages, desc="world folder", disable=not progress):
         if stage in state["done"]:
             continue
         t0 = time.perf_counter()
         figures = getattr(builder, stage)()  # the stage's outputs are on disk before it is recorded as done
         state["done"][stage] = {"seconds": round(time.perf_counter() - t0, 2), **figures}
         world.write_state(state)
-    report = folder_report(state)
+    report = folder_report(state, stages)
     tmp = world.path("world.json.tmp")
     tmp.write_text(json.dumps(report, indent=2))
     os.replace(tmp, world.path("world.json"))
     return report
 
 
-def _forget_stale(world: World, state: dict, clap: Path | None) -> None:
+def _forget_stale(world: World, state: dict, clap: Path | None, stages: tuple[str, ...]) -> None:
     """Redo a done stage whose files have gone (and every stage after it), and the measure when --clap names a CLAP
     it was not measured with: the CLAP is not part of the identity, so adding one later only re-measures."""
     done = state["done"]
-    for i, stage in enumerate(FOLDER_STAGES):
+    for i, stage in enumerate(stages):
         outputs = [world.path(n.rstrip("/")) / "COMPLETE" if n.endswith("/") else world.path(n)
                    for n in STAGE_OUTPUTS[stage]]
         if stage in done and not all(f.is_file() for f in outputs):
-            for later in FOLDER_STAGES[i:]:
+            for later in stages[i:]:
                 done.pop(later, None)
     if clap is not None and "measure" in done and done["measure"].get("clap", {}).get("dir") != str(clap):
         done.pop("measure")
@@ -224,9 +175,10 @@ class _FolderBuilder:
                                  f"from it; delete {self.world.root} to rebuild")
         return self._folder
 
-    def codec(self):
+    def model_codec(self):
+        """The codec that makes the world's codes (folder_model.model_codec), loaded once."""
         if self._codec is None:
-            self._codec = musicgen_codec_from_dir(self.identity["model"])
+            self._codec = model_codec(self.identity["model"], self.clip.family)
         return self._codec
 
     def split(self) -> tuple[np.ndarray, np.ndarray]:
@@ -236,7 +188,7 @@ class _FolderBuilder:
 
     def heldout_round_trip(self) -> np.ndarray:
         if self._heldout_rt is None:
-            self._heldout_rt = round_trip(self.codec(), self.folder().clips[self.split()[1]], ENCODE_BATCH)
+            self._heldout_rt = round_trip(self.model_codec(), self.folder().clips[self.split()[1]], ENCODE_BATCH)
         return self._heldout_rt
 
     def corpus(self) -> dict:
@@ -272,19 +224,22 @@ class _FolderBuilder:
                 "heldout": {"clips": len(heldout_idx), "tracks": len(tracks[1]), "track_names": tracks[1]},
                 "heldout_prompts": {"count": len(prompts), "from": ident["heldout_prompts"] or "heldout tracks",
                                     "dropped_as_training_captions": dropped},
-                "clip_s_requested": self.clip.requested_s, "frames": self.clip.frames,
+                "model_family": self.clip.family, "clip_s_requested": self.clip.requested_s, "frames": self.clip.frames,
                 "max_frames": self.clip.max_frames}
 
     def tokens(self) -> dict:
-        folder, codec, clip = self.folder(), self.codec(), self.clip
+        folder, codec, clip = self.folder(), self.model_codec(), self.clip
         train_idx, heldout_idx = self.split()
         codes = np.concatenate([codec.encode(folder.clips[i: i + ENCODE_BATCH]).numpy()
                                 for i in range(0, len(folder.clips), ENCODE_BATCH)])
         if codes.shape[1:] != (clip.n_codebooks, clip.frames):
             raise WorldError(f"{self.identity['model']}'s EnCodec made codes {codes.shape[1:]} of a clip, expected "
                              f"({clip.n_codebooks}, {clip.frames})")
-        meta = {"codec": "musicgen", "model": self.identity["model"], "card": codec.card,
-                "sample_rate": codec.sample_rate, "frame_rate": codec.frame_rate, "world_seed": self.seed}
+        # The codec the codes decode with: the MusicGen's own EnCodec, or the world's codec/ (copied from the model)
+        source = {"codec": "musicgen", "model": self.identity["model"]} if clip.family == MUSICGEN else \
+            {"codec": "codec"}
+        meta = {**source, "card": codec.card, "sample_rate": codec.sample_rate, "frame_rate": codec.frame_rate,
+                "world_seed": self.seed}
         # Training clips get one row per caption (rows share codes); held-out clips keep their first caption.
         rows = [(int(i), c) for i in train_idx for c in folder.captions[i]]
         ids = [i for i, _ in rows]
@@ -297,8 +252,19 @@ class _FolderBuilder:
                 "distinct_codes": [int(len(np.unique(codes[:, k]))) for k in range(codes.shape[1])],
                 "round_trip": codec_figures(codec, folder.clips[heldout_idx])}
 
+    def codec(self) -> dict:
+        """A divcfg policy's offline codec, copied in as the world's codec/ (the stage of that name in other worlds)."""
+        copy_checkpoint(Path(self.identity["model"]) / "codec", self.world.path("codec"))
+        return {"from": str(Path(self.identity["model"]) / "codec")}
+
+    def base(self) -> dict:
+        """The divcfg policy itself, copied in as the world's base/: the base model training and evaluation start
+        from, used as it is (its checkpoint names its codec as ../codec, the world's)."""
+        copy_checkpoint(Path(self.identity["model"]) / "base", self.world.path("base"))
+        return {"from": str(Path(self.identity["model"]) / "base")}
+
     def embedders(self) -> dict:
-        folder, codec, seed = self.folder(), self.codec(), self.seed
+        folder, codec, seed = self.folder(), self.model_codec(), self.seed
         train_idx, _ = self.split()
         pick = np.sort(np.random.default_rng(seed + 3).permutation(train_idx)[: self.embedder_clips])
         train_rt = round_trip(codec, folder.clips[pick], ENCODE_BATCH)  # what reward workers decode and hear
@@ -331,12 +297,12 @@ class _FolderBuilder:
                          "round_trip": float(after.mean()), "clips": len(prompts)}}
 
 
-def folder_report(state: dict) -> dict:
+def folder_report(state: dict, stages: tuple[str, ...] = FOLDER_STAGES) -> dict:
     """world.json of a folder world, from the figures its stages recorded."""
     done, ident = state["done"], state["identity"]
     corpus, tokens, emb, clap = done["corpus"], done["tokens"], done["embedders"], done["measure"]["clap"]
     return {
-        "identity": ident, "kind": KIND, "model": ident["model"],
+        "identity": ident, "kind": KIND, "model": ident["model"], "model_family": corpus.get("model_family", MUSICGEN),
         "clip_s": ident["clip_s"], "clip_s_requested": corpus["clip_s_requested"], "frames": corpus["frames"],
         "clips": {"total": corpus["clips"], "train": corpus["train"]["clips"], "heldout": corpus["heldout"]["clips"]},
         "tracks": {"total": corpus["tracks"], "train": corpus["train"]["tracks"],
@@ -349,7 +315,7 @@ def folder_report(state: dict) -> dict:
         "clap_ceiling": clap,
         # No scorer: free captions have no attribute table to classify.
         "judges": {"adherence": "clap" if clap.get("measured") else "none", "clap": clap.get("dir"), "scorer": None},
-        "stage_seconds": {s: done[s]["seconds"] for s in FOLDER_STAGES},
+        "stage_seconds": {s: done[s]["seconds"] for s in stages},
     }
 
 
@@ -359,9 +325,11 @@ def add_folder_arguments(b: argparse.ArgumentParser) -> None:
     b.add_argument("--audio", default=None, help="folder: the audio folder (searched recursively)")
     b.add_argument("--captions", default=None,
                    help="folder: caption file or folder (audiocraft data.jsonl, HF audiofolder metadata, path,caption)")
-    b.add_argument("--model", default=None, help="folder: local MusicGen directory; its EnCodec makes the codes")
+    b.add_argument("--model", default=None, help="folder: a local MusicGen directory (its EnCodec makes the codes), "
+                   "or a divcfg world whose base model and codec to use (e.g. worlds/music_small)")
     b.add_argument("--clip-s", type=float, default=None,
-                   help=f"folder: clip length in seconds (default {DEFAULT_CLIP_S:g}, capped to what the model takes)")
+                   help=f"folder: clip length in seconds (default: {DEFAULT_CLIP_S:g} for a MusicGen, the clip a divcfg "
+                        f"policy was pretrained on; capped to what the model takes)")
     b.add_argument("--heldout-prompts", default=None,
                    help="folder: held-out prompt file, one per line (default: the held-out tracks' captions)")
     b.add_argument("--heldout-fraction", type=float, default=None, help="folder: tracks held out (default 0.1)")
@@ -384,7 +352,7 @@ def folder_cli(args: argparse.Namespace) -> int:
             raise WorldError(f"--kind folder needs {', '.join(missing)}")
         other = [flag for flag in ("--codec", "--soundfont", "--collections") if getattr(args, flag[2:]) is not None]
         if other:
-            raise WorldError(f"--kind folder does not take {', '.join(other)} (the MusicGen's EnCodec is the codec)")
+            raise WorldError(f"--kind folder does not take {', '.join(other)} (the model's own codec is the codec)")
         if args.threads:
             torch.set_num_threads(args.threads)
         report = build_folder_world(
