@@ -4,7 +4,8 @@ Rows: the original held-out clips (procedural worlds regenerate them from the se
 rendered, ``heldout_rendered.npy``), their round trip through the world's codec (the tokens the
 base model was trained on, decoded), the base model's samples without CFG (γ = 1) and with it (γ = 3), and a sample of
 each student given. One sampling seed for every model row, so the rows differ only by the model. Writes
-``spectrograms.png`` and the same image to TensorBoard (``tb/``, tag ``listen/spectrograms``).
+``spectrograms.png``, the clips as WAV files, and both to TensorBoard (``tb/``: ``listen/spectrograms`` and the
+audio tab's ``listen/<row>/clip<i>``).
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
@@ -59,7 +61,8 @@ def spectrogram_rows(world_dir: str | os.PathLike, students: dict[str, str], cli
 
 def listen(world_dir: str | os.PathLike, students: dict[str, str], out: str | os.PathLike, clips: int = 3,
            seed: int = 0) -> Path:
-    """Write ``out/spectrograms.png`` and its TensorBoard copy; returns the PNG's path."""
+    """Write ``out/spectrograms.png``, every row's clips as WAV files (``<row>_clip<i>.wav``) and both to
+    TensorBoard (``listen/spectrograms``, ``listen/<row>/clip<i>``); returns the PNG's path."""
     import matplotlib.pyplot as plt  # start-up: matplotlib takes ~1.8 s to import, for plots only
 
 
@@ -72,6 +75,13 @@ def listen(world_dir: str | os.PathLike, students: dict[str, str], out: str | os
     fig.savefig(out / "spectrograms.png", dpi=100)
     writer = SummaryWriter(str(out / "tb"))
     writer.add_image("listen/spectrograms", figure_to_image(fig), 0)
+    # Each row's clips as audio too (TensorBoard's audio tab, and WAV files beside the PNG): what the image shows
+    for name, audio in rows.items():
+        tag = name.replace(" ", "_").replace("=", "")
+        for i, clip in enumerate(np.asarray(audio, dtype=np.float32)):
+            clip = np.clip(clip, -1.0, 1.0)
+            writer.add_audio(f"listen/{tag}/clip{i}", torch.from_numpy(clip)[None], 0, sample_rate=rate)
+            sf.write(out / f"{tag}_clip{i}.wav", clip, rate)
     writer.add_text("listen/prompts", "\n\n".join(f"clip {i}: {p}" for i, p in enumerate(prompts)), 0)
     writer.close()
     plt.close(fig)

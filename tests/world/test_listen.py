@@ -28,6 +28,15 @@ def test_listen_writes_the_png_and_tensorboard_and_refuses_bad_input(tiny_world,
     assert main(["listen", str(tiny_world), "--clips", "1", "--out", str(tmp_path)]) == 0
     assert (tmp_path / "spectrograms.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
+    # The clips as WAVs, and the same clips in TensorBoard's audio tab
+    import soundfile as sf
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    wavs = sorted(p.name for p in tmp_path.glob("*.wav"))
+    assert wavs == ["base_γ1_clip0.wav", "base_γ3_clip0.wav", "codec_round_trip_clip0.wav", "original_clip0.wav"]
+    assert sf.info(tmp_path / "original_clip0.wav").samplerate == load_codec(tiny_world / "codec").sample_rate
+    events = EventAccumulator(str(tmp_path / "tb"), size_guidance={"audio": 0})
+    events.Reload()
+    assert sorted(events.Tags()["audio"]) == sorted(f"listen/{w[:-len('_clip0.wav')]}/clip0" for w in wavs)
     assert main(["listen", str(tiny_world), "--clips", "0", "--out", str(tmp_path)]) == 2
     assert "--clips 0" in capsys.readouterr().err
     assert main(["listen", str(tiny_world), "--student", "nopath", "--out", str(tmp_path)]) == 2
