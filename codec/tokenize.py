@@ -107,6 +107,11 @@ def tokenize_folder(audio_dir: str | os.PathLike, captions_path: str | os.PathLi
             "skipped": skipped}
 
 
+def codec_from_dir(path: str | os.PathLike):
+    """``--codec DIR``: a MusicGen model directory's own EnCodec, or a codec directory (e.g. ``WORLD/codec``)."""
+    return musicgen_codec_from_dir(path) if is_musicgen_dir(path) else load_codec(path)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="divcfg tokenize", description=__doc__.split(":", 1)[1].strip())
     ap.add_argument("--audio", required=True,
@@ -121,8 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=3.0, help="clip length; longer audio is cut, shorter padded")
     args = ap.parse_args(argv)
     try:
-        codec = (musicgen_codec_from_dir(args.codec) if args.codec and is_musicgen_dir(args.codec)
-                 else load_codec(args.codec) if args.codec
+        codec = (codec_from_dir(args.codec) if args.codec
                  else pretrained_encodec(args.encodec_bandwidth, args.encodec_repository,
                                          flag="--encodec-repository"))
         result = tokenize_folder(args.audio, args.captions, codec, args.out, args.seconds)

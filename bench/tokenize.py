@@ -1,0 +1,109 @@
+"""``divcfg tokenize`` on a folder against calling the codec directly on the same clips: what reading, resampling,
+checking and writing the dataset cost on top of the encoding itself (target: the folder path at ≥ 0.9× the codec's
+own speed).
+
+What is timed, alternately per repeat after one untimed call each: :func:`divcfg.codec.tokenize.tokenize_folder` on
+a folder of ``--files`` FLAC files of ``--seconds`` each (decoding, resampling from ``--rate``, the silence check,
+the encoding, the parquet written), and ``codec.encode`` on the same clips already in memory at the codec's rate, in
+the same batches. The folder is written first from tones of distinct pitches.
+
+Entries: ``tokenize/clips_per_s`` (the folder path; baseline: the codec's direct clips/s; target 0.9) and
+``tokenize/codec_clips_per_s``.
+
+Run: ``divcfg bench tokenize --codec worlds/music_small/codec --files 64 --json bench/results/tokenize_cpu.json``
+(``--codec`` also takes a MusicGen directory: its EnCodec).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+
+from divcfg.bench.common import interleaved_median_times, machine_info, print_table, write_results
+
+TARGET = 0.9
+
+
+def write_folder(root: Path, files: int, seconds: float, rate: int) -> tuple[Path, Path]:
+    """``files`` FLAC tones in ``root/audio`` and their captions file (the JSONL ``divcfg tokenize`` reads)."""
+    audio = root / "audio"
+    audio.mkdir(parents=True)
+    t = np.arange(int(seconds * rate)) / rate
+    lines = []
+    for i in range(files):
+        f = 110 * 2 ** (i / 12)
+        sf.write(audio / f"tone{i:03d}.flac", (0.3 * np.sin(2 * np.pi * f * t)).astype(np.float32), rate)
+        lines.append(f'{{"file": "tone{i:03d}.flac", "caption": "a tone at {f:.0f} Hz"}}')
+    (root / "captions.jsonl").write_text("\n".join(lines) + "\n")
+    return audio, root / "captions.jsonl"
+
+
+def run(codec_dir: str, files: int = 64, seconds: float = 3.0, rate: int | None = None, batch: int = 16,
+        repeats: int = 3, threads: int = 0, json_out: str | None = None, verbose: bool = True) -> list[dict]:
+    from divcfg.codec.tokenize import codec_from_dir, tokenize_folder
+
+    if files < 1 or seconds <= 0 or repeats < 1:
+        raise ValueError(f"--files, --seconds and --repeats must be positive, got {files}, {seconds}, {repeats}")
+    if threads:
+        torch.set_num_threads(threads)
+    codec = codec_from_dir(codec_dir)
+    rate = rate or codec.sample_rate
+    with tempfile.TemporaryDirectory() as tmp:
+        audio_dir, captions = write_folder(Path(tmp), files, seconds, rate)
+        n = int(round(seconds * codec.sample_rate))
+        clips = np.stack([sf.read(p, dtype="float32")[0] for p in sorted(audio_dir.glob("*.flac"))])
+        if rate != codec.sample_rate:
+            from divcfg.common.data.audio import resample
+            clips = np.stack([resample(c, rate, codec.sample_rate) for c in clips])
+        clips = clips[:, :n]
+
+        def direct():
+            for i in range(0, len(clips), batch):
+                codec.encode(clips[i:i + batch])
+
+        def folder():
+            tokenize_folder(audio_dir, captions, codec, Path(tmp) / "tokens.parquet", seconds, batch)
+
+        timed = interleaved_median_times({"folder": folder, "codec": direct}, repeats)
+    folder_rate, codec_rate = files / timed["folder"][0], files / timed["codec"][0]
+    extra = {"files": files, "seconds": seconds, "rate": rate, "codec_rate": codec.sample_rate, "batch": batch,
+             "codec": codec_dir, "threads": torch.get_num_threads(), "repeats": repeats,
+             "folder_s": timed["folder"][1], "codec_s": timed["codec"][1]}
+    ratio = folder_rate / codec_rate
+    results = [dict(name="tokenize/clips_per_s", value=folder_rate, unit="clips/s", baseline_value=codec_rate,
+                    ratio=ratio, target=TARGET, met=ratio >= TARGET, **extra),
+               dict(name="tokenize/codec_clips_per_s", value=codec_rate, unit="clips/s", baseline_value=None,
+                    ratio=None, target=None, met=None, **extra)]
+    if verbose:
+        print_table(results)
+    if json_out:
+        write_results(json_out, results, machine_info("cpu"))
+    return results
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="divcfg bench tokenize", description=__doc__.split("\n")[0])
+    ap.add_argument("--codec", required=True, help="a codec directory (a world's codec/) or a MusicGen directory")
+    ap.add_argument("--files", type=int, default=64, help="audio files in the folder")
+    ap.add_argument("--seconds", type=float, default=3.0, help="seconds per file (and per clip)")
+    ap.add_argument("--rate", type=int, default=None, help="the files' sample rate (default: the codec's)")
+    ap.add_argument("--batch", type=int, default=16, help="clips per encode call, on both sides")
+    ap.add_argument("--repeats", type=int, default=3, help="timed repeats, the two alternating")
+    ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: as set)")
+    ap.add_argument("--json", dest="json_out", metavar="OUT", default=None, help="write results JSON here")
+    args = ap.parse_args(argv)
+    try:
+        run(args.codec, args.files, args.seconds, args.rate, args.batch, args.repeats, args.threads, args.json_out)
+    except (ValueError, OSError, ImportError) as e:
+        print(f"divcfg bench tokenize: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,24 @@
+"""``divcfg bench tokenize``: the folder path against the codec's own encode, on the tiny world's codec."""
+import pytest
+
+from divcfg.bench.run import main
+from divcfg.bench.tokenize import TARGET, run
+
+
+def test_entries_time_both_sides_on_the_same_clips(tiny_world, tmp_path):
+    folder, direct = run(str(tiny_world / "codec"), files=4, seconds=0.5, repeats=1, verbose=False)
+    assert folder["name"] == "tokenize/clips_per_s" and direct["name"] == "tokenize/codec_clips_per_s"
+    assert folder["value"] == pytest.approx(4 / folder["folder_s"][0])  # one repeat: its median is itself
+    assert folder["baseline_value"] == pytest.approx(4 / folder["codec_s"][0]) == pytest.approx(direct["value"])
+    assert folder["ratio"] == pytest.approx(folder["value"] / folder["baseline_value"])
+    assert folder["target"] == TARGET and folder["met"] == (folder["ratio"] >= TARGET)
+    # Files at another rate are resampled by the folder path, and the direct side gets the same clips resampled
+    resampled, _ = run(str(tiny_world / "codec"), files=2, seconds=0.5, rate=8000, repeats=1, verbose=False)
+    assert resampled["rate"] == 8000 and resampled["codec_rate"] != 8000
+
+
+def test_bad_input_is_refused_by_name(tmp_path, capsys):
+    assert main(["tokenize", "--codec", str(tmp_path / "nowhere"), "--files", "2"]) == 2
+    assert "divcfg bench tokenize: error:" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="must be positive"):
+        run(str(tmp_path), files=0)
