@@ -165,6 +165,7 @@ def summarize(rows: list[dict], rounds: int, seed: int = 0) -> dict:
         _claim(c["id"], c["claim"], c["statistic"], why=status["scorer"]["why"] + " (divcfg eval --clap DIR)")
         for c in claims(rows, idx, diffs)]
     verdicts = {str(c["id"]): {"scorer": c["verdict"]} for c in scorer}
+    judged = [st["metric"] for n, st in status.items() if n != "scorer" and st["status"] == "used"]
     for name, cs in by_judge.items():
         for c in cs:
             verdicts[str(c["id"])][name] = c["verdict"]
@@ -173,7 +174,8 @@ def summarize(rows: list[dict], rounds: int, seed: int = 0) -> dict:
                                 "rule": "worst adherence and diversity among all rows, minus 5% of each span"},
             "rows": stats, "hypervolume": hv, "hypervolume_difference": diffs, "claims": scorer,
             "judges": status, "claims_by_judge": by_judge, "hypervolume_difference_by_judge": hv_by_judge,
-            "verdicts": verdicts}
+            "verdicts": verdicts,
+            "claim_3_by_theta_d": merges_by_theta_d(rows, idx, ("adherence", *judged)) if scored else []}
 
 
 def _find(rows, **want):
@@ -251,6 +253,37 @@ def _claim_merge(half, g3, gap, bar, diff, adherence: str = "adherence") -> dict
     # The verdict asks "not worse than CFG by more than 10% of the gap"; inside ±10% on both sides is recorded too
     c["adherence"] = {**a, "threshold": bar, "inside_band": bool(bar <= a["lo"] and a["hi"] <= -bar)}
     return c
+
+
+def merges_by_theta_d(rows: list[dict], idx: np.ndarray, metrics: tuple[str, ...] = ("adherence",)) -> list[dict]:
+    """Claim 3 for every λ = 0.5 merge, one per θ_d (the headline claim takes the largest β's), and each merge
+    against the midpoint of its two ends, seed by seed (``(θ_q + θ_d) / 2`` per prompt): a merge below the midpoint
+    in adherence is what a loss barrier between θ_q and θ_d would show (θ_d too far from θ_q for a linear merge).
+    ``metrics``: the adherences to measure the midpoint on (the scorer's, then each judge's)."""
+    g1, g3 = _find(rows, kind="cfg", guidance_scale=1.0), _find(rows, kind="cfg", guidance_scale=3.0)
+    q = next((r for r in families(rows).get("beta", []) if r["beta"] == 0), None)
+    by_name = {r["name"]: r for r in rows}
+    if q is None or g1 is None or g3 is None:
+        return []
+    gap = iv.point_mean(scores(g3, "adherence")) - iv.point_mean(scores(g1, "adherence"))
+
+    def diff(a, b, m):
+        return iv.difference_interval(scores(a, m), scores(b, m), idx)
+
+    out = []
+    for half in (r for r in rows if r["kind"] == "merge" and r["lam"] == 0.5 and r["theta_d"] in by_name):
+        d = by_name[half["theta_d"]]
+        seeds = [run["seed"] for run in half["runs"]]
+
+        def by_seed(row, m):  # [S, P] in the merge's seed order, so that seed s of θ_q and θ_d meet seed s's merge
+            runs = {run["seed"]: run for run in row["runs"]}
+            return scores({"runs": [runs[s] for s in seeds]}, m)
+
+        midpoint = {m: iv.difference_interval(scores(half, m), (by_seed(q, m) + by_seed(d, m)) / 2, idx)
+                    for m in (*metrics, "diversity")}
+        out.append({"theta_d": d["name"], "beta": d["beta"], "merge": half["name"],
+                    "claim": _claim_merge(half, g3, gap, -GAP_FRACTION * gap, diff), "minus_midpoint": midpoint})
+    return out
 
 
 def _claim_speed(half, g3) -> dict:

@@ -314,6 +314,10 @@ def _print_report(report: dict) -> None:
         for c in cs:
             print(f"claim {c['id']} by the {name} judge: {c['verdict']}  {c['statistic']} = {_num(c['estimate'])} "
                   f"[{_num(c['lo'])}, {_num(c['hi'])}]")
+    for m in report.get("claim_3_by_theta_d", []):
+        mid = m["minus_midpoint"]["adherence"]
+        print(f"claim 3 with θ_d = {m['theta_d']}: {m['claim']['verdict']}  {m['claim']['note']}; adherence − "
+              f"the ends' midpoint {_num(mid['estimate'])} [{_num(mid['lo'])}, {_num(mid['hi'])}]")
     print(judges_line(report["judges"]))
 
 

@@ -251,11 +251,16 @@ def measure_policy(policy, judges: Judges, prompts: list[str], samples: int, gui
     result["diversity_by_prompt"] = [float(d) for d in div_eval]
     result["diversity_reward_embedder_by_prompt"] = [float(d) for d in div_reward]
     result.update(independent_figures(judges, wav, all_prompts, groups))  # the independent judges, by the scorer
-    if fad_reference is not None:  # held-out-embedder features [N, E] of real clips: FAD with interval (reward/fad.py)
-        from divcfg.reward.fad import fad_report
-        from divcfg.reward.kad import kad_interval, reference_bandwidth
-        result["fad"] = fad_report(eval_emb.numpy(), fad_reference, seed=seed)
-        # One bandwidth for every row (the real clips' own median distance): KAD values compare only at one
-        bandwidth = kad_bandwidth if kad_bandwidth is not None else reference_bandwidth(fad_reference)
-        result["kad"] = kad_interval(eval_emb.numpy(), fad_reference, bandwidth=bandwidth, seed=seed)
+    if fad_reference is not None:  # held-out-embedder features [N, E] of real clips
+        result.update(distances_to_real(eval_emb.numpy(), fad_reference, kad_bandwidth, seed))
     return result
+
+
+def distances_to_real(eval_emb: np.ndarray, reference: np.ndarray, kad_bandwidth: float | None, seed: int) -> dict:
+    """``fad`` (with interval, reward/fad.py) and ``kad`` of samples' held-out-embedder features against real clips'."""
+    from divcfg.reward.fad import fad_report
+    from divcfg.reward.kad import kad_interval, reference_bandwidth
+    # One bandwidth for every row (the real clips' own median distance): KAD values compare only at one
+    bandwidth = kad_bandwidth if kad_bandwidth is not None else reference_bandwidth(reference)
+    return {"fad": fad_report(eval_emb, reference, seed=seed),
+            "kad": kad_interval(eval_emb, reference, bandwidth=bandwidth, seed=seed)}

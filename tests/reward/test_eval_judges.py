@@ -206,3 +206,16 @@ def test_clap_is_the_adherence_without_a_scorer_and_a_judge_beside_one(tmp_path)
     (tmp_path / "world.json").write_text('{"judges": {"clap": "%s"}}' % (tmp_path / "gone"))
     with pytest.raises(ValueError, match=r"world.json's judges.clap = .*gone: CLAP judge: .* is not a directory"):
         _load_clap(tmp_path, None, {})
+
+
+def test_claim_3_by_theta_d_measures_each_merge_against_its_ends_midpoint():
+    report = summarize(_rows(), 200)
+    (m,) = report["claim_3_by_theta_d"]
+    assert m["theta_d"] == "d" and m["merge"] == "merge β=15 λ=0.5"
+    # the only λ = 0.5 merge is the headline one: the same claim 3
+    assert m["claim"] == next(c for c in report["claims"] if c["id"] == 3)
+    # scorer: merge 0.555 against (0.56 + 0.45) / 2 = 0.505, seed by seed; rhythm: 0.36 against 0.325
+    mid = m["minus_midpoint"]
+    assert mid["adherence"]["estimate"] == pytest.approx(0.05, abs=0.005) and mid["adherence"]["lo"] > 0.04
+    assert mid["adherence_judge_rhythm"]["estimate"] == pytest.approx(0.035, abs=0.005)
+    assert mid["diversity"]["estimate"] == pytest.approx(0.70 - (0.53 + 0.80) / 2, abs=0.005)
