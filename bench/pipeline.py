@@ -30,7 +30,9 @@ Entries: ``pipeline/<size>/samples_per_s`` (async, baseline sync, target async/s
 ``pipeline/<size>/learner_busy`` (async, baseline sync), ``pipeline/<size>/actor_busy`` (async, baseline sync) and
 ``pipeline/<size>/<mode>/policy_lag`` (max lag over the run, target <= ``algo.max_policy_lag``). With ``--compare
 placement`` the same entries under ``pipeline/<size>/placement/`` (group, baseline driver; no target: the group
-moves the learner off the driver, and this measures what that costs or gains).
+moves the learner off the driver, and this measures what that costs or gains). With ``--compare decoder`` and a
+MusicGen policy among the overrides, under ``pipeline/<size>/decoder/`` (``model.decoder=divcfg``, baseline
+``model.decoder=transformers``; no target: the training throughput of MusicGen's weights in divcfg's decoder).
 
 Run: ``divcfg bench pipeline --world-size small --steps 30 --json /tmp/bench_pipeline.json``.
 """
@@ -59,6 +61,10 @@ COMPARISONS = {
     "mode": ("sync", "async", {"sync": ("learner.mode=sync",), "async": ("learner.mode=async",)}, TARGET_SPEEDUP),
     "placement": ("driver", "group", {v: ("learner.mode=async", f"learner.placement={v}") for v in ("driver", "group")},
                   None),
+    # A MusicGen policy (model=musicgen_small model.musicgen=DIR among the overrides): its weights in divcfg's decoder
+    # against transformers' own decoder (the adapter), in the actors and the learner alike.
+    "decoder": ("transformers", "divcfg", {v: ("learner.mode=async", f"model.decoder={v}")
+                                           for v in ("transformers", "divcfg")}, None),
 }
 LEARNER_PHASES = ("teacher", "forward_backward", "update", "publish")
 # Written at the end of every step by train.py's on_step; its event times mark the step boundaries.

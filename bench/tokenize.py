@@ -11,7 +11,8 @@ Entries: ``tokenize/clips_per_s`` (the folder path; baseline: the codec's direct
 ``tokenize/codec_clips_per_s``.
 
 Run: ``divcfg bench tokenize --codec worlds/music_small/codec --files 64 --json bench/results/tokenize_cpu.json``
-(``--codec`` also takes a MusicGen directory: its EnCodec).
+(``--codec`` also takes a MusicGen directory: its EnCodec; or ``encodec-32khz-shape``: random weights of the 32 kHz
+EnCodec that MusicGen ships, the encoder a MusicGen user's ``divcfg tokenize --codec DIR`` runs, no download).
 """
 from __future__ import annotations
 
@@ -27,6 +28,33 @@ import torch
 from divcfg.bench.common import interleaved_median_times, machine_info, print_table, write_results
 
 TARGET = 0.9
+ENCODEC_32KHZ_SHAPE = "encodec-32khz-shape"
+
+
+def encodec_32khz_shape(seed: int = 0):
+    """MusicGen's EnCodec (facebook/encodec_32khz's architecture: 32 kHz mono, strides 8·5·4·4, 64 filters, 4 × 2048
+    codes at 2.2 kbps) with random weights, behind the codec interface ``divcfg tokenize`` uses."""
+    from transformers import EncodecConfig, EncodecModel  # optional extra (divcfg[musicgen])
+
+    from divcfg.codec.musicgen import MusicGenCodec
+
+    config = EncodecConfig(sampling_rate=32_000, upsampling_ratios=[8, 5, 4, 4], target_bandwidths=[2.2],
+                           num_filters=64, codebook_size=2048, use_causal_conv=False, normalize=False,
+                           use_conv_shortcut=False)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = EncodecModel(config).eval()
+        # transformers leaves codebooks at zero (they come from a checkpoint). Codewords drawn from the encoder's own
+        # latents of noise, layer by layer on what is left, give codes that follow the audio, as trained ones do.
+        with torch.no_grad():
+            latents = model.encoder(0.1 * torch.randn(1, 1, 4 * config.sampling_rate))
+            residual = latents[0].T
+            for layer in model.quantizer.layers:
+                embed = residual[torch.randperm(len(residual))[:config.codebook_size]]
+                embed = embed[torch.randint(len(embed), (config.codebook_size,))]  # 200 frames -> 2048 codewords
+                layer.codebook.embed.copy_(embed + 1e-3 * torch.randn_like(embed))
+                residual = residual - layer.codebook.embed[torch.cdist(residual, layer.codebook.embed).argmin(1)]
+    return MusicGenCodec(model, 4, ENCODEC_32KHZ_SHAPE)
 
 
 def write_folder(root: Path, files: int, seconds: float, rate: int) -> tuple[Path, Path]:
@@ -51,7 +79,7 @@ def run(codec_dir: str, files: int = 64, seconds: float = 3.0, rate: int | None 
         raise ValueError(f"--files, --seconds and --repeats must be positive, got {files}, {seconds}, {repeats}")
     if threads:
         torch.set_num_threads(threads)
-    codec = codec_from_dir(codec_dir)
+    codec = encodec_32khz_shape() if codec_dir == ENCODEC_32KHZ_SHAPE else codec_from_dir(codec_dir)
     rate = rate or codec.sample_rate
     with tempfile.TemporaryDirectory() as tmp:
         audio_dir, captions = write_folder(Path(tmp), files, seconds, rate)
@@ -88,7 +116,8 @@ def run(codec_dir: str, files: int = 64, seconds: float = 3.0, rate: int | None 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="divcfg bench tokenize", description=__doc__.split("\n")[0])
-    ap.add_argument("--codec", required=True, help="a codec directory (a world's codec/) or a MusicGen directory")
+    ap.add_argument("--codec", required=True, help="a codec directory (a world's codec/), a MusicGen directory, "
+                                                 f"or {ENCODEC_32KHZ_SHAPE} (MusicGen's EnCodec, random weights)")
     ap.add_argument("--files", type=int, default=64, help="audio files in the folder")
     ap.add_argument("--seconds", type=float, default=3.0, help="seconds per file (and per clip)")
     ap.add_argument("--rate", type=int, default=None, help="the files' sample rate (default: the codec's)")

@@ -115,3 +115,15 @@ def test_placement_compares_the_learner_group_with_the_learner_in_the_driver(tmp
                             "pipeline/tiny/placement/group/policy_lag"}
     sps = results["pipeline/tiny/placement/samples_per_s"]
     assert sps["ratio"] == pytest.approx(2.0) and sps["target"] is None and sps["met"] is None
+
+
+def test_decoder_compares_musicgen_in_divcfgs_decoder_with_transformers_own(tmp_path):
+    extra = ("model=musicgen_small", "model.musicgen=/m")
+    args = {v: train_args(v, tmp_path / "r", "tiny", "w", steps=5, actors=2, reward=1, beta=0.0, extra=extra,
+                          comparison="decoder") for v in ("transformers", "divcfg")}
+    assert set(args["transformers"]) ^ set(args["divcfg"]) == {"model.decoder=transformers", "model.decoder=divcfg"}
+    assert all(set(extra) <= set(a) and "learner.mode=async" in a for a in args.values())
+    runs = {"transformers": [read_run(_fake_run(tmp_path / "t", "async", [4.0, 6.0, 8.0], 0.2, [1.5] * 3, [0, 1, 1]))],
+            "divcfg": [read_run(_fake_run(tmp_path / "d", "async", [4.0, 5.0, 6.0], 0.2, [0.1] * 3, [0, 1, 2]))]}
+    sps = {r["name"]: r for r in compare(runs, "tiny", "decoder")}["pipeline/tiny/decoder/samples_per_s"]
+    assert sps["ratio"] == pytest.approx(2.0) and sps["baseline_value"] < sps["value"]

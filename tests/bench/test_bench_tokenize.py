@@ -22,3 +22,15 @@ def test_bad_input_is_refused_by_name(tmp_path, capsys):
     assert "divcfg bench tokenize: error:" in capsys.readouterr().err
     with pytest.raises(ValueError, match="must be positive"):
         run(str(tmp_path), files=0)
+
+
+def test_musicgens_encodec_shape_makes_four_codebooks_of_2048_at_50_frames_a_second():
+    pytest.importorskip("transformers")
+    from divcfg.bench.tokenize import encodec_32khz_shape
+
+    codec = encodec_32khz_shape()
+    assert (codec.sample_rate, codec.frame_rate, codec.n_codebooks, codec.card) == (32_000, 50.0, 4, 2048)
+    import numpy as np
+    codes = codec.encode(np.random.default_rng(0).standard_normal((2, 16_000)).astype(np.float32) * 0.1)
+    assert tuple(codes.shape) == (2, 4, 25) and int(codes.max()) < 2048
+    assert len({tuple(c) for c in codes[0].T.tolist()}) > 1  # random codebooks: the codes follow the audio
