@@ -1,8 +1,8 @@
 """``divcfg embedder train``: train a contrastive music embedder on audio (a folder of WAV/FLAC/OGG/MP3 files,
 or codes decoded by a codec).
 
-A folder is read as the folder world reads one (common/data/folder.py): every file resampled to one rate, cut into
-consecutive clips of the embedder's clip length (two chunks: its two views), the remainder dropped. Undecodable,
+A folder is read as the folder world reads one (common/data/folder.py's clips): every file resampled to one rate, cut
+into consecutive clips of the embedder's clip length (two chunks: its two views), the remainder dropped. Undecodable,
 silent and too-short files are named and counted. recall@1 is measured on held-out tracks, never on a clip whose
 track also trained the model.
 """

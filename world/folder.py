@@ -5,7 +5,7 @@ so that finetuning that model on the world's codes needs no other codec.
 Stages, each recorded in ``state.json`` as the other kinds' are, and skipped on a re-run with the same identity
 (kind, model directory, clip length, folder, split):
 
-  corpus     the folder cut into clips (common/data/folder.py), split by track -> corpus.parquet, prompts_heldout.txt
+  corpus     the folder cut into clips (world/user_folder.py), split by track -> corpus.parquet, prompts_heldout.txt
   codec      (a divcfg policy) its offline codec, copied in                    -> codec/
   tokens     every clip encoded by the model's codec                           -> tokens.parquet, heldout.parquet
   base       (a divcfg policy) the policy itself, copied in as the base model  -> base/
@@ -33,7 +33,7 @@ import torch
 from tqdm import tqdm
 
 from divcfg.codec.evaluation import codec_figures, round_trip
-from divcfg.common.data.folder import read_captions, read_folder, read_heldout_prompts, split_by_track
+from divcfg.common.data.folder import split_by_track
 from divcfg.common.data.tokens import write_tokens
 from divcfg.common.data.world_dir import STAGE_OUTPUTS, WORLD_VERSION, World, WorldError
 from divcfg.reward.clap_judge import ClapLoadError, check_clap_dir, load_clap_judge
@@ -47,6 +47,7 @@ from divcfg.world.folder_model import (
     model_codec,
     model_family,
 )
+from divcfg.world.user_folder import read_captions, read_folder, read_heldout_prompts
 
 KIND = "folder"
 FOLDER_STAGES = ("corpus", "tokens", "embedders", "measure")

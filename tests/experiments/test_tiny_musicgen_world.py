@@ -1,8 +1,8 @@
 """experiments/tiny_musicgen_world.py: the folder it writes reads back whole, three clips a track, every caption."""
 import numpy as np
 
-from divcfg.common.data.folder import read_folder
 from divcfg.experiments.tiny_musicgen_world import RATE, TRACK_S, TRACKS, write_folder
+from divcfg.world.user_folder import read_folder
 
 
 def test_the_folder_reads_back_as_a_users_audiocraft_folder(tmp_path):

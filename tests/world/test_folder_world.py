@@ -15,13 +15,13 @@ import soundfile as sf
 transformers = pytest.importorskip("transformers")
 
 from divcfg.codec.musicgen import musicgen_codec_from_dir  # noqa: E402
-from divcfg.common.data.folder import read_folder  # noqa: E402
 from divcfg.common.data.tokens import read_tokens  # noqa: E402
 from divcfg.common.data.world_dir import World, WorldError  # noqa: E402
 from divcfg.model.musicgen.loading import tiny_musicgen  # noqa: E402
 from divcfg.world.build import main  # noqa: E402
 from divcfg.world.folder import ENCODE_BATCH, build_folder_world  # noqa: E402
 from divcfg.world.folder_model import model_clip  # noqa: E402
+from divcfg.world.user_folder import read_folder  # noqa: E402
 
 transformers.logging.set_verbosity_error()
 N_TRACKS = 12

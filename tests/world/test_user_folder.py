@@ -1,4 +1,5 @@
-"""The folder world's data layer: caption formats, bad rows named, clips cut, tracks split, held-out prompts checked."""
+"""A user's folder read for a folder world (world/user_folder.py) and the clips cut from it (common/data/folder.py):
+caption formats, bad rows named, clips cut, tracks split, held-out prompts checked."""
 from __future__ import annotations
 
 import gzip
@@ -9,15 +10,8 @@ import pytest
 import soundfile as sf
 
 from divcfg.common.data.audio import write_wav
-from divcfg.common.data.folder import (
-    SILENCE_RMS,
-    cut_clips,
-    find_audio,
-    read_captions,
-    read_folder,
-    read_heldout_prompts,
-    split_by_track,
-)
+from divcfg.common.data.folder import SILENCE_RMS, cut_clips, find_audio, split_by_track
+from divcfg.world.user_folder import read_captions, read_folder, read_heldout_prompts
 
 SR = 16000
 
