@@ -35,6 +35,9 @@ class Linear(nn.Linear):
 
     MKL's GEMM for few rows (a decoding step: batch × 1 rows) is 1.3–2.2× faster with the weight in that layout
     than with ``nn.Linear``'s ``[out, in]`` (the output heads at 8 rows: 428 against 944 µs; equal at 256 rows).
+    Only for fp32: bf16 GEMM (oneDNN, ``actors.dtype=bf16``) is the other way round, ``F.linear`` 1.16–1.22× faster
+    than the transposed copy at 1 and 8 rows over 800 MB of 4096 × 1024 weights on an AMD EPYC (BENCHMARKS.md), so
+    other dtypes keep ``F.linear`` and no copy.
     The copy is rebuilt whenever the weight changes (a snapshot load bumps its version, an optimizer step the count
     above), so
     rollout actors rebuild it once per policy version. Training (grad enabled) and other devices use ``F.linear``;
@@ -45,7 +48,7 @@ class Linear(nn.Linear):
     _transposed_key: tuple | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled() or x.device.type != "cpu":
+        if torch.is_grad_enabled() or x.device.type != "cpu" or self.weight.dtype != torch.float32:
             return F.linear(x, self.weight, self.bias)
         w = self.weight
         key = (w.data_ptr(), w._version, w.dtype, _optimizer_steps)

@@ -187,3 +187,8 @@ def test_inference_linear_matches_nn_linear_and_follows_weight_updates():
     with torch.no_grad():
         assert not torch.allclose(lin(x), before) and torch.allclose(lin(x), F.linear(x, lin.weight, lin.bias),
                                                                      atol=1e-6)
+    # bf16 weights take F.linear itself, with no transposed copy (that layout is slower for bf16 GEMM).
+    half = Linear(16, 24).to(torch.bfloat16)
+    with torch.no_grad():
+        assert torch.equal(half(x.bfloat16()), F.linear(x.bfloat16(), half.weight, half.bias))
+    assert half._transposed is None
