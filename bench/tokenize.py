@@ -57,34 +57,41 @@ def encodec_32khz_shape(seed: int = 0):
     return MusicGenCodec(model, 4, ENCODEC_32KHZ_SHAPE)
 
 
-def write_folder(root: Path, files: int, seconds: float, rate: int) -> tuple[Path, Path]:
-    """``files`` FLAC tones in ``root/audio`` and their captions file (the JSONL ``divcfg tokenize`` reads)."""
+def write_folder(root: Path, files: int, seconds: float, rate: int, fmt: str = "flac") -> tuple[Path, Path]:
+    """``files`` tones of ``seconds`` in ``root/audio`` (``fmt``: flac, or wav as 16-bit PCM) and their captions file
+    (the JSONL ``divcfg tokenize`` reads)."""
     audio = root / "audio"
     audio.mkdir(parents=True)
     t = np.arange(int(seconds * rate)) / rate
     lines = []
     for i in range(files):
         f = 110 * 2 ** (i / 12)
-        sf.write(audio / f"tone{i:03d}.flac", (0.3 * np.sin(2 * np.pi * f * t)).astype(np.float32), rate)
-        lines.append(f'{{"file": "tone{i:03d}.flac", "caption": "a tone at {f:.0f} Hz"}}')
+        sf.write(audio / f"tone{i:03d}.{fmt}", (0.3 * np.sin(2 * np.pi * f * t)).astype(np.float32), rate,
+                 subtype="PCM_16")
+        lines.append(f'{{"file": "tone{i:03d}.{fmt}", "caption": "a tone at {f:.0f} Hz"}}')
     (root / "captions.jsonl").write_text("\n".join(lines) + "\n")
     return audio, root / "captions.jsonl"
 
 
 def run(codec_dir: str, files: int = 64, seconds: float = 3.0, rate: int | None = None, batch: int = 16,
-        repeats: int = 3, threads: int = 0, json_out: str | None = None, verbose: bool = True) -> list[dict]:
+        repeats: int = 3, threads: int = 0, json_out: str | None = None, verbose: bool = True,
+        file_seconds: float | None = None, fmt: str = "flac") -> list[dict]:
     from divcfg.codec.tokenize import codec_from_dir, tokenize_folder
 
-    if files < 1 or seconds <= 0 or repeats < 1:
-        raise ValueError(f"--files, --seconds and --repeats must be positive, got {files}, {seconds}, {repeats}")
+    file_seconds = file_seconds or seconds
+    if files < 1 or seconds <= 0 or repeats < 1 or file_seconds < seconds:
+        raise ValueError(f"--files, --seconds and --repeats must be positive and --file-seconds at least --seconds, "
+                         f"got {files}, {seconds}, {repeats}, {file_seconds}")
+    if fmt not in ("flac", "wav"):
+        raise ValueError(f"--format must be flac or wav, got {fmt!r}")
     if threads:
         torch.set_num_threads(threads)
     codec = encodec_32khz_shape() if codec_dir == ENCODEC_32KHZ_SHAPE else codec_from_dir(codec_dir)
     rate = rate or codec.sample_rate
     with tempfile.TemporaryDirectory() as tmp:
-        audio_dir, captions = write_folder(Path(tmp), files, seconds, rate)
+        audio_dir, captions = write_folder(Path(tmp), files, file_seconds, rate, fmt)
         n = int(round(seconds * codec.sample_rate))
-        clips = np.stack([sf.read(p, dtype="float32")[0] for p in sorted(audio_dir.glob("*.flac"))])
+        clips = np.stack([sf.read(p, dtype="float32")[0] for p in sorted(audio_dir.glob(f"*.{fmt}"))])
         if rate != codec.sample_rate:
             from divcfg.common.data.audio import resample
             clips = np.stack([resample(c, rate, codec.sample_rate) for c in clips])
@@ -99,7 +106,7 @@ def run(codec_dir: str, files: int = 64, seconds: float = 3.0, rate: int | None 
 
         timed = interleaved_median_times({"folder": folder, "codec": direct}, repeats)
     folder_rate, codec_rate = files / timed["folder"][0], files / timed["codec"][0]
-    extra = {"files": files, "seconds": seconds, "rate": rate, "codec_rate": codec.sample_rate, "batch": batch,
+    extra = {"files": files, "seconds": seconds, "file_seconds": file_seconds, "format": fmt, "rate": rate, "codec_rate": codec.sample_rate, "batch": batch,
              "codec": codec_dir, "threads": torch.get_num_threads(), "repeats": repeats,
              "folder_s": timed["folder"][1], "codec_s": timed["codec"][1]}
     ratio = folder_rate / codec_rate
@@ -120,6 +127,10 @@ def main(argv=None) -> int:
                                                  f"or {ENCODEC_32KHZ_SHAPE} (MusicGen's EnCodec, random weights)")
     ap.add_argument("--files", type=int, default=64, help="audio files in the folder")
     ap.add_argument("--seconds", type=float, default=3.0, help="seconds per file (and per clip)")
+    ap.add_argument("--file-seconds", type=float, default=None,
+                    help="seconds per file, when the files are longer than a clip as a user's tracks are (default: "
+                         "--seconds); the clip is each file's start")
+    ap.add_argument("--format", dest="fmt", choices=("flac", "wav"), default="flac", help="the files' format")
     ap.add_argument("--rate", type=int, default=None, help="the files' sample rate (default: the codec's)")
     ap.add_argument("--batch", type=int, default=16, help="clips per encode call, on both sides")
     ap.add_argument("--repeats", type=int, default=3, help="timed repeats, the two alternating")
@@ -127,7 +138,8 @@ def main(argv=None) -> int:
     ap.add_argument("--json", dest="json_out", metavar="OUT", default=None, help="write results JSON here")
     args = ap.parse_args(argv)
     try:
-        run(args.codec, args.files, args.seconds, args.rate, args.batch, args.repeats, args.threads, args.json_out)
+        run(args.codec, args.files, args.seconds, args.rate, args.batch, args.repeats, args.threads, args.json_out,
+            file_seconds=args.file_seconds, fmt=args.fmt)
     except (ValueError, OSError, ImportError) as e:
         print(f"divcfg bench tokenize: error: {e}", file=sys.stderr)
         return 2

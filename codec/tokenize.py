@@ -23,6 +23,10 @@ from divcfg.common.data.audio import AudioError, read_audio_folder, resample
 from divcfg.common.data.folder import SILENCE_RMS
 from divcfg.common.data.tokens import write_tokens
 
+# Audio decoded past the clip's end: torchaudio's resampler reads lowpass_filter_width (6) zero crossings of the lower
+# rate either side, under 1 ms for any rate above 8 kHz, so 50 ms leaves the clip's last samples as from the whole file.
+RESAMPLE_MARGIN_S = 0.05
+
 
 class TokenizeError(ValueError):
     pass
@@ -69,7 +73,9 @@ def tokenize_folder(audio_dir: str | os.PathLike, captions_path: str | os.PathLi
     """
 
     try:
-        folder = read_audio_folder(audio_dir)
+        # Only each file's first clip is kept, so only that is decoded, plus a margin that covers the resampler's
+        # kernel: the clip's last samples then come out as from the whole file.
+        folder = read_audio_folder(audio_dir, max_seconds=seconds + RESAMPLE_MARGIN_S)
     except AudioError as e:
         raise TokenizeError(str(e)) from None
     captions = read_captions(captions_path)
@@ -82,29 +88,33 @@ def tokenize_folder(audio_dir: str | os.PathLike, captions_path: str | os.PathLi
                             f"{len(missing)} audio file(s) without a caption {missing[:3]}, "
                             f"{len(unknown)} caption(s) without an audio file {unknown[:3]}")
     n = int(round(seconds * codec.sample_rate))
-    clips, resampled, skipped = [], 0, [folder.reasons[name] for name in folder.skipped]
+    kept, resampled, skipped = [], 0, [folder.reasons[name] for name in folder.skipped]
+    audio = np.zeros((len(folder.clips), n), np.float32)  # zeros pad a file shorter than the clip
     for name, x, sr in folder.clips:
         if sr != codec.sample_rate:
             x = resample(x, sr, codec.sample_rate)
             resampled += 1
         # Over the file's own samples, not the padding: a short quiet file is no quieter for being padded.
-        rms = float(np.sqrt(np.mean(np.square(x[:n], dtype=np.float64))))
+        # Not ``own @ own``: numpy's BLAS threads would then spin beside torch's on the encode that follows (the
+        # encode measured 2× slower after such a loop on 2 cores).
+        own = x[:n]
+        rms = float(np.sqrt(np.mean(np.square(own, dtype=np.float64))))
         if rms < SILENCE_RMS:
             # A silent clip paired with its caption would teach the model that the caption sounds like nothing.
             skipped.append(f"silent audio file {Path(audio_dir) / name}: RMS {rms:.2g} over its first {seconds:g} s "
                            f"is below {SILENCE_RMS:g}")
             continue
-        clips.append((name, np.pad(x[:n], (0, max(0, n - len(x))))))
-    if not clips:
+        audio[len(kept), :len(own)] = own
+        kept.append(name)
+    if not kept:
         raise TokenizeError(f"audio folder {audio_dir} gives no clip: all {len(skipped)} file(s) were skipped, "
                             f"first: {'; '.join(skipped[:3])}")
-    audio = np.stack([c for _, c in clips]).astype(np.float32)
+    audio = audio[:len(kept)]
     codes = np.concatenate([codec.encode(audio[i: i + batch]).numpy() for i in range(0, len(audio), batch)])
     meta = {"codec": codec.name, "card": codec.card, "sample_rate": codec.sample_rate,
             "frame_rate": codec.frame_rate, "source": str(audio_dir)}
-    write_tokens(out, [captions[name] for name, _ in clips], codes, meta, {"file": [name for name, _ in clips]})
-    return {"clips": len(clips), "resampled": resampled, "frames": int(codes.shape[2]),
-            "skipped": skipped}
+    write_tokens(out, [captions[name] for name in kept], codes, meta, {"file": kept})
+    return {"clips": len(kept), "resampled": resampled, "frames": int(codes.shape[2]), "skipped": skipped}
 
 
 def codec_from_dir(path: str | os.PathLike):

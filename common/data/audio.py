@@ -6,6 +6,7 @@ users bring their music in. torchaudio's own I/O moved to torchcodec, which need
 """
 from __future__ import annotations
 
+import math
 import os
 import wave
 from dataclasses import dataclass, field
@@ -36,9 +37,11 @@ def write_wav(path: str | os.PathLike, audio: np.ndarray, sample_rate: int) -> N
         w.writeframes(pcm.tobytes())
 
 
-def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
+def read_audio(path: str | os.PathLike, max_seconds: float | None = None) -> tuple[np.ndarray, int]:
     """A WAV, FLAC, OGG or MP3 file -> (mono float32 ``[N]`` in [-1, 1], sample rate). Channels are averaged.
 
+    ``max_seconds`` decodes only the file's start: a reader that keeps a track's first clip need not decode (and
+    hold) a whole track, which for a folder of full-length music is most of the time and of the memory.
     Raises :class:`AudioError` naming the file when it is missing, of an unsupported format, undecodable or empty.
     """
 
@@ -49,15 +52,20 @@ def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
     if not path.is_file():
         raise AudioError(f"audio file not found: {path}")
     try:
-        x, sr = sf.read(os.fspath(path), dtype="float32", always_2d=True)
+        with sf.SoundFile(os.fspath(path)) as f:
+            sr = f.samplerate
+            frames = -1 if max_seconds is None else math.ceil(max_seconds * sr)
+            x = f.read(frames, dtype="float32", always_2d=True)  # fewer frames at the end of a shorter file
+            integer_pcm = f.subtype.startswith("PCM")
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
         # libsndfile reports a truncated or corrupt file as "Format not recognised" or "unspecified internal error".
         raise AudioError(f"cannot decode audio file {path} ({e})") from None
     if x.shape[0] == 0:
         raise AudioError(f"audio file {path} is empty (0 samples)")
-    if not np.isfinite(x).all():
+    # Integer PCM decodes to finite samples by construction: only float and lossy data need the check.
+    if not integer_pcm and not np.isfinite(x).all():
         raise AudioError(f"audio file {path} decodes to NaN or infinite samples")
-    return x.mean(axis=1).astype(np.float32), int(sr)
+    return (x[:, 0] if x.shape[1] == 1 else x.mean(axis=1, dtype=np.float32)), int(sr)
 
 
 # The WAV-only name of earlier releases; every reader now takes all of AUDIO_SUFFIXES.
@@ -76,8 +84,9 @@ class AudioFolder:
     """Skipped file name -> the error that names it and says why."""
 
 
-def read_audio_folder(folder: str | os.PathLike) -> AudioFolder:
-    """Every non-hidden file of ``folder`` (not recursive): decoded when it can be, otherwise named in ``skipped``.
+def read_audio_folder(folder: str | os.PathLike, max_seconds: float | None = None) -> AudioFolder:
+    """Every non-hidden file of ``folder`` (not recursive): decoded when it can be (its first ``max_seconds`` when
+    given, see :func:`read_audio`), otherwise named in ``skipped``.
 
     Raises :class:`AudioError` when the folder is missing or holds no decodable file (the first skips are named).
     """
@@ -87,7 +96,7 @@ def read_audio_folder(folder: str | os.PathLike) -> AudioFolder:
     out = AudioFolder()
     for f in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")):
         try:
-            x, sr = read_audio(f)
+            x, sr = read_audio(f, max_seconds)
         except AudioError as e:
             out.skipped.append(f.name)
             out.reasons[f.name] = str(e)

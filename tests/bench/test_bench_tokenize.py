@@ -15,6 +15,10 @@ def test_entries_time_both_sides_on_the_same_clips(tiny_world, tmp_path):
     # Files at another rate are resampled by the folder path, and the direct side gets the same clips resampled
     resampled, _ = run(str(tiny_world / "codec"), files=2, seconds=0.5, rate=8000, repeats=1, verbose=False)
     assert resampled["rate"] == 8000 and resampled["codec_rate"] != 8000
+    # Files longer than the clip, in WAV: the clip is each file's start on both sides
+    long_wav, _ = run(str(tiny_world / "codec"), files=2, seconds=0.5, file_seconds=2.0, fmt="wav", repeats=1,
+                      verbose=False)
+    assert (long_wav["file_seconds"], long_wav["format"], long_wav["seconds"]) == (2.0, "wav", 0.5)
 
 
 def test_bad_input_is_refused_by_name(tmp_path, capsys):
@@ -22,6 +26,10 @@ def test_bad_input_is_refused_by_name(tmp_path, capsys):
     assert "divcfg bench tokenize: error:" in capsys.readouterr().err
     with pytest.raises(ValueError, match="must be positive"):
         run(str(tmp_path), files=0)
+    with pytest.raises(ValueError, match="--file-seconds at least --seconds, got 2, 3.0, 3, 1.0"):
+        run(str(tmp_path), files=2, file_seconds=1.0)
+    with pytest.raises(ValueError, match="--format must be flac or wav, got 'mp3'"):
+        run(str(tmp_path), files=2, fmt="mp3")
 
 
 def test_musicgens_encodec_shape_makes_four_codebooks_of_2048_at_50_frames_a_second():

@@ -95,3 +95,18 @@ def test_embedder_cli_reads_flac_and_counts_skips(tmp_path, capsys):
     assert rc == 0, out.err
     assert json.loads(out.out)["clips"] == 8
     assert "skipped cannot decode audio file" in out.err and "skipped 1 undecodable file(s)" in out.err
+
+
+@pytest.mark.parametrize("suffix,fmt,subtype,tol", FORMATS)
+def test_max_seconds_decodes_the_files_start(tmp_path, suffix, fmt, subtype, tol):
+    if subtype not in sf.available_subtypes(fmt):
+        pytest.skip(f"this libsndfile ({sf.__libsndfile_version__}) cannot write {fmt}/{subtype}")
+    sf.write(tmp_path / f"a{suffix}", tone(2.0), SR, format=fmt, subtype=subtype)
+    whole, _ = read_audio(tmp_path / f"a{suffix}")
+    head, sr = read_audio(tmp_path / f"a{suffix}", max_seconds=0.3001)
+    assert sr == SR and len(head) == 4802  # ceil(0.3001 × 16000)
+    np.testing.assert_array_equal(head, whole[:len(head)])
+    longer, _ = read_audio(tmp_path / f"a{suffix}", max_seconds=5.0)  # past the end: the whole file
+    np.testing.assert_array_equal(longer, whole)
+    folder = read_audio_folder(tmp_path, max_seconds=0.3001)
+    np.testing.assert_array_equal(folder.clips[0][1], head)

@@ -1,4 +1,5 @@
 import json
+import math
 
 import numpy as np
 import pytest
@@ -102,3 +103,26 @@ def test_a_users_musicgen_directory_is_its_own_codec(tmp_path):
     assert main(["--audio", str(tmp_path / "audio"), "--captions", str(tmp_path / "caps.jsonl"), "--codec",
                  str(tmp_path / "neither"), "--out", str(tmp_path / "u.parquet")]) != 0
     assert not (tmp_path / "u.parquet").exists()
+
+
+def test_only_each_files_first_clip_is_decoded_and_resampled_as_from_the_whole_file(tmp_path, codec, monkeypatch):
+    import divcfg.common.data.audio as audio_mod
+    from divcfg.common.data.audio import read_audio, resample
+
+    (tmp_path / "audio").mkdir()
+    sr, rng = 22050, np.random.default_rng(1)
+    track = (0.3 * np.sin(2 * np.pi * 330 * np.arange(20 * sr) / sr) + 0.05 * rng.standard_normal(20 * sr))
+    write_wav(tmp_path / "audio" / "long.wav", track, sr)  # a 20 s track, at another rate than the codec's
+    (tmp_path / "caps.csv").write_text("long.wav,a long track\n")
+    decoded = []
+    real = audio_mod.read_audio
+    monkeypatch.setattr(audio_mod, "read_audio", lambda p, s=None: decoded.append(len(real(p, s)[0])) or real(p, s))
+    tokenize_folder(tmp_path / "audio", tmp_path / "caps.csv", codec, tmp_path / "t.parquet", seconds=1.0)
+    assert decoded == [math.ceil(1.05 * sr)]  # the clip and the resampler's margin, not the 20 s
+    # The clip the codec got equals the whole file resampled and cut: compare against encoding that directly.
+    whole, _ = read_audio(tmp_path / "audio" / "long.wav")
+    head, _ = read_audio(tmp_path / "audio" / "long.wav", max_seconds=1.05)
+    n = codec.sample_rate
+    np.testing.assert_allclose(resample(head, sr, n)[:n], resample(whole, sr, n)[:n], atol=1e-6)
+    np.testing.assert_array_equal(read_tokens(tmp_path / "t.parquet").codes,
+                                  codec.encode(resample(whole, sr, n)[None, :n]).numpy())
