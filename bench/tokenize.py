@@ -106,8 +106,8 @@ def run(codec_dir: str, files: int = 64, seconds: float = 3.0, rate: int | None 
 
         timed = interleaved_median_times({"folder": folder, "codec": direct}, repeats)
     folder_rate, codec_rate = files / timed["folder"][0], files / timed["codec"][0]
-    extra = {"files": files, "seconds": seconds, "file_seconds": file_seconds, "format": fmt, "rate": rate, "codec_rate": codec.sample_rate, "batch": batch,
-             "codec": codec_dir, "threads": torch.get_num_threads(), "repeats": repeats,
+    extra = {"files": files, "seconds": seconds, "file_seconds": file_seconds, "format": fmt, "rate": rate,
+             "codec_rate": codec.sample_rate, "batch": batch, "codec": codec_dir, "threads": torch.get_num_threads(), "repeats": repeats,
              "folder_s": timed["folder"][1], "codec_s": timed["codec"][1]}
     ratio = folder_rate / codec_rate
     results = [dict(name="tokenize/clips_per_s", value=folder_rate, unit="clips/s", baseline_value=codec_rate,
