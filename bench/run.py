@@ -14,6 +14,7 @@ BENCHMARKS = {
     "learner": ("divcfg.bench.learner", "learner tokens/s and step split vs one student forward"),
     "griffin-lim": ("divcfg.bench.griffin_lim", "the codec's Griffin-Lim vs torchaudio or a revision"),
     "clap": ("divcfg.bench.clap", "CLAP adherence judging clips/s vs the held-out embedder on the same clips"),
+    "judges": ("divcfg.bench.judges", "an eval measurement with Basic Pitch and madmom in worker processes vs here"),
     "tokenize": ("divcfg.bench.tokenize", "divcfg tokenize on a folder vs the codec's encode on the same clips"),
     "pipeline": ("divcfg.bench.pipeline", "the divcfg train loop, async vs sync samples/s, busy fractions, lag"),
 }

@@ -15,11 +15,12 @@ decoded by that MusicGen's EnCodec; adherence is the world's scorer's, or CLAP's
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -36,6 +37,7 @@ from divcfg.reward.eval_groups import check_group, multirun_groups, parse_group,
 from divcfg.reward.eval_outputs import write_outputs
 from divcfg.reward.eval_report import summarize
 from divcfg.reward.intervals import check_bootstrap
+from divcfg.reward.judge_pool import POOLED, JudgePool, usable_cores
 from divcfg.reward.judges import Judges, measure_policy
 from divcfg.reward.kad import reference_bandwidth
 
@@ -199,14 +201,18 @@ def _group_merge_rows(groups: dict, lams, merge_with: list[str] | None) -> list[
 def evaluate(world_dir: str, models: list[str], gammas: list[float], merge: tuple[str, str] | None,
              lams: list[float], prompts: int | None, samples: int, seed: int, progress: bool = True,
              groups: dict[str, list[str]] | None = None, merge_with: list[str] | None = None,
-             batch: int = 0, clap: str | None = None) -> list[dict]:
+             batch: int = 0, clap: str | None = None, judge_workers: int | None = None) -> list[dict]:
     """Measure every row; each row dict holds its plan's fields and ``runs``, one :func:`measure_policy` result per
     seed (with per-prompt scores). ``clap``: a CLAP directory judging adherence (instead of the one world.json
-    names)."""
-
+    names). ``judge_workers``: processes that run the Basic Pitch and madmom judges (reward/judge_pool.py; None:
+    one per usable core, none on one core; 0: in this process); the figures are the same either way."""
 
     if samples < 2:
         raise ValueError(f"--samples must be >= 2 to measure diversity, got {samples}")
+    if judge_workers is None:  # one per core; on one core a worker would only take turns with this process
+        judge_workers = usable_cores() if usable_cores() > 1 else 0
+    if judge_workers < 0:
+        raise ValueError(f"--judge-workers must be >= 0, got {judge_workers}")
     world = World(world_dir)
     musicgen = world_musicgen(world)
     # The base model and the codec its codes decode with: the world's own (base/, codec/), or the folder world's
@@ -229,6 +235,14 @@ def evaluate(world_dir: str, models: list[str], gammas: list[float], merge: tupl
         print(f"divcfg eval: the claims are decided without the {', '.join(judges.skipped)} judge (its package is "
               f"missing); by the {judges.adherence_by or 'no adherence'}"
               f"{''.join(f' and the {n} judge' for n in judges.independent)}", file=sys.stderr)
+    pooled = judge_workers and any(n in POOLED for n in judges.independent)
+    with JudgePool(world_dir, judge_workers) if pooled else contextlib.nullcontext() as pool:
+        judges = replace(judges, pool=pool)
+        return _measure_rows(world, plans, judges, heldout, samples, seed, batch, base, progress)
+
+
+def _measure_rows(world: World, plans: list[RowPlan], judges: Judges, heldout: list[str], samples: int, seed: int,
+                  batch: int, base: Callable, progress: bool) -> list[dict]:
     heldout_codes = read_tokens(world.path("heldout.parquet")).codes
     n_frames = heldout_codes.shape[2]
     # FAD's reference, as world.json's: held-out-embedder features of the held-out clips, decoded as samples are
@@ -293,6 +307,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--seed", type=int, default=0, help="sampling seed, the same for every row")
     ap.add_argument("--clap", metavar="DIR", help="a local CLAP directory judging adherence (default: the one the "
                     "world's world.json names, if any)")
+    ap.add_argument("--judge-workers", type=int, default=None, metavar="N", help="processes running the Basic "
+                    "Pitch and madmom judges (default: one per usable core, none on a one-core machine; 0: in this "
+                    "process)")
     ap.add_argument("--out", required=True, help="output directory: eval.csv, eval.json, pareto.png, "
                     "training.png (the trained rows' reward and KL curves, when they have any), tb/")
     return ap
@@ -351,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
         merge_with = None if args.merge_with is None else [n.strip() for n in args.merge_with.split(",") if n.strip()]
         rows = evaluate(args.world, args.models, gammas, tuple(args.merge) if args.merge else None, lams,
                         args.prompts, args.samples, args.seed, groups=groups, batch=args.batch, merge_with=merge_with,
-                        clap=args.clap)
+                        clap=args.clap, judge_workers=args.judge_workers)
         report = summarize(rows, args.bootstrap, seed=args.seed)
         report["command"] = "divcfg eval " + " ".join(sys.argv[2:] if argv is None else argv)
         report["wall_s"] = time.perf_counter() - start

@@ -13,6 +13,7 @@ import time
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -25,6 +26,8 @@ from divcfg.reward import pitch_judge, rhythm_judge
 from divcfg.reward.clap_judge import ClapLoadError, load_clap_judge
 from divcfg.reward.diversity import diversity_reward
 from divcfg.reward.embedder import MusicEmbedder, load_embedder
+from divcfg.reward.independent_judges import load_independent
+from divcfg.reward.judge_pool import POOLED, JudgePool
 from divcfg.reward.scorer import AttributeScorer, adherence, load_scorer
 
 INDEPENDENT_JUDGES = {"pitch": "adherence_judge", "rhythm": "adherence_judge_rhythm", "clap": "adherence_clap"}
@@ -32,22 +35,6 @@ INDEPENDENT_JUDGES = {"pitch": "adherence_judge", "rhythm": "adherence_judge_rhy
 adherence in measurements: Basic Pitch for mode, register, texture and density (reward/pitch_judge.py; its name is
 the one world.json has always had), madmom for tempo and meter (reward/rhythm_judge.py), and CLAP for any free-text
 prompt (reward/clap_judge.py; a judge beside the scorer where the world has one, else the adherence itself)."""
-
-
-def _load_independent(world_dir: Path) -> tuple[dict[str, object], dict[str, str]]:
-    """The independent judges the world configures, and those it configures but this install can't run (name ->
-    why: the missing package and how to install it). The others still judge."""
-    loaders = {"pitch": pitch_judge.load_pitch_judge, "rhythm": rhythm_judge.load_rhythm_judge}
-    judges, skipped = {}, {}
-    for name, load in loaders.items():
-        try:
-            judge = load(world_dir)
-        except ImportError as e:
-            skipped[name] = str(e)
-            continue
-        if judge is not None:
-            judges[name] = judge
-    return judges, skipped
 
 
 def _world_judges(world_dir: Path) -> dict:
@@ -98,6 +85,9 @@ class Judges:
     clap: object | None = None
     """The CLAP judge (reward.clap_judge.ClapJudge), where the world or the caller names one. Without a scorer it is
     the adherence (:meth:`adherence`); beside one, it is an independent judge (``independent["clap"]``)."""
+    pool: JudgePool | None = None
+    """Worker processes holding the world's Basic Pitch and madmom judges (reward/judge_pool.py), which then judge
+    there, a chunk of clips per core; None: they judge in this process."""
 
     @property
     def adherence_by(self) -> str | None:
@@ -116,7 +106,7 @@ class Judges:
         world.json's ``judges.clap``. The embedders, the scorer and CLAP resample whatever rate the codec decodes at
         to the rate they were trained on."""
         d = Path(world_dir)
-        independent, skipped = _load_independent(d)
+        independent, skipped = load_independent(d)
         clap_judge = _load_clap(d, clap, skipped)
         for name, why in skipped.items():
             print(f"judges: the {name} judge is skipped: {why}", file=sys.stderr)
@@ -174,17 +164,36 @@ class Judges:
         requested = [self.schema.parse(p) for p in prompts]
         return torch.as_tensor(rule(self.independent[judge], np.asarray(wav), self.codec.sample_rate, requested))
 
+    def independent_adherence(self, wav: torch.Tensor, prompts: list[str]) -> dict[str, np.ndarray]:
+        """:meth:`judge_adherence` float64 ``[N]`` of every independent judge, by name."""
+        return self.start_independent(wav, prompts)()
 
-def independent_figures(judges: Judges, wav: torch.Tensor, prompts: list[str], groups: tuple[int, int]) -> dict:
+    def start_independent(self, wav: torch.Tensor, prompts: list[str]) -> Callable[[], dict[str, np.ndarray]]:
+        """Start :meth:`independent_adherence`: with a :attr:`pool`, its judges start judging there and the caller
+        may work meanwhile; calling the result judges the rest here and returns them all."""
+        pooled = [n for n in self.independent if self.pool is not None and n in POOLED and self.schema is not None]
+        waiting = self.pool.submit(pooled, np.asarray(wav), self.codec.sample_rate,
+                                   [self.schema.parse(p) for p in prompts]) if pooled else None
+
+        def finish() -> dict[str, np.ndarray]:
+            heard = {name: self.judge_adherence(wav, prompts, name).numpy() for name in self.independent
+                     if name not in pooled}
+            heard.update(waiting.result() if waiting is not None else {})
+            return {name: heard[name] for name in self.independent}
+        return finish
+
+
+def independent_figures(judges: Judges, wav: torch.Tensor, prompts: list[str], groups: tuple[int, int],
+                        heard: dict[str, np.ndarray] | None = None) -> dict:
     """Each independent judge's adherence over ``wav [P · G, samples]`` (the clips of ``prompts``, G per prompt) and
-    per prompt, under its :data:`INDEPENDENT_JUDGES` name; ``judges_skipped`` names those that can't run here."""
+    per prompt, under its :data:`INDEPENDENT_JUDGES` name; ``judges_skipped`` names those that can't run here.
+    ``heard``: :meth:`Judges.independent_adherence` of these clips, where the caller has it already."""
     out = {}
-    for name in judges.independent:
+    for name, by_clip in (judges.independent_adherence(wav, prompts) if heard is None else heard).items():
         metric = INDEPENDENT_JUDGES[name]
-        heard = judges.judge_adherence(wav, prompts, name).numpy()
-        out[metric] = None if np.isnan(heard).all() else float(np.nanmean(heard))
+        out[metric] = None if np.isnan(by_clip).all() else float(np.nanmean(by_clip))
         out[f"{metric}_by_prompt"] = [None if np.isnan(a).all() else float(np.nanmean(a))
-                                      for a in heard.reshape(groups)]
+                                      for a in by_clip.reshape(groups)]
     if judges.skipped:
         out["judges_skipped"] = dict(judges.skipped)
     return out
@@ -230,6 +239,7 @@ def measure_policy(policy, judges: Judges, prompts: list[str], samples: int, gui
         codes.append(out.codes)
     codes = torch.cat(codes)  # [len(prompts) · samples, K, T]
     wav = judges.decode(codes)
+    judging = judges.start_independent(wav, all_prompts)  # in the pool's processes, if any, while the rest runs here
     groups = len(prompts), samples
     eval_emb = judges.embed(wav, "eval")  # [P · samples, E]
     div_eval = diversity_reward(eval_emb.view(*groups, -1)).mean(-1)  # [P]
@@ -250,7 +260,7 @@ def measure_policy(policy, judges: Judges, prompts: list[str], samples: int, gui
     result["adherence_by_prompt"] = [None if math.isnan(a) else float(a) for a in by_prompt]
     result["diversity_by_prompt"] = [float(d) for d in div_eval]
     result["diversity_reward_embedder_by_prompt"] = [float(d) for d in div_reward]
-    result.update(independent_figures(judges, wav, all_prompts, groups))  # the independent judges, by the scorer
+    result.update(independent_figures(judges, wav, all_prompts, groups, judging()))  # beside the scorer
     if fad_reference is not None:  # held-out-embedder features [N, E] of real clips
         result.update(distances_to_real(eval_emb.numpy(), fad_reference, kad_bandwidth, seed))
     return result

