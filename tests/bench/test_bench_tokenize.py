@@ -2,7 +2,7 @@
 import pytest
 
 from divcfg.bench.run import main
-from divcfg.bench.tokenize import TARGET, run
+from divcfg.bench.tokenize import TARGET, decided, repeat_ratios, run
 
 
 def test_entries_time_both_sides_on_the_same_clips(tiny_world, tmp_path):
@@ -19,6 +19,19 @@ def test_entries_time_both_sides_on_the_same_clips(tiny_world, tmp_path):
     long_wav, _ = run(str(tiny_world / "codec"), files=2, seconds=0.5, file_seconds=2.0, fmt="wav", repeats=1,
                       verbose=False)
     assert (long_wav["file_seconds"], long_wav["format"], long_wav["seconds"]) == (2.0, "wav", 0.5)
+
+
+def test_the_target_is_decided_by_the_per_repeat_interval_by_hand():
+    # repeats: folder 10, 10, 10 s against the codec's 9, 10, 11 s: ratios 0.9, 1.0, 1.1, mean 1.0, sd 0.1
+    got = repeat_ratios([10.0, 10.0, 10.0], [9.0, 10.0, 11.0])
+    assert got["per_repeat"] == pytest.approx([0.9, 1.0, 1.1]) and got["mean_of_repeats"] == pytest.approx(1.0)
+    half = 4.303 * 0.1 / 3 ** 0.5  # t(0.975, 2 df)
+    assert got["lo"] == pytest.approx(1.0 - half) and got["hi"] == pytest.approx(1.0 + half)
+    assert not decided(1.0, got)  # the median meets 0.9 but the interval's lower end (0.75) does not
+    steady = repeat_ratios([10.0, 10.0], [9.5, 9.51])
+    assert decided(0.9505, steady) and steady["lo"] > TARGET
+    one = repeat_ratios([10.0], [9.5])
+    assert decided(0.95, one) and not decided(0.85, one)  # one repeat: no interval, the ratio decides
 
 
 def test_bad_input_is_refused_by_name(tmp_path, capsys):
