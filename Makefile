@@ -1,4 +1,5 @@
-# Two commands do all the set-up: `make run` and `make test`. Both create .venv when it is missing.
+# Two commands do all the set-up: `make run` and `make test`. Both create .venv when it is missing (`make install`
+# creates it alone).
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -8,7 +9,7 @@ ARGS   ?=
 # procedural world instead: `make run WORLD="world.size=small"`.
 WORLD  ?= world.kind=music world.dir=worlds/music_small
 
-.PHONY: run test test-slow test-all bench clean
+.PHONY: install run test test-slow test-all bench clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,6 +19,8 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	# uses (pyaudio needs PortAudio headers to build; TensorFlow and librosa): see the `music` extra in pyproject.toml.
 	$(PY) -m pip install --quiet --no-deps -c constraints.txt tinysoundfont basic-pitch
 	touch $@
+
+install: $(VENV)/.installed  # .venv with divcfg and every extra the tests use, nothing run
 
 run: $(VENV)/.installed
 	$(VENV)/bin/divcfg train $(WORLD) $(ARGS)

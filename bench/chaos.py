@@ -37,7 +37,7 @@ from divcfg.learner.learner import Learner
 from divcfg.model.loaders import load_policy
 from divcfg.reward.judges import Judges
 from divcfg.reward.worker import remote_reward_worker
-from divcfg.world.build import ensure_world
+from divcfg.world.ensure import ensure_world
 
 # Targets with warm spares (actors.spares, reward.spares >= 1): recovery median and max in seconds, and samples/s
 # during the kills as a share of samples/s before them.

@@ -47,7 +47,7 @@ from divcfg.common.runtime.transport import ObjectStoreTransport
 from divcfg.job.policy_source import JudgesFactory, PolicyFactory
 from divcfg.model.loaders import load_policy
 from divcfg.reward.worker import remote_reward_worker
-from divcfg.world.build import ensure_world
+from divcfg.world.ensure import ensure_world
 
 PHASES = ("worker_start", "worker_boot", "imports", "init", "weights", "first_call", "other")
 SETTINGS = ("cold", "preload")

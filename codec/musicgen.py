@@ -91,7 +91,12 @@ def musicgen_codec_from_dir(path: str | os.PathLike) -> MusicGenCodec:
     if not is_musicgen_dir(path):
         raise UnsupportedMusicGenError(f"{path} is not a MusicGen directory: its config.json does not say "
                                        f"model_type: musicgen")
-    model = MusicgenForConditionalGeneration.from_pretrained(str(path), local_files_only=True)
+    try:
+        model = MusicgenForConditionalGeneration.from_pretrained(str(path), local_files_only=True)
+    except OSError as e:  # transformers' own words name the file, not what to do about it
+        raise FileNotFoundError(f"could not load the MusicGen directory {path} ({e}). Copy the whole model directory "
+                                f"(config.json, the weights, the tokenizer files), as `hf download ID --local-dir "
+                                f"DIR` or save_pretrained writes it") from None
     if getattr(model.config, "model_type", None) != "musicgen":  # melody and stereo variants carry other types
         raise UnsupportedMusicGenError(f"{path}: model_type {model.config.model_type!r} is not supported")
     return MusicGenCodec(model.audio_encoder, model.config.decoder.num_codebooks, str(path))

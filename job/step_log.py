@@ -97,7 +97,8 @@ class StepLogger:
                                "stopping")
         if self.cfg.logging.progress:
             eta = elapsed / (i + 1) * (self.remaining - i - 1)
-            print(f"step {step + 1}/{self.steps}  samples/s {metrics['throughput/samples_per_s']:.2f}  "
+            # since the start, start-up included; the summary's samples_per_s is the steady rate after the first step
+            print(f"step {step + 1}/{self.steps}  samples/s since start {metrics['throughput/samples_per_s']:.2f}  "
                   f"kl {metrics.get('losses/distill_kl', float('nan')):.4f}  "
                   f"diversity {metrics.get('rewards/diversity_mean', float('nan')):.4f}  eta {eta:.0f}s", flush=True)
 

@@ -25,7 +25,7 @@ from divcfg.job.topology import build_learner, build_topology
 from divcfg.model.loaders import save_policy
 from divcfg.reward.embedder import check_embedder_dir
 from divcfg.reward.judges import Judges, measure_policy
-from divcfg.world.build import ensure_world
+from divcfg.world.ensure import ensure_world
 
 # Steps and probe size a world gets when learner.steps=0: tiny is the < 5 minute smoke run.
 WORLD_STEPS = {"tiny": 12, "small": 150}
@@ -65,8 +65,9 @@ def _train(cfg) -> dict:
         _init_ray(cfg)  # joins or starts the cluster first: a resource request it can't meet fails before any work
     torch.set_num_threads(cfg.learner.threads)
     torch.manual_seed(cfg.run.seed)
+    # A MusicGen job's world holds the user's music, which train can't make: missing, it is an error.
     world = ensure_world(cfg.world.dir, cfg.world.size, cfg.world.seed, progress=cfg.logging.progress,
-                         kind=cfg.world.kind)
+                         kind=cfg.world.kind, build_missing=cfg.model.family != "musicgen")
     world_dir = str(world.root.resolve())
     steps = cfg.learner.steps or WORLD_STEPS[cfg.world.size]
     # The policy source: where the base model and the codec come from.
@@ -169,8 +170,9 @@ def _summarise(cfg, run_dir: Path, log, rates: dict, probe_start: dict, probe_en
     tmp = run_dir / "summary.json.tmp"
     tmp.write_text(json.dumps(summary, indent=2))
     os.replace(tmp, run_dir / "summary.json")
-    print(json.dumps({k: summary[k] for k in ("steps", "samples_per_s", "kl_start", "kl_end", "diversity_start",
-                                               "diversity_end", "adherence_start", "adherence_end")}), flush=True)
+    print(json.dumps({k: summary[k] for k in ("steps", "samples_per_s", "samples_per_s_whole_run", "kl_start", "kl_end",
+                                               "diversity_start", "diversity_end", "adherence_start",
+                                               "adherence_end")}), flush=True)
     return summary
 
 

@@ -82,7 +82,9 @@ def has_judge(rows: list[dict], metric: str = JUDGE) -> bool:
 
 def judge_status(rows: list[dict]) -> dict[str, dict]:
     """Who decided the claims: the scorer, and each independent judge ``used`` (it scored every run), ``skipped``
-    (its package is missing here, or it scored only some runs: why) or ``absent`` (the world has no such judge)."""
+    (its package is missing here, or it scored only some runs: why), ``adherence`` (the world has no scorer and
+    this judge's score is the adherence itself, decided under ``scorer``) or ``absent`` (the world has no such
+    judge)."""
     skipped = {}
     for r in rows:
         for run in r["runs"]:
@@ -96,6 +98,9 @@ def judge_status(rows: list[dict]) -> dict[str, dict]:
         some = any(f"{metric}_by_prompt" in run for r in rows for run in r["runs"])
         if has_judge(rows, metric):
             out[name] = {"status": "used", "metric": metric}
+        elif out["scorer"].get("by") == name:  # no scorer: this judge is the adherence itself, not beside it
+            out[name] = {"status": "adherence", "metric": "adherence",
+                         "why": "the world has no scorer, so this judge's score is the adherence (see scorer)"}
         elif name in skipped or some:
             out[name] = {"status": "skipped", "metric": metric,
                          "why": skipped.get(name, "it scored only some of the runs")}

@@ -79,15 +79,19 @@ def world_musicgen(world: World) -> str | None:
     return str(info["model"]) if musicgen and info.get("model") else None
 
 
-def check_family(path: str, ckpt, musicgen: str | None) -> None:
+def check_family(path: str, ckpt, musicgen: str | None, world_dir: str | Path) -> None:
     """A checkpoint is compared with the world's base model: a MusicGen student with the folder world of its own
     MusicGen, a divcfg student with a world's own base. Anything else is refused, naming both."""
     config = json.loads((ckpt.path / "config.json").read_text()).get("config", {})
     family = config.get("family", "divcfg")
+    build = f"`divcfg world build --kind folder --model {config.get('musicgen')} ...`"
+    if musicgen is None and family == "musicgen" and not World(world_dir).is_built():
+        raise FileNotFoundError(f"no complete world in {world_dir}: {path} is a MusicGen checkpoint (of "
+                                f"{config.get('musicgen')}), evaluated on a folder world built for its MusicGen "
+                                f"({build})")
     if musicgen is None and family == "musicgen":
         raise ValueError(f"{path} is a MusicGen checkpoint (of {config.get('musicgen')}), and this world's base is a "
-                         f"divcfg policy: evaluate it on a folder world built for its MusicGen (`divcfg world build "
-                         f"--kind folder --model {config.get('musicgen')} ...`)")
+                         f"divcfg policy: evaluate it on a folder world built for its MusicGen ({build})")
     if musicgen is not None and family != "musicgen":
         raise ValueError(f"{path} is a divcfg policy, and this folder world's base is the MusicGen {musicgen}: "
                          f"evaluate it on the world it was trained on")
@@ -106,7 +110,7 @@ def plan_rows(world_dir, base: Callable, gammas, models, merge, lams, groups, me
     # Each checkpoint's files (config, summary, TensorBoard curves) are read once, here
     checkpoints = {path: resolve_checkpoint(path) for path in paths}
     for path in paths:
-        check_family(path, checkpoints[path], musicgen)
+        check_family(path, checkpoints[path], musicgen, world_dir)
     plans = [RowPlan(f"base γ={g:g}", "cfg", g, members=[(0, ("base", g), base)]) for g in gammas]
     for path in models:
         c = checkpoints[path]

@@ -162,8 +162,10 @@ def test_merge_and_sample_take_musicgen_checkpoints_eval_wants_their_folder_worl
     assert main(["merge", paths[0], str(tmp_path / "other"), "--lam", "0.5", "--out", str(tmp_path / "x")]) == 2
     assert "different architectures" in capsys.readouterr().err
     assert main(["eval", paths[0], "--world", str(tmp_path / "no-world"), "--out", str(tmp_path / "e")]) == 2
-    # No folder world of its MusicGen: eval says where a MusicGen student can be evaluated
-    assert "is a MusicGen checkpoint (of tiny" in capsys.readouterr().err
+    # No world there: eval says so first, then where a MusicGen student can be evaluated
+    err = capsys.readouterr().err
+    assert f"no complete world in {tmp_path / 'no-world'}: {paths[0]} is a MusicGen checkpoint (of tiny" in err
+    assert "divcfg world build --kind folder --model tiny" in err
 
 
 def test_merging_two_musicgen_students_at_lambda_0_and_1_gives_each_back(tmp_path):

@@ -333,21 +333,6 @@ def _report(world: World, state: dict) -> dict:
     }
 
 
-def ensure_world(root: str | os.PathLike, size: str, seed: int = 0, progress: bool = True,
-                 kind: str = "procedural") -> World:
-    """The world in ``root``, built first as ``kind`` (with progress shown) when it is missing or unfinished."""
-    world = World(root)
-    found = world.state().get("identity", {}).get("version")
-    if found is not None and found != WORLD_VERSION:
-        raise WorldError(f"world in {root} is version {found}; this divcfg needs version {WORLD_VERSION}. "
-                         f"Delete it (or point world.dir elsewhere) and it will be rebuilt")
-    if not world.is_built():
-        print(f"world {kind} {size} not found in {root}: building it first", file=sys.stderr)
-        build_world(root, size, seed, progress=progress, kind=kind)
-    world.verify()  # a stage's file deleted since the build: names the stage to rebuild
-    return world
-
-
 def main(argv: list[str] | None = None) -> int:
     from divcfg.world.folder import KIND as FOLDER
     from divcfg.world.folder import add_folder_arguments, folder_cli, folder_options_given

@@ -101,8 +101,9 @@ def build_folder_world(out: str | os.PathLike, audio: str | os.PathLike, caption
     check_inputs(audio, captions, model, clap, heldout_prompts, heldout_fraction, embedder_steps)
     clip = model_clip(model, clip_s)
     if clip.frames < round(clip.requested_s * clip.frame_rate):
-        print(f"divcfg world: --clip-s {clip.requested_s:g} capped to {clip.clip_s:g} s, the {clip.max_frames} "
-              f"frames {model} takes", file=sys.stderr)
+        asked = f"--clip-s {clip.requested_s:g}" if clip_s is not None else f"the default clip, {clip.requested_s:g} s,"
+        print(f"divcfg world: {asked} capped to {clip.clip_s:g} s, the {clip.max_frames} frames {model} takes",
+              file=sys.stderr)
     identity = {"version": WORLD_VERSION, "kind": KIND, "model": str(model), "clip_s": clip.clip_s, "seed": seed,
                 "audio": str(audio), "captions": str(captions), "heldout_fraction": heldout_fraction,
                 "heldout_prompts": str(heldout_prompts) if heldout_prompts else None}
@@ -365,4 +366,8 @@ def folder_cli(args: argparse.Namespace) -> int:
         print(f"divcfg world: error: {e}", file=sys.stderr)
         return 2
     print(json.dumps({k: report[k] for k in ("clips", "tracks", "embedder_recall_at_1", "clap_ceiling")}))
+    if report.get("skipped"):  # their reasons are in world.json; a count here so that none goes unnoticed
+        first = "; ".join(f"{k}: {v}" for k, v in list(report["skipped"].items())[:3])
+        print(f"divcfg world: {len(report['skipped'])} file(s) skipped (world.json \"skipped\" has each reason), "
+              f"first: {first}", file=sys.stderr)
     return 0

@@ -204,7 +204,8 @@ def _jsonl_rows(path: Path, root: Path) -> tuple[str, list]:
         else:
             bad.append((where, f"a JSON {type(obj).__name__}, not an object"))
     if not records:
-        raise ValueError(f"caption file {path} holds no JSON object lines; known formats: {_known()}")
+        first = f" ({bad[0][0]}: {bad[0][1]})" if bad else ""
+        raise ValueError(f"caption file {path} holds no JSON object lines{first}; known formats: {_known()}")
     keys = records[0][1].keys()
     if "file_name" in keys:
         fmt = "audiofolder-jsonl"
@@ -308,7 +309,9 @@ def read_folder(audio_root: str | os.PathLike, captions: str | os.PathLike, targ
     if not clips:
         first = "; ".join(f"{k}: {v}" for k, v in list(skipped.items())[:3])
         raise ValueError(f"audio folder {root} (captions {captions}) gives no {clip_s:g} s clip; "
-                         f"{len(skipped)} skipped" + (f", first: {first}" if first else ""))
+                         f"{len(skipped)} skipped" + (f", first: {first}" if first else "")
+                         + ("; a shorter --clip-s keeps shorter files" if any("shorter than one clip" in v for v in
+                                                                             skipped.values()) else ""))
     size = round(clip_s * target_sr)
     return FolderClips(clips=np.stack(clips).astype(np.float32, copy=False), track=track, captions=clip_captions,
                        skipped=skipped, seconds=len(clips) * size / target_sr)

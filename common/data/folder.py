@@ -66,8 +66,9 @@ def cut_clips(audio: np.ndarray, sr: int, target_sr: int, clip_s: float,
 def split_by_track(tracks: list[str], heldout_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Clip indices ``(train_idx, heldout_idx)``, each sorted, so that every track's clips fall on one side.
 
-    ``tracks [N]`` is each clip's source track. About ``heldout_fraction`` of the tracks (at least one, and at least
-    one fewer than all) are held out, chosen by ``seed`` alone: the same tracks and seed give the same split.
+    ``tracks [N]`` is each clip's source track. About ``heldout_fraction`` of the tracks (at least two where there
+    are three or more, since an evaluation resamples held-out prompts and needs two; and at least one fewer than all)
+    are held out, chosen by ``seed`` alone: the same tracks and seed give the same split.
     """
     if not 0.0 < heldout_fraction < 1.0:
         raise ValueError(f"heldout_fraction must be in (0, 1), got {heldout_fraction}")
@@ -75,7 +76,7 @@ def split_by_track(tracks: list[str], heldout_fraction: float, seed: int) -> tup
     if len(unique) < 2:
         raise ValueError(f"split_by_track needs at least 2 tracks to hold some out, got {len(unique)}"
                          + (f" ({unique[0]})" if unique else ""))
-    n_heldout = min(max(round(heldout_fraction * len(unique)), 1), len(unique) - 1)
+    n_heldout = min(max(round(heldout_fraction * len(unique)), 2), len(unique) - 1)
     order = np.random.default_rng(seed).permutation(len(unique))
     heldout = {unique[i] for i in order[:n_heldout]}
     is_heldout = np.array([t in heldout for t in tracks], dtype=bool)

@@ -160,6 +160,7 @@ def test_a_world_without_a_scorer_decides_by_clap_and_says_so(tmp_path):
             run["adherence_by"] = "clap"
     report = summarize(rows, 200)
     assert report["judges"]["scorer"] == {"status": "used", "metric": "adherence", "by": "clap"}
+    assert report["judges"]["clap"]["status"] == "adherence"  # not "absent": it is the adherence, once
     assert report["verdicts"]["1"] == {"scorer": "holds"} and report["claims_by_judge"] == {}
     assert "| 1 | clap | adherence q − γ=3 |" in claims_table(report)
     assert judges_line(report["judges"]).startswith("claims decided by: clap")

@@ -106,8 +106,13 @@ def build_again(out, folder, model, **kw) -> dict:
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory, folder, musicgen_dir) -> Path:
+    import contextlib
+    import io
     out = tmp_path_factory.mktemp("worlds") / "folder"
-    assert main(cli(out, folder, musicgen_dir)) == 0
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert main(cli(out, folder, musicgen_dir)) == 0
+    (out.parent / "build_stderr.txt").write_text(err.getvalue())  # what the user saw, for the tests below
     return out
 
 
@@ -158,6 +163,8 @@ def test_world_json_names_the_skipped_files_the_recall_and_the_judges(built, mus
         built / "tokens.parquet"))
     for rel, why in BAD.items():
         assert why in info["skipped"][rel], info["skipped"]
+    # ... and the build said how many it skipped, not only world.json
+    assert f"{len(BAD)} file(s) skipped (world.json" in (built.parent / "build_stderr.txt").read_text()
     recall = info["embedder_recall_at_1"]
     assert recall["chance"] == pytest.approx(1 / 17) and recall["clips"] == 9  # 2 chunks of each of 9 clips
     assert all(0.0 <= recall[w] <= 1.0 for w in ("reward", "eval"))
@@ -254,6 +261,18 @@ def test_a_model_dir_that_is_no_model_is_refused_saying_what_it_is(folder, tmp_p
         err = capsys.readouterr().err
         assert f"--model {model} is neither a MusicGen directory" in err and what in err, err
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+
+
+def test_a_musicgen_dir_copied_without_its_weights_says_to_copy_the_whole_directory(folder, musicgen_dir, tmp_path,
+                                                                                      capsys):
+    import shutil
+    partial = tmp_path / "no-weights"
+    shutil.copytree(musicgen_dir, partial, ignore=shutil.ignore_patterns("*.safetensors", "*.bin"))
+    assert main(cli(tmp_path / "out", folder, partial)) == 2
+    err = capsys.readouterr().err
+    assert f"could not load the MusicGen directory {partial}" in err and "Copy the whole model directory" in err, err
+    # The folder's stage is kept: run again once the directory is whole, and the build goes on from there.
+    assert list(json.loads((tmp_path / "out" / "state.json").read_text())["done"]) == ["corpus"]
 
 
 def test_missing_inputs_and_a_clap_dir_that_is_not_clap_are_refused_by_name(folder, musicgen_dir, tmp_path, capsys):
@@ -389,15 +408,15 @@ def test_eval_refuses_a_divcfg_checkpoint_on_a_folder_world_and_a_musicgen_one_e
     divcfg.mkdir()
     (divcfg / "config.json").write_text(json.dumps({"kind": "policy", "config": {"dim": 8}}))
     with pytest.raises(ValueError, match="is a divcfg policy, and this folder world's base is the MusicGen"):
-        check_family(str(divcfg), resolve_checkpoint(divcfg), world_musicgen(World(built)))
+        check_family(str(divcfg), resolve_checkpoint(divcfg), world_musicgen(World(built)), built)
     other = tmp_path / "musicgen_ckpt"
     other.mkdir()
     (other / "config.json").write_text(json.dumps({"kind": "policy", "config": {"family": "musicgen",
                                                                                   "musicgen": str(tmp_path / "mg")}}))
     with pytest.raises(ValueError, match="finetunes the MusicGen .*mg, and this folder world was built for"):
-        check_family(str(other), resolve_checkpoint(other), world_musicgen(World(built)))
+        check_family(str(other), resolve_checkpoint(other), world_musicgen(World(built)), built)
     with pytest.raises(ValueError, match="is a MusicGen checkpoint .* evaluate it on a folder world"):
-        check_family(str(other), resolve_checkpoint(other), None)
+        check_family(str(other), resolve_checkpoint(other), None, built)
 
 
 # ---- the same folder with a divcfg policy and its offline codec (a built world's base/ and codec/) ------------------

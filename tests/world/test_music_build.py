@@ -103,6 +103,7 @@ def test_music_world_builds_end_to_end(tmp_path):
 def test_a_missing_world_is_built_as_the_kind_the_job_asks(tmp_path, monkeypatch):
     """`divcfg train world.kind=music` builds a missing world as real music (what `make run` does)."""
     from divcfg.world import build
+    from divcfg.world.ensure import ensure_world
     seen = {}
 
     def building(root, size, seed, progress=True, kind="procedural"):
@@ -110,7 +111,7 @@ def test_a_missing_world_is_built_as_the_kind_the_job_asks(tmp_path, monkeypatch
         raise build.WorldError("stopped before the build")
     monkeypatch.setattr(build, "build_world", building)
     with pytest.raises(build.WorldError, match="stopped before the build"):
-        build.ensure_world(tmp_path / "w", "tiny", kind="music", progress=False)
+        ensure_world(tmp_path / "w", "tiny", kind="music", progress=False)
     assert seen == {"root": str(tmp_path / "w"), "size": "tiny", "kind": "music"}
 
 

@@ -180,6 +180,10 @@ def test_unknown_formats_name_the_file_and_the_known_formats(tmp_path):
         (tmp_path / name).write_text(text)
         with pytest.raises(ValueError, match=f"caption file .*{name}.*known formats: {known}"):
             read_captions(tmp_path, tmp_path / name)
+    # A JSONL whose one line is broken: the error says which line and why, not only that no line parsed
+    (tmp_path / "broken.jsonl").write_text('{"path": "a.wav", "caption": "jazz"\n')
+    with pytest.raises(ValueError, match=r"broken.jsonl holds no JSON object lines \(broken.jsonl:1: not valid JSON"):
+        read_captions(tmp_path, tmp_path / "broken.jsonl")
     with pytest.raises(ValueError, match=f"no caption file in .*expected exactly one of .*known formats: {known}"):
         read_captions(tmp_path, tmp_path)
     with pytest.raises(ValueError, match="caption file not found: .*gone.csv"):
@@ -267,7 +271,7 @@ def test_read_folder_resamples_and_refuses_a_folder_with_no_clip(tmp_path):
     write_lines(tmp_path / "caps.csv", ["path,caption", "a.wav,piano"])
     out = read_folder(tmp_path, tmp_path / "caps.csv", 32000, 0.5)
     assert out.clips.shape == (4, 16000) and out.seconds == 2.0
-    with pytest.raises(ValueError, match=r"audio folder .* gives no 3 s clip; 1 skipped, first: a.wav: shorter"):
+    with pytest.raises(ValueError, match=r"audio folder .* gives no 3 s clip; 1 skipped, first: a.wav: shorter.*; a shorter --clip-s keeps shorter files"):
         read_folder(tmp_path, tmp_path / "caps.csv", SR, 3.0)
 
 
@@ -306,6 +310,12 @@ def test_split_by_track_one_track_each_side_at_least():
     for fraction in (0.01, 0.99):
         train, held = split_by_track(["x", "x", "y"], fraction, 0)
         assert len(train) >= 1 and len(held) >= 1
+    # Two held out wherever three tracks allow it (an evaluation resamples two prompts at least), one with two
+    tracks = [f"t{i:02d}" for i in range(14)]
+    assert len({tracks[i] for i in split_by_track(tracks, 0.1, 0)[1]}) == 2  # round(0.1 · 14) = 1
+    assert len({t for t in np.array(["x", "y", "z"])[split_by_track(["x", "y", "z"], 0.1, 0)[1]]}) == 2
+    assert len(split_by_track(["x", "y"], 0.1, 0)[1]) == 1
+    assert len({tracks[i] for i in split_by_track(tracks, 0.3, 0)[1]}) == 4  # above two, the fraction decides
     with pytest.raises(ValueError, match=r"at least 2 tracks .*got 1 \(only.wav\)"):
         split_by_track(["only.wav"] * 5, 0.2, 0)
     with pytest.raises(ValueError, match="got 0"):
