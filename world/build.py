@@ -73,7 +73,9 @@ def build_world(out: str | os.PathLike, size: str = "small", seed: int = 0, prog
     if state and state.get("identity") != identity:
         raise WorldError(f"{world.root} holds a world built with {state.get('identity')}, not {identity}; "
                          f"use another --out or delete it")
-    state = state or {"identity": identity, "done": {}}
+    if not state:  # at once: a build stopped in its first stage is then known as one (world/ensure.py resumes it)
+        state = {"identity": identity, "done": {}}
+        world.write_state(state)
     src = None
     if kind == "music":  # the music world stands in for the procedural corpus functions (world/music_clips.py)
         from divcfg.world.music_clips import music_source

@@ -58,9 +58,23 @@ def test_a_musicgen_job_names_the_folder_build_instead_of_building(tmp_path, no_
 
 def test_a_missing_or_empty_world_is_still_built_for_the_default_family(tmp_path, no_build):
     (tmp_path / "empty").mkdir()
-    for root in (tmp_path / "new", tmp_path / "empty"):
+    # a build stopped in its first stage: its files, and the state.json build_world writes before any stage
+    (tmp_path / "stopped" / "clips").mkdir(parents=True)
+    (tmp_path / "stopped" / "state.json").write_text('{"identity": {"version": %d}, "done": {}}' % build.WORLD_VERSION)
+    for root in (tmp_path / "new", tmp_path / "empty", tmp_path / "stopped"):
         ensure_world(root, "tiny", progress=False)  # the recording build_world builds nothing; verify() has no stage
-    assert [a[0] for a, _ in no_build] == [tmp_path / "new", tmp_path / "empty"]
+    assert [a[0] for a, _ in no_build] == [tmp_path / "new", tmp_path / "empty", tmp_path / "stopped"]
+
+
+def test_a_build_writes_its_state_before_its_first_stage(tmp_path, monkeypatch):
+    """So that one stopped during that stage is resumed, not taken for the user's own files."""
+    def stop(self):
+        assert (tmp_path / "w" / "state.json").is_file()
+        raise KeyboardInterrupt
+    monkeypatch.setattr(build._Builder, "corpus", stop)
+    with pytest.raises(KeyboardInterrupt):
+        build.build_world(tmp_path / "w", "tiny", progress=False)
+    assert build.World(tmp_path / "w").state()["done"] == {}
 
 
 def test_train_with_musicgen_and_no_world_says_how_to_build_one(tmp_path, capsys):
