@@ -214,7 +214,7 @@ def evaluate(world_dir: str, models: list[str], gammas: list[float], merge: tupl
     if samples < 2:
         raise ValueError(f"--samples must be >= 2 to measure diversity, got {samples}")
     if judge_workers is None:  # one per core; on one core a worker would only take turns with this process
-        judge_workers = usable_cores() if usable_cores() > 1 else 0
+        judge_workers = cores if (cores := usable_cores()) > 1 else 0
     if judge_workers < 0:
         raise ValueError(f"--judge-workers must be >= 0, got {judge_workers}")
     world = World(world_dir)

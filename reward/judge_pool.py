@@ -47,10 +47,9 @@ def _start_worker(world_dir: str) -> None:
 
 
 def _judge_chunk(name: str, clips: np.ndarray, sample_rate: int, requested: list[dict]) -> np.ndarray:
-    from divcfg.reward import pitch_judge, rhythm_judge
+    from divcfg.reward.independent_judges import RULES
 
-    rule = {"pitch": pitch_judge.judge_adherence, "rhythm": rhythm_judge.judge_adherence}[name]
-    return rule(_worker_judges[name], clips, sample_rate, requested)
+    return RULES[name](_worker_judges[name], clips, sample_rate, requested)
 
 
 class JudgePool:

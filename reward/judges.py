@@ -22,11 +22,10 @@ from divcfg.codec.offline import Codec, load_codec
 from divcfg.common.data.caption_schema import CaptionSchema, load_schema
 from divcfg.common.data.captions import ATTRIBUTES, parse_prompt
 from divcfg.model.logprob import token_logprobs
-from divcfg.reward import pitch_judge, rhythm_judge
 from divcfg.reward.clap_judge import ClapLoadError, load_clap_judge
 from divcfg.reward.diversity import diversity_reward
 from divcfg.reward.embedder import MusicEmbedder, load_embedder
-from divcfg.reward.independent_judges import load_independent
+from divcfg.reward.independent_judges import RULES, load_independent
 from divcfg.reward.judge_pool import POOLED, JudgePool
 from divcfg.reward.scorer import AttributeScorer, adherence, load_scorer
 
@@ -160,7 +159,7 @@ class Judges:
             return self.independent["clap"].score(wav, self.codec.sample_rate, prompts).double()
         if judge not in self.independent or self.schema is None:
             return torch.full((len(prompts),), float("nan"), dtype=torch.float64)
-        rule = {"pitch": pitch_judge.judge_adherence, "rhythm": rhythm_judge.judge_adherence}[judge]
+        rule = RULES[judge]
         requested = [self.schema.parse(p) for p in prompts]
         return torch.as_tensor(rule(self.independent[judge], np.asarray(wav), self.codec.sample_rate, requested))
 

@@ -47,7 +47,7 @@ from divcfg.world.folder_model import (
     model_codec,
     model_family,
 )
-from divcfg.world.user_folder import read_captions, read_folder, read_heldout_prompts
+from divcfg.world.user_folder import first_skipped, read_captions, read_folder, read_heldout_prompts
 
 KIND = "folder"
 FOLDER_STAGES = ("corpus", "tokens", "embedders", "measure")
@@ -367,7 +367,6 @@ def folder_cli(args: argparse.Namespace) -> int:
         return 2
     print(json.dumps({k: report[k] for k in ("clips", "tracks", "embedder_recall_at_1", "clap_ceiling")}))
     if report.get("skipped"):  # their reasons are in world.json; a count here so that none goes unnoticed
-        first = "; ".join(f"{k}: {v}" for k, v in list(report["skipped"].items())[:3])
         print(f"divcfg world: {len(report['skipped'])} file(s) skipped (world.json \"skipped\" has each reason), "
-              f"first: {first}", file=sys.stderr)
+              f"first: {first_skipped(report['skipped'])}", file=sys.stderr)
     return 0

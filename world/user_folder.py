@@ -278,6 +278,11 @@ def _caption_texts(caption: object) -> list[str]:
     return [c.strip() for c in items] or [""]
 
 
+def first_skipped(skipped: dict[str, str], n: int = 3) -> str:
+    """The first ``n`` skipped files with their reasons, for a message (world.json keeps them all)."""
+    return "; ".join(f"{k}: {v}" for k, v in list(skipped.items())[:n])
+
+
 def read_folder(audio_root: str | os.PathLike, captions: str | os.PathLike, target_sr: int,
                 clip_s: float) -> FolderClips:
     """Read the captions, then decode and cut every captioned file into clips of ``clip_s`` at ``target_sr``.
@@ -307,7 +312,7 @@ def read_folder(audio_root: str | os.PathLike, captions: str | os.PathLike, targ
         track.extend([rel] * len(cut))
         clip_captions.extend(list(caps.by_file[rel]) for _ in cut)
     if not clips:
-        first = "; ".join(f"{k}: {v}" for k, v in list(skipped.items())[:3])
+        first = first_skipped(skipped)
         raise ValueError(f"audio folder {root} (captions {captions}) gives no {clip_s:g} s clip; "
                          f"{len(skipped)} skipped" + (f", first: {first}" if first else "")
                          + ("; a shorter --clip-s keeps shorter files" if any("shorter than one clip" in v for v in
