@@ -1,4 +1,4 @@
-"""The research A/B scripts behind RESULTS.md's codec, judge and FAD sections, each run as
+"""The research A/B scripts behind RESULTS.md's codec, judge, FAD and claim sections, each run as
 `python -m divcfg.experiments.NAME` (its docstring names the section it produced). May import bench/ and every room
 below it.
 """
