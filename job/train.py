@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -53,7 +54,8 @@ def train(cfg) -> dict:
 
 def _train(cfg) -> dict:
     """The job as named steps: check, load the policy source, restore, build the topology, run, summarise."""
-
+    # The job's time outside the training loop, by part (summary.json's setup_s, probe_start_s, finish_s, job_s).
+    clock = {"start": time.perf_counter()}
     refuse_unknown_keys(cfg, TrainConfig)
     validate_train(cfg)
     check_reward_embedder(cfg)
@@ -86,7 +88,9 @@ def _train(cfg) -> dict:
           f"beta={cfg.algo.beta} G={cfg.algo.group_size} actors={cfg.actors.count} learner={_placement(cfg)} "
           f"run.dir={run_dir}", flush=True)
     probe_prompts = world.heldout_prompts()[: cfg.probe.prompts]
+    clock["probe_start"] = time.perf_counter()
     probe_start = _probe(learner, judges, probe_prompts, cfg, source.n_frames, cfg.run.seed)
+    clock["loop"] = time.perf_counter()
     # Build the topology and run it (the clock starts first: startup_s includes the roles' start).
     log.start()
     recover = _recovery(cfg, run_dir, learner, stream, resume_from, start_step, resume_prompts)
@@ -94,10 +98,20 @@ def _train(cfg) -> dict:
                               recover=recover)
     acct = topology.run(steps - start_step, log)
     rates = log.rates()
+    clock["finish"] = time.perf_counter()
     probe_end = _finish(cfg, run_dir, learner, source, judges, probe_prompts, steps)
     if hasattr(learner, "shutdown"):
         learner.shutdown()  # a joined cluster keeps running: the group's actors and reservation go now
-    return _summarise(cfg, run_dir, log, rates, probe_start, probe_end, acct, learner, topology, steps, world_dir)
+    clock["end"] = time.perf_counter()
+    return _summarise(cfg, run_dir, log, rates, probe_start, probe_end, acct, learner, topology, steps, world_dir,
+                      _time_split(clock))
+
+
+def _time_split(clock: dict[str, float]) -> dict[str, float]:
+    """Seconds of each part of the job: setup (checks, Ray, world, models, judges), the first probe, the finish (save,
+    last probe, the learner group's shutdown) and the whole job; the loop itself is wall_s."""
+    return {"setup_s": clock["probe_start"] - clock["start"], "probe_start_s": clock["loop"] - clock["probe_start"],
+            "finish_s": clock["end"] - clock["finish"], "job_s": clock["end"] - clock["start"]}
 
 
 def check_reward_embedder(cfg) -> None:
@@ -150,7 +164,7 @@ def _finish(cfg, run_dir: Path, learner, source, judges, probe_prompts, steps: i
 
 
 def _summarise(cfg, run_dir: Path, log, rates: dict, probe_start: dict, probe_end: dict, acct, learner, topology,
-               steps: int, world_dir: str) -> dict:
+               steps: int, world_dir: str, time_split: dict[str, float]) -> dict:
     """summary.json (written atomically), the hparams in TensorBoard, and a one-line digest on stdout."""
     summary = {"steps": steps, **{k: rates[k] for k in ("samples", "samples_redone", "samples_per_s",
                                                        "samples_per_s_whole_run", "startup_s", "tokens_per_s")}}
@@ -161,7 +175,7 @@ def _summarise(cfg, run_dir: Path, log, rates: dict, probe_start: dict, probe_en
         "groups_generated": acct.generated, "groups_used": acct.used, "groups_stale": acct.stale,
         "groups_dropped": acct.dropped, "actors_final": topology.actors_final(), "groups_requeued": acct.requeued,
         "nonfinite_skipped": learner.nonfinite_total, "learner_restarts": acct.failures.get("learner", 0),
-        "wall_s": rates["wall_s"], "mode": cfg.learner.mode,
+        "wall_s": rates["wall_s"], **time_split, "mode": cfg.learner.mode,
         "beta": cfg.algo.beta, "world": world_dir,
     })
     log.close({"beta": cfg.algo.beta, "guidance_scale": cfg.algo.guidance_scale, "group_size": cfg.algo.group_size,

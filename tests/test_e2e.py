@@ -108,6 +108,10 @@ def test_train_local_and_resume(tiny_world, tmp_path):
     args = ["train", "world.size=tiny", f"world.dir={tiny_world}", "learner.mode=local", "logging.progress=false",
             "checkpoint.every=1", "algo.lr_schedule=constant"]
     assert main(args + [f"run.dir={run}", "learner.steps=2"]) == 0
+    # The job's parts (setup, first probe, loop, finish) are its whole time but for the moments between them
+    s = json.loads((run / "summary.json").read_text())
+    parts = s["setup_s"] + s["probe_start_s"] + s["wall_s"] + s["finish_s"]
+    assert min(s["setup_s"], s["probe_start_s"], s["finish_s"]) > 0 and 0.95 * s["job_s"] <= parts <= s["job_s"], s
     assert main(args + [f"run.dir={tmp_path / 'run2'}", f"run.resume={run}", "learner.steps=4"]) == 0
     ckpts = sorted(p.name for p in (tmp_path / "run2" / "checkpoints").glob("step_*"))
     assert ckpts[-1] == "step_000004"
