@@ -79,9 +79,15 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--lams {a.lams}: {e}")
     if not a.report.is_file():
         p.error(f"{a.report}: no such eval.json")
-    report = json.loads(a.report.read_text())
     try:
+        report = json.loads(a.report.read_text())
         result = {name: merge_front_ab(report, lam_sets, metric) for name, metric in deciders(report).items()}
+    except json.JSONDecodeError as e:
+        print(f"{a.report}: not JSON ({e}); give the eval.json that `divcfg eval` wrote", file=sys.stderr)
+        return 2
+    except KeyError as e:
+        print(f"{a.report}: no {e} in it; give the eval.json that `divcfg eval` wrote", file=sys.stderr)
+        return 2
     except ValueError as e:
         print(f"{a.report}: {e}", file=sys.stderr)
         return 2

@@ -34,7 +34,7 @@ def _report():
     return summarize(rows, 300)
 
 
-def test_every_lambda_is_the_evaluations_own_figure_and_a_subset_covers_no_more(tmp_path):
+def test_every_lambda_is_the_evaluations_own_figure_and_a_subset_covers_no_more():
     report = json.loads(json.dumps(_report()))  # as eval.json holds it
     half, full = merge_front_ab(report, [(0.5,), (0.25, 0.5, 0.75)])
     want = report["hypervolume_difference"]["merge_minus_cfg"]
@@ -61,3 +61,13 @@ def test_a_lambda_the_report_did_not_measure_is_refused_by_name(tmp_path, capsys
     assert "pitch" in capsys.readouterr().out
     saved = json.loads((tmp_path / "ab.json").read_text())
     assert set(saved["by_decider"]) == {"scorer", "pitch"}
+
+
+def test_a_broken_or_foreign_report_is_refused_by_path(tmp_path, capsys):
+    broken, foreign = tmp_path / "broken.json", tmp_path / "foreign.json"
+    broken.write_text(json.dumps(_report())[:200])
+    foreign.write_text(json.dumps({"steps": 500}))  # a job's summary.json, say
+    for path, why in ((broken, "not JSON"), (foreign, "no 'rows'")):
+        assert main([str(path), "--lams", "0.5", "--lams", "0.25,0.5"]) == 2
+        err = capsys.readouterr().err
+        assert str(path) in err and why in err, err
